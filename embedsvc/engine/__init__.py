@@ -1,0 +1,1 @@
+"""How text becomes vectors. Never imports grpc."""

@@ -1,0 +1,174 @@
+"""Attention backends for the engine, registered with transformers as ``"embedsvc"``.
+
+Models are loaded with ``attn_implementation="embedsvc"``. The function below
+serves both batch layouts:
+
+* padded batches (a 2D or 4D attention mask, no ``cu_seq_lens_q``): delegated to
+  transformers' own SDPA path;
+* packed batches (``cu_seq_lens_q`` passed through the model's kwargs): each
+  sequence attends only to itself. Backend order: flash-attn varlen (if
+  installed, CUDA) > torch's varlen attention (CUDA) > SDPA per sequence (any
+  device; the CPU path and the reference the others are tested against).
+
+Causality comes from each attention module's ``is_causal``: decoders converted
+to bidirectional encoders (LLM2Vec style) have it switched off at load time.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ATTN_IMPLEMENTATION = "embedsvc"
+BACKENDS = ("auto", "flash_attn", "torch_varlen", "sdpa_loop")
+
+
+@functools.cache
+def _flash_attn_varlen() -> Any:
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+@functools.cache
+def _torch_varlen() -> Any:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def available_backends(device: torch.device) -> list[str]:
+    """Packed-attention backends usable on ``device``, best first."""
+    found = []
+    if device.type == "cuda":
+        if _flash_attn_varlen() is not None:
+            found.append("flash_attn")
+        if _torch_varlen() is not None:
+            found.append("torch_varlen")
+    found.append("sdpa_loop")
+    return found
+
+
+def sdpa_loop(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: list[int],
+    *,
+    causal: bool,
+    scale: float | None,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Reference varlen attention: ``[t, h, d]`` in, ``[t, h, d]`` out, one SDPA call per sequence."""
+    outputs = []
+    gqa = key.shape[1] != query.shape[1]
+    for lo, hi in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True):
+        q, k, v = (x[lo:hi].transpose(0, 1) for x in (query, key, value))
+        mask = None
+        n = hi - lo
+        if causal and sliding_window is not None and n > sliding_window:
+            pos = torch.arange(n, device=query.device)
+            diff = pos[:, None] - pos[None, :]
+            mask = (diff >= 0) & (diff < sliding_window)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=gqa
+        )
+        outputs.append(out.transpose(0, 1))
+    return torch.cat(outputs, dim=0)
+
+
+def varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    *,
+    causal: bool,
+    scale: float | None,
+    backend: str = "auto",
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Attention over packed sequences; ``[t, h, d]`` tensors, ``cu_seqlens [b + 1]`` int32."""
+    if backend == "auto":
+        backend = available_backends(query.device)[0]
+    if backend == "flash_attn":
+        window = (sliding_window - 1, 0) if (causal and sliding_window) else (-1, -1)
+        return _flash_attn_varlen()(  # type: ignore[no-any-return]
+            query, key, value, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+            softmax_scale=scale, causal=causal, window_size=window,
+        )
+    if backend == "torch_varlen":
+        if causal:
+            window = (sliding_window - 1, 0) if sliding_window else (-1, 0)
+        else:
+            window = (-1, -1)
+        return _torch_varlen()(  # type: ignore[no-any-return]
+            query, key, value, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+            scale=scale, window_size=window, enable_gqa=key.shape[1] != query.shape[1],
+        )
+    if backend == "sdpa_loop":
+        return sdpa_loop(
+            query, key, value, cu_seqlens.tolist(), causal=causal, scale=scale, sliding_window=sliding_window
+        )
+    raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def embedsvc_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention interface: ``[b, h, s, d]`` in, ``[b, s, h, d]`` out."""
+    cu_seqlens = kwargs.get("cu_seq_lens_q")
+    if cu_seqlens is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(  # type: ignore[no-any-return]
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    backend = getattr(module.config, "embedsvc_attention_backend", "auto")
+    out = varlen_attention(
+        query[0].transpose(0, 1),
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+        cu_seqlens,
+        int(kwargs.get("max_length_q") or 0),
+        causal=bool(getattr(module, "is_causal", True)),
+        scale=scaling,
+        backend=backend,
+        sliding_window=kwargs.get("sliding_window") or getattr(module, "sliding_window", None),
+    )
+    return out.unsqueeze(0), None
+
+
+def _embedsvc_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    # packed batches carry no mask: sequences are separated by cu_seqlens instead
+    if attention_mask is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+@functools.cache
+def register() -> str:
+    """Register the backend with transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, embedsvc_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _embedsvc_mask)
+    return ATTN_IMPLEMENTATION

@@ -1,0 +1,413 @@
+"""Embedder: the one hot path from texts to float32 vectors."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedsvc.engine import attention
+from embedsvc.engine.batching import plan_batches
+from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template
+from embedsvc.engine.pooling import finalize, pool_packed, pool_padded
+from embedsvc.errors import InvalidInputError
+from embedsvc.models.loading import LoadedModel, load_model
+from embedsvc.models.profiles import CONVERSION_TEMPLATES, select_profile
+from embedsvc.models.settings import SETTING_OPTIONS, ModelSettings, resolve_settings
+from embedsvc.models.st_files import DenseLayer
+
+INPUT_TYPES = ("query", "document")
+BATCHING_MODES = ("auto", "packed", "padded")
+_ENGINE_OPTIONS = ("profile", "name", "token_budget", "max_batch_size", "batching", "attention_backend")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    token_budget: int = 16384
+    max_batch_size: int = 256
+    packed: bool = False
+    attention_backend: str = "auto"
+
+
+def _check_texts(texts: Any) -> list[str]:
+    if isinstance(texts, str | bytes):
+        raise InvalidInputError("inputs must be a list of strings, not a single string", field="inputs")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise InvalidInputError(
+            f"inputs must be a list of strings, got {type(texts).__name__}", field="inputs"
+        ) from None
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InvalidInputError(
+                f"inputs[{i}] is {type(item).__name__}, expected str", field="inputs"
+            )
+    return items
+
+
+class Embedder:
+    """Turns texts into embeddings with one loaded checkpoint.
+
+    Use :meth:`from_pretrained`; then :meth:`embed`. The lower-level
+    :meth:`prepare` / :meth:`forward` / :meth:`combine` split exists so the
+    server can tokenize off the forward thread and batch across requests.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        settings: ModelSettings,
+        options: EngineOptions,
+        *,
+        name: str,
+        dense: tuple[DenseLayer, ...] = (),
+    ) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.settings = settings
+        self.options = options
+        self.name = name
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self._dense = [
+            (layer.linear.to(self.device, torch.float32), layer.activation) for layer in dense
+        ]
+        self._encoder = InputEncoder(
+            self.tokenizer,
+            settings.max_length,
+            append_eos=settings.append_eos,
+            exclude_prompt=not settings.include_prompt,
+        )
+        self._pad_id = self.tokenizer.pad_token_id or 0
+        self._takes_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
+        self.model.config.embedsvc_attention_backend = options.attention_backend
+        if settings.conversion == "bidirectional":
+            self._make_bidirectional()
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path | None = None,
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        max_length: int | None = None,
+        **options: Any,
+    ) -> Embedder:
+        """Load ``source`` (None = bundled all-MiniLM-L6-v2, a folder, or a hub id).
+
+        ``options``: ``profile``, ``conversion`` (none/echo/prompteol/bidirectional),
+        ``prompts``, ``default_prompt_name``, ``query_prompt_name``,
+        ``document_prompt_name``, ``instruction_template``, ``default_instruction``,
+        ``append_eos``, ``include_prompt``, ``name``, ``token_budget``,
+        ``max_batch_size``, ``batching`` (auto/packed/padded), ``attention_backend``.
+        """
+        known = set(SETTING_OPTIONS) | set(_ENGINE_OPTIONS)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                field=unknown[0],
+            )
+        loaded = load_model(
+            source, device=device, dtype=dtype, attn_implementation=attention.register()
+        )
+        profile = select_profile(
+            loaded.source.source_name, is_decoder=loaded.is_decoder, explicit=options.get("profile")
+        )
+        overrides = {k: v for k, v in options.items() if k in SETTING_OPTIONS}
+        overrides.update(pooling=pooling, normalize=normalize, max_length=max_length)
+        settings = resolve_settings(
+            profile, loaded.st, model_max_length=_model_max_length(loaded), overrides=overrides
+        )
+        if settings.conversion != "none" and not loaded.is_decoder:
+            raise InvalidInputError(
+                f"conversion {settings.conversion!r} applies to decoder models; "
+                f"{loaded.source.name} is an encoder",
+                field="conversion",
+            )
+        batching = options.get("batching") or "auto"
+        if batching not in BATCHING_MODES:
+            raise InvalidInputError(
+                f"unknown batching {batching!r}; choose one of {', '.join(BATCHING_MODES)}", field="batching"
+            )
+        backend = options.get("attention_backend") or "auto"
+        if backend not in attention.BACKENDS:
+            raise InvalidInputError(
+                f"unknown attention_backend {backend!r}; choose one of {', '.join(attention.BACKENDS)}",
+                field="attention_backend",
+            )
+        engine = EngineOptions(
+            token_budget=int(options.get("token_budget") or EngineOptions.token_budget),
+            max_batch_size=int(options.get("max_batch_size") or EngineOptions.max_batch_size),
+            packed=batching == "packed" or (batching == "auto" and loaded.device.type == "cuda"),
+            attention_backend=backend,
+        )
+        return cls(
+            loaded,
+            settings,
+            engine,
+            name=options.get("name") or loaded.source.name,
+            dense=loaded.st.dense if loaded.st else (),
+        )
+
+    def _make_bidirectional(self) -> None:
+        # LLM2Vec style: the decoder's causal mask switched off in every attention layer
+        for module in self.model.modules():
+            if hasattr(module, "is_causal"):
+                module.is_causal = False
+
+    # ------------------------------------------------------------- properties
+    @property
+    def dimension(self) -> int:
+        if self._dense:
+            return int(self._dense[-1][0].out_features)
+        return int(self.model.config.hidden_size)
+
+    @property
+    def max_length(self) -> int:
+        return self.settings.max_length
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.loaded.is_decoder
+
+    # -------------------------------------------------------------- hot path
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        truncation: str = "end",
+        chunked: bool = False,
+    ) -> np.ndarray:
+        """Embed ``texts``; returns float32 ``[len(texts), dimensions or self.dimension]``."""
+        items = _check_texts(texts)
+        self.check_dimensions(dimensions)
+        encoded = self.prepare(
+            items,
+            input_type=input_type,
+            prompt_name=prompt_name,
+            instruction=instruction,
+            truncation=truncation,
+            chunked=chunked,
+        )
+        pooled = self.forward(encoded)
+        return self.combine(pooled, encoded, len(items), dimensions=dimensions, normalize=normalize)
+
+    def template_for(
+        self,
+        *,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+    ) -> Template:
+        """The prompt / conversion template a request's options select."""
+        s = self.settings
+        if input_type not in (None, *INPUT_TYPES):
+            raise InvalidInputError(
+                f"unknown input_type {input_type!r}; choose 'query', 'document' or leave unset",
+                field="input_type",
+            )
+        if prompt_name is not None and instruction is not None:
+            raise InvalidInputError("pass either prompt_name or instruction, not both", field="instruction")
+        if prompt_name is not None:
+            if prompt_name not in s.prompts:
+                raise InvalidInputError(
+                    f"model {self.name} has no prompt {prompt_name!r}; "
+                    f"its prompts: {', '.join(sorted(s.prompts)) or 'none'}",
+                    field="prompt_name",
+                )
+            prompt = s.prompts[prompt_name]
+        elif instruction is not None:
+            if input_type == "document":
+                raise InvalidInputError(
+                    "instruction applies to queries; documents are embedded without one "
+                    "(leave input_type unset or 'query')",
+                    field="instruction",
+                )
+            if not s.instruction_template:
+                raise InvalidInputError(
+                    f"model {self.name} has no instruction template; use prompt_name, or configure "
+                    "instruction_template (e.g. 'Instruct: {instruction}\\nQuery: ')",
+                    field="instruction",
+                )
+            prompt = s.instruction_template.replace("{instruction}", instruction)
+        else:
+            prompt = self._prompt_for_input_type(input_type)
+        return Template.build(prompt, CONVERSION_TEMPLATES.get(s.conversion))
+
+    def _prompt_for_input_type(self, input_type: str | None) -> str:
+        s = self.settings
+        if input_type == "query":
+            if s.query_prompt_name:
+                return s.prompts[s.query_prompt_name]
+            if s.instruction_template and s.default_instruction:
+                return s.instruction_template.replace("{instruction}", s.default_instruction)
+        if input_type == "document" and s.document_prompt_name:
+            return s.prompts[s.document_prompt_name]
+        if s.default_prompt_name:
+            return s.prompts[s.default_prompt_name]
+        return ""
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        if dimensions is None:
+            return
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int | np.integer):
+            raise InvalidInputError(f"dimensions must be an integer, got {dimensions!r}", field="dimensions")
+        if not 1 <= dimensions <= self.dimension:
+            raise InvalidInputError(
+                f"dimensions must be between 1 and {self.dimension} for model {self.name}, got {dimensions}",
+                field="dimensions",
+            )
+
+    def prepare(
+        self,
+        texts: Sequence[str],
+        *,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+        truncation: str = "end",
+        chunked: bool = False,
+    ) -> list[EncodedInput]:
+        """Tokenize (prompt, template, truncation, EOS). Thread-safe; no model call."""
+        items = _check_texts(texts)
+        if truncation not in TRUNCATIONS:
+            raise InvalidInputError(
+                f"unknown truncation {truncation!r}; choose one of {', '.join(TRUNCATIONS)}",
+                field="truncation",
+            )
+        template = self.template_for(input_type=input_type, prompt_name=prompt_name, instruction=instruction)
+        if not items:
+            return []
+        return self._encoder.encode(items, template, truncation=truncation, chunked=chunked)
+
+    @torch.inference_mode()
+    def forward(self, encoded: Sequence[EncodedInput]) -> torch.Tensor:
+        """Pooled (and Dense-projected) float32 vectors, one per encoded sequence, in order."""
+        out = torch.empty((len(encoded), self.dimension), dtype=torch.float32, device=self.device)
+        if not encoded:
+            return out
+        batches = plan_batches(
+            [len(e.ids) for e in encoded],
+            token_budget=self.options.token_budget,
+            max_batch_size=self.options.max_batch_size,
+            packed=self.options.packed,
+        )
+        for batch in batches:
+            seqs = [encoded[i] for i in batch]
+            pooled = self._forward_packed(seqs) if self.options.packed else self._forward_padded(seqs)
+            for linear, activation in self._dense:
+                pooled = activation(linear(pooled))
+            out[torch.tensor(batch, device=self.device)] = pooled
+        return out
+
+    def _forward_padded(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
+        longest = max(len(s.ids) for s in seqs)
+        ids = torch.full((len(seqs), longest), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
+            mask[row, : len(seq.ids)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        model_mask: torch.Tensor = mask
+        if self.settings.conversion == "bidirectional":
+            # a 4D mask is used as given: padding hidden, no causal triangle
+            model_mask = mask.bool()[:, None, None, :].expand(-1, 1, longest, -1)
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": model_mask}
+        if self._takes_token_types:
+            kwargs["token_type_ids"] = torch.zeros_like(ids)
+        hidden = self.model(**kwargs).last_hidden_state
+        starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
+        ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
+        return pool_padded(hidden, mask, self.settings.pooling, starts, ends)
+
+    def _forward_packed(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
+        lengths = [len(s.ids) for s in seqs]
+        ids = torch.tensor([t for s in seqs for t in s.ids], dtype=torch.long, device=self.device)
+        positions = torch.cat([torch.arange(n) for n in lengths]).to(self.device)
+        cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(lengths).cumsum(0)
+        cu = cu.to(self.device)
+        longest = max(lengths)
+        kwargs: dict[str, Any] = {
+            "input_ids": ids[None],
+            "position_ids": positions[None],
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": longest,
+            "max_length_k": longest,
+        }
+        if self._takes_token_types:
+            kwargs["token_type_ids"] = torch.zeros_like(ids)[None]
+        hidden = self.model(**kwargs).last_hidden_state[0]
+        starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
+        ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
+        return pool_packed(hidden, cu, self.settings.pooling, starts, ends)
+
+    def combine(
+        self,
+        pooled: torch.Tensor,
+        encoded: Sequence[EncodedInput],
+        n_texts: int,
+        *,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+    ) -> np.ndarray:
+        """Merge chunks of one text (token-weighted mean), truncate, normalize; numpy float32."""
+        self.check_dimensions(dimensions)
+        width = dimensions or self.dimension
+        if n_texts == 0:
+            return np.zeros((0, width), dtype=np.float32)
+        sources = [e.source - encoded[0].source for e in encoded]
+        if len(encoded) == n_texts and sources == list(range(n_texts)):
+            merged = pooled
+        else:
+            weights = torch.tensor(
+                [float(e.text_tokens or len(e.ids)) for e in encoded], device=pooled.device
+            )
+            index = torch.tensor(sources, device=pooled.device)
+            merged = pooled.new_zeros((n_texts, pooled.shape[1])).index_add_(0, index, pooled * weights[:, None])
+            totals = pooled.new_zeros(n_texts).index_add_(0, index, weights)
+            merged = merged / totals[:, None]
+        final = finalize(merged, dimensions, self.settings.normalize if normalize is None else normalize)
+        return final.cpu().numpy().astype(np.float32, copy=False)
+
+    def count_tokens(self, encoded: Sequence[EncodedInput], n_texts: int) -> list[int]:
+        """Tokens per caller text (chunks summed), as the model sees them."""
+        counts = [0] * n_texts
+        base = encoded[0].source if encoded else 0
+        for e in encoded:
+            counts[e.source - base] += len(e.ids)
+        return counts
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder(name={self.name!r}, dimension={self.dimension}, max_length={self.max_length}, "
+            f"pooling={self.settings.pooling!r}, profile={self.settings.profile!r}, "
+            f"device={self.device}, dtype={self.dtype})"
+        )
+
+
+def _model_max_length(loaded: LoadedModel) -> int:
+    limits = [getattr(loaded.config, "max_position_embeddings", None)]
+    tok_limit = getattr(loaded.tokenizer, "model_max_length", None)
+    if tok_limit and tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    found = [int(x) for x in limits if x]
+    return min(found) if found else 512

@@ -1,0 +1,102 @@
+"""Pooling: pure functions from token states to one vector per sequence.
+
+Two layouts are supported:
+
+* padded: ``hidden [b, s, d]`` with ``attention_mask [b, s]``; left or right padding;
+* packed: ``hidden [t, d]`` holding sequences back to back, delimited by ``cu_seqlens [b + 1]``.
+
+``starts`` / ``ends`` (per sequence, in token positions counted within the sequence)
+restrict pooling to a span: prompt tokens excluded from mean pooling
+(sentence-transformers' ``include_prompt=False``) or echo embeddings' second copy.
+Results are float32 whatever the hidden dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from embedsvc.models.profiles import check_pooling
+
+
+def _positions_padded(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's index inside its own sequence (padding side agnostic), and lengths."""
+    mask = attention_mask.to(torch.long)
+    return mask.cumsum(dim=1) - 1, mask.sum(dim=1)
+
+
+def pool_padded(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mode: str,
+    starts: torch.Tensor | None = None,
+    ends: torch.Tensor | None = None,
+) -> torch.Tensor:
+    check_pooling(mode)
+    hidden = hidden.float()
+    index, lengths = _positions_padded(attention_mask)
+    starts = torch.zeros_like(lengths) if starts is None else starts.to(lengths)
+    ends = lengths if ends is None else ends.to(lengths)
+    real = attention_mask.bool()
+    selected = real & (index >= starts[:, None]) & (index < ends[:, None])
+
+    if mode in ("cls", "last"):
+        target = starts if mode == "cls" else ends - 1
+        hit = real & (index == target[:, None])
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, hit.to(torch.int8).argmax(dim=1)]
+    if mode == "max":
+        filled = hidden.masked_fill(~selected[..., None], float("-inf"))
+        return filled.max(dim=1).values
+    if mode == "mean":
+        weights = selected.to(hidden.dtype)
+    else:  # weighted_mean: SGPT position weights w_i = i / sum(j), positions counted from 1
+        weights = (index + 1).clamp(min=0).to(hidden.dtype) * selected
+    summed = torch.einsum("bsd,bs->bd", hidden, weights)
+    return summed / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
+
+
+def pool_packed(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    mode: str,
+    starts: torch.Tensor | None = None,
+    ends: torch.Tensor | None = None,
+) -> torch.Tensor:
+    check_pooling(mode)
+    hidden = hidden.float()
+    cu = cu_seqlens.to(device=hidden.device, dtype=torch.long)
+    lengths = cu[1:] - cu[:-1]
+    n_seq = lengths.shape[0]
+    starts = torch.zeros_like(lengths) if starts is None else starts.to(lengths)
+    ends = lengths if ends is None else ends.to(lengths)
+
+    if mode == "cls":
+        return hidden[cu[:-1] + starts]
+    if mode == "last":
+        return hidden[cu[:-1] + ends - 1]
+
+    seq_id = torch.repeat_interleave(torch.arange(n_seq, device=hidden.device), lengths)
+    index = torch.arange(hidden.shape[0], device=hidden.device) - cu[:-1][seq_id]
+    selected = (index >= starts[seq_id]) & (index < ends[seq_id])
+    rows, ids = hidden[selected], seq_id[selected]
+    out = hidden.new_zeros((n_seq, hidden.shape[1]))
+    if mode == "max":
+        out.fill_(float("-inf"))
+        return out.scatter_reduce(0, ids[:, None].expand_as(rows), rows, reduce="amax")
+    if mode == "mean":
+        weights = torch.ones_like(ids, dtype=hidden.dtype)
+    else:
+        weights = (index[selected] + 1).to(hidden.dtype)
+    out.index_add_(0, ids, rows * weights[:, None])
+    totals = hidden.new_zeros(n_seq).index_add_(0, ids, weights)
+    return out / totals[:, None].clamp(min=1e-9)
+
+
+def finalize(vectors: torch.Tensor, dimensions: int | None, normalize: bool) -> torch.Tensor:
+    """Matryoshka truncation, then L2 normalisation (sentence-transformers' order)."""
+    if dimensions is not None:
+        vectors = vectors[:, :dimensions]
+    if normalize:
+        vectors = F.normalize(vectors, p=2, dim=-1)
+    return vectors

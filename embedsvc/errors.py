@@ -1,0 +1,53 @@
+"""Exception types shared by the engine, the server and the client.
+
+The engine raises these; the server maps each to one gRPC status code, so the
+type says *what kind* of problem it is and the message says what to fix.
+"""
+
+from __future__ import annotations
+
+
+class EmbedsvcError(Exception):
+    """Base class of every error embedsvc raises on purpose."""
+
+
+class InvalidInputError(EmbedsvcError, ValueError):
+    """A request or option is malformed (maps to INVALID_ARGUMENT).
+
+    ``field`` names the offending request field when there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TextTooLongError(InvalidInputError):
+    """A text exceeds the model's max length while truncation is ``"none"``."""
+
+    def __init__(self, index: int, n_tokens: int, limit: int) -> None:
+        super().__init__(
+            f"input {index} has {n_tokens} tokens, more than the model's limit of {limit}; "
+            "shorten it, or pass truncation='end' (keep the start), 'start' (keep the end) "
+            "or enable chunked mode",
+            field="inputs",
+        )
+        self.index = index
+        self.n_tokens = n_tokens
+        self.limit = limit
+
+
+class ModelLoadError(EmbedsvcError):
+    """A model source could not be found or loaded."""
+
+
+class ModelNotFoundError(EmbedsvcError, LookupError):
+    """A request names a model that is not served (maps to NOT_FOUND)."""
+
+
+class OverloadedError(EmbedsvcError):
+    """A bounded queue is full (maps to RESOURCE_EXHAUSTED)."""
+
+
+class UnavailableError(EmbedsvcError):
+    """The service is loading or draining (maps to UNAVAILABLE)."""

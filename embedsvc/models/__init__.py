@@ -1,0 +1,1 @@
+"""What a model is: family profiles, sentence-transformers metadata and loading."""

@@ -1,0 +1,145 @@
+"""Read the sentence-transformers files a checkpoint folder may carry.
+
+``modules.json`` lists the pipeline; ``1_Pooling/config.json`` says how to pool;
+``config_sentence_transformers.json`` holds prompts; ``2_Dense`` and
+``2_Normalize`` add a projection and L2 normalisation. Most real checkpoints say
+how they want to be pooled only here, so these files are honoured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embedsvc.errors import ModelLoadError
+
+# pooling_mode_* keys of 1_Pooling/config.json -> our pooling names
+_ST_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_weightedmean_tokens": "weighted_mean",
+    "pooling_mode_lasttoken": "last",
+}
+_UNSUPPORTED_POOLING_KEYS = ("pooling_mode_mean_sqrt_len_tokens",)
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """A sentence-transformers Dense module: linear projection plus activation."""
+
+    linear: torch.nn.Linear
+    activation: torch.nn.Module
+
+
+@dataclass(frozen=True)
+class SentenceTransformersFiles:
+    transformer_dir: Path
+    pooling: str | None = None
+    include_prompt: bool = True
+    normalize: bool = False
+    dense: tuple[DenseLayer, ...] = ()
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    max_seq_length: int | None = None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+def _pooling_from_config(path: Path) -> tuple[str, bool]:
+    cfg = _read_json(path)
+    modes = [name for key, name in _ST_POOLING_KEYS.items() if cfg.get(key)]
+    bad = [key for key in _UNSUPPORTED_POOLING_KEYS if cfg.get(key)]
+    if bad or len(modes) != 1:
+        raise ModelLoadError(
+            f"{path}: embedsvc supports exactly one of {', '.join(_ST_POOLING_KEYS)}; "
+            f"found {modes + bad or 'none'}. Pass pooling=... explicitly to override."
+        )
+    return modes[0], bool(cfg.get("include_prompt", True))
+
+
+def _activation(dotted: str | None) -> torch.nn.Module:
+    # only torch.nn activations are accepted: the name comes from a file on disk
+    if not dotted:
+        return torch.nn.Identity()
+    cls_name = dotted.rsplit(".", 1)[-1]
+    cls = getattr(torch.nn, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ModelLoadError(f"unsupported Dense activation {dotted!r}")
+    return cls()
+
+
+def _load_dense(folder: Path) -> DenseLayer:
+    cfg = _read_json(folder / "config.json")
+    linear = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
+    if (folder / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+    elif (folder / "pytorch_model.bin").exists():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise ModelLoadError(f"{folder}: Dense module without model.safetensors or pytorch_model.bin")
+    state = {k.removeprefix("linear."): v for k, v in state.items()}
+    linear.load_state_dict(state)
+    return DenseLayer(linear=linear.eval(), activation=_activation(cfg.get("activation_function")))
+
+
+def read_st_files(root: Path) -> SentenceTransformersFiles | None:
+    """The folder's sentence-transformers settings, or None if it has no ``modules.json``."""
+    modules_path = root / "modules.json"
+    if not modules_path.exists():
+        return None
+    modules = _read_json(modules_path)
+    transformer_dir = root
+    pooling: str | None = None
+    include_prompt = True
+    normalize = False
+    dense: list[DenseLayer] = []
+    for module in sorted(modules, key=lambda m: m.get("idx", 0)):
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        folder = root / module.get("path", "")
+        if kind == "Transformer":
+            transformer_dir = folder
+        elif kind == "Pooling":
+            pooling, include_prompt = _pooling_from_config(folder / "config.json")
+        elif kind == "Normalize":
+            normalize = True
+        elif kind == "Dense":
+            dense.append(_load_dense(folder))
+        else:
+            raise ModelLoadError(f"{modules_path}: unsupported sentence-transformers module {kind!r}")
+
+    prompts: dict[str, str] = {}
+    default_prompt_name = None
+    st_config = root / "config_sentence_transformers.json"
+    if st_config.exists():
+        cfg = _read_json(st_config)
+        prompts = {str(k): str(v) for k, v in (cfg.get("prompts") or {}).items()}
+        default_prompt_name = cfg.get("default_prompt_name") or None
+
+    max_seq_length = None
+    for name in ("sentence_bert_config.json", "sentence_xlnet_config.json"):
+        if (transformer_dir / name).exists():
+            max_seq_length = _read_json(transformer_dir / name).get("max_seq_length")
+            break
+
+    return SentenceTransformersFiles(
+        transformer_dir=transformer_dir,
+        pooling=pooling,
+        include_prompt=include_prompt,
+        normalize=normalize,
+        dense=tuple(dense),
+        prompts=prompts,
+        default_prompt_name=default_prompt_name,
+        max_seq_length=max_seq_length,
+    )
