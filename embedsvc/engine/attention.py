@@ -17,6 +17,7 @@ to bidirectional encoders (LLM2Vec style) have it switched off at load time.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import torch
@@ -69,7 +70,7 @@ def sdpa_loop(
     """Reference varlen attention: ``[t, h, d]`` in, ``[t, h, d]`` out, one SDPA call per sequence."""
     outputs = []
     gqa = key.shape[1] != query.shape[1]
-    for lo, hi in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True):
+    for lo, hi in itertools.pairwise(cu_seqlens):
         q, k, v = (x[lo:hi].transpose(0, 1) for x in (query, key, value))
         mask = None
         n = hi - lo
@@ -102,8 +103,16 @@ def varlen_attention(
     if backend == "flash_attn":
         window = (sliding_window - 1, 0) if (causal and sliding_window) else (-1, -1)
         return _flash_attn_varlen()(  # type: ignore[no-any-return]
-            query, key, value, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-            softmax_scale=scale, causal=causal, window_size=window,
+            query,
+            key,
+            value,
+            cu_seqlens,
+            cu_seqlens,
+            max_seqlen,
+            max_seqlen,
+            softmax_scale=scale,
+            causal=causal,
+            window_size=window,
         )
     if backend == "torch_varlen":
         if causal:
@@ -111,8 +120,16 @@ def varlen_attention(
         else:
             window = (-1, -1)
         return _torch_varlen()(  # type: ignore[no-any-return]
-            query, key, value, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-            scale=scale, window_size=window, enable_gqa=key.shape[1] != query.shape[1],
+            query,
+            key,
+            value,
+            cu_seqlens,
+            cu_seqlens,
+            max_seqlen,
+            max_seqlen,
+            scale=scale,
+            window_size=window,
+            enable_gqa=key.shape[1] != query.shape[1],
         )
     if backend == "sdpa_loop":
         return sdpa_loop(
@@ -154,13 +171,13 @@ def embedsvc_attention(
     return out.unsqueeze(0), None
 
 
-def _embedsvc_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+def _embedsvc_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
     # packed batches carry no mask: sequences are separated by cu_seqlens instead
     if attention_mask is None:
         return None
     from transformers.masking_utils import sdpa_mask
 
-    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(attention_mask=attention_mask, **kwargs)
 
 
 @functools.cache

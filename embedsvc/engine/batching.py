@@ -19,7 +19,11 @@ def plan_batches(
     current: list[int] = []
     cost = 0
     for i in order:
-        new_cost = cost + lengths[i] if packed else (len(current) + 1) * (lengths[current[0]] if current else lengths[i])
+        new_cost = (
+            cost + lengths[i]
+            if packed
+            else (len(current) + 1) * (lengths[current[0]] if current else lengths[i])
+        )
         if current and (new_cost > token_budget or len(current) >= max_batch_size):
             batches.append(current)
             current, new_cost = [], lengths[i]

@@ -45,9 +45,7 @@ def _check_texts(texts: Any) -> list[str]:
         ) from None
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise InvalidInputError(
-                f"inputs[{i}] is {type(item).__name__}, expected str", field="inputs"
-            )
+            raise InvalidInputError(f"inputs[{i}] is {type(item).__name__}, expected str", field="inputs")
     return items
 
 
@@ -76,9 +74,7 @@ class Embedder:
         self.name = name
         self.device = loaded.device
         self.dtype = loaded.dtype
-        self._dense = [
-            (layer.linear.to(self.device, torch.float32), layer.activation) for layer in dense
-        ]
+        self._dense = [(layer.linear.to(self.device, torch.float32), layer.activation) for layer in dense]
         self._encoder = InputEncoder(
             self.tokenizer,
             settings.max_length,
@@ -119,9 +115,7 @@ class Embedder:
                 f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
                 field=unknown[0],
             )
-        loaded = load_model(
-            source, device=device, dtype=dtype, attn_implementation=attention.register()
-        )
+        loaded = load_model(source, device=device, dtype=dtype, attn_implementation=attention.register())
         profile = select_profile(
             loaded.source.source_name, is_decoder=loaded.is_decoder, explicit=options.get("profile")
         )
@@ -165,7 +159,7 @@ class Embedder:
         # LLM2Vec style: the decoder's causal mask switched off in every attention layer
         for module in self.model.modules():
             if hasattr(module, "is_causal"):
-                module.is_causal = False
+                module.is_causal = False  # type: ignore[assignment]
 
     # ------------------------------------------------------------- properties
     @property
@@ -382,7 +376,9 @@ class Embedder:
                 [float(e.text_tokens or len(e.ids)) for e in encoded], device=pooled.device
             )
             index = torch.tensor(sources, device=pooled.device)
-            merged = pooled.new_zeros((n_texts, pooled.shape[1])).index_add_(0, index, pooled * weights[:, None])
+            merged = pooled.new_zeros((n_texts, pooled.shape[1])).index_add_(
+                0, index, pooled * weights[:, None]
+            )
             totals = pooled.new_zeros(n_texts).index_add_(0, index, weights)
             merged = merged / totals[:, None]
         final = finalize(merged, dimensions, self.settings.normalize if normalize is None else normalize)

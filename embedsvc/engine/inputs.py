@@ -112,7 +112,10 @@ class InputEncoder:
         out: list[EncodedInput] = []
         for i, (_, region_starts, _) in enumerate(rendered):
             regions = self._regions(
-                batch["input_ids"][i], batch["offset_mapping"][i], batch["special_tokens_mask"][i], region_starts
+                batch["input_ids"][i],
+                batch["offset_mapping"][i],
+                batch["special_tokens_mask"][i],
+                region_starts,
             )
             out.extend(
                 self._fit(batch["input_ids"][i], regions, template, first_index + i, truncation, chunked)

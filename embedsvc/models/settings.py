@@ -81,7 +81,7 @@ def resolve_settings(
             values[name] = getattr(profile, name)
 
     conversion = check_conversion(overrides.get("conversion") or "none")
-    if conversion != "none" and "pooling" not in overrides:
+    if conversion != "none" and overrides.get("pooling") is None:
         values["pooling"] = CONVERSION_POOLING[conversion]
     for key, value in overrides.items():
         if key == "prompts" and value is not None:
@@ -93,7 +93,8 @@ def resolve_settings(
     check_pooling(settings.pooling)
     if settings.max_length < 1 or settings.max_length > model_max_length:
         raise InvalidInputError(
-            f"max_length must be between 1 and the model's limit {model_max_length}, got {settings.max_length}",
+            f"max_length must be between 1 and the model's limit {model_max_length}, "
+            f"got {settings.max_length}",
             field="max_length",
         )
     for attr in ("default_prompt_name", "query_prompt_name", "document_prompt_name"):

@@ -1,0 +1,44 @@
+# Set-up and everyday commands. `make serve` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build from the local disk; on a CUDA machine: make install TORCH_SPEC="torch"
+TORCH_SPEC ?= torch==2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 50051
+SERVE_ARGS ?=
+
+.PHONY: install serve test lint typecheck protos bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(BIN)/embedsvc serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+
+lint: install
+	$(BIN)/ruff check embedsvc kernels tests scripts
+	$(BIN)/ruff format --check embedsvc kernels tests scripts
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install lint typecheck
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/pytest -q
+
+protos: install
+	$(BIN)/python scripts/gen_protos.py
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
