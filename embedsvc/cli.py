@@ -1,0 +1,152 @@
+"""Command line: ``embedsvc serve``, ``embedsvc embed``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from embedsvc.config import ModelConfig, build_server_config, load_toml
+from embedsvc.errors import EmbedsvcError
+
+BUNDLED = "@bundled"
+
+SERVE_EPILOG = f"""\
+models:
+  --model [NAME=]SOURCE may be repeated to serve several models on one port. SOURCE is a
+  checkpoint folder, a hub id (downloaded when online) or {BUNDLED} (all-MiniLM-L6-v2, shipped
+  with the package). NAME defaults to the folder's name. Without --model (and without
+  [[models]] in --config) the bundled model is served. Requests pick a model by name; an
+  empty name means the default model (the first, or the one with default = true).
+
+config file (--config FILE, TOML):
+  [server]   host, port, metrics_port, api_keys, tls_cert, tls_key, max_inputs_per_request,
+             max_message_bytes, max_queue_requests, max_queue_tokens, batch_wait_ms,
+             grace_period_s, tokenizer_threads, log_level, log_json
+  [[models]] name, source, default, and any engine option: pooling, normalize, dtype, device,
+             max_length, profile, conversion (none|echo|prompteol|bidirectional), prompts,
+             default_prompt_name, query_prompt_name, document_prompt_name,
+             instruction_template, default_instruction, append_eos, include_prompt,
+             batching (auto|packed|padded), token_budget, max_batch_size, attention_backend
+  Flags given on the command line win over the file. A --model whose NAME matches a
+  [[models]] entry takes that entry's options.
+
+environment:
+  EMBEDSVC_API_KEYS   comma-separated API keys (instead of --api-key on the command line)
+"""
+
+
+def _parse_model(value: str) -> ModelConfig:
+    name, sep, source = value.partition("=")
+    if not sep:
+        name, source = "", value
+    if sep and ("/" in name or not name):
+        raise argparse.ArgumentTypeError(f"--model {value!r}: expected [NAME=]SOURCE")
+    return ModelConfig(name=name or None, source=None if source in (BUNDLED, "") else source)
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="run the gRPC embedding server",
+        description="Serve one or more embedding models over gRPC on one port.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", action="append", type=_parse_model, metavar="[NAME=]SOURCE", dest="models",
+                   help="a model to serve (repeatable); see below")
+    p.add_argument("--config", metavar="FILE", help="TOML file with [server] and [[models]]")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics HTTP port (default: off)")
+    p.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
+                   help="require 'authorization: Bearer KEY' (repeatable); health stays open")
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="server private key (with --tls-cert)")
+    p.add_argument("--max-inputs-per-request", type=int, help="texts per request (default 2048)")
+    p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
+    p.add_argument("--max-queue-requests", type=int, help="requests queued per model before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-queue-tokens", type=int, help="tokens queued per model before RESOURCE_EXHAUSTED")
+    p.add_argument("--batch-wait-ms", type=float, help="wait this long for concurrent requests to join a batch")
+    p.add_argument("--grace-period", type=float, dest="grace_period_s",
+                   help="seconds in-flight requests get on SIGTERM/SIGINT (default 10)")
+    p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    p.add_argument("--plain-logs", action="store_true", help="human-readable logs instead of JSON lines")
+    g = p.add_argument_group("model options (apply to every served model; per model: config file)")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    g.add_argument("--pooling", choices=["cls", "mean", "last", "weighted_mean", "max"])
+    g.add_argument("--max-length", type=int)
+    g.add_argument("--conversion", choices=["none", "echo", "prompteol", "bidirectional"])
+    g.add_argument("--batching", choices=["auto", "packed", "padded"])
+    g.add_argument("--token-budget", type=int, help="tokens per forward pass (padding counted)")
+    g.add_argument("--max-batch-size", type=int, help="sequences per forward pass")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from embedsvc.server import logs
+    from embedsvc.server.app import serve
+
+    file_data = load_toml(args.config) if args.config else None
+    api_keys = args.api_keys
+    if not api_keys and os.environ.get("EMBEDSVC_API_KEYS"):
+        api_keys = [k.strip() for k in os.environ["EMBEDSVC_API_KEYS"].split(",") if k.strip()]
+    model_options = {
+        k: getattr(args, k)
+        for k in ("dtype", "device", "pooling", "max_length", "conversion", "batching", "token_budget",
+                  "max_batch_size")
+        if getattr(args, k) is not None
+    }
+    overrides: dict[str, Any] = {
+        "host": args.host, "port": args.port, "metrics_port": args.metrics_port, "api_keys": api_keys,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "max_inputs_per_request": args.max_inputs_per_request, "max_message_bytes": args.max_message_bytes,
+        "max_queue_requests": args.max_queue_requests, "max_queue_tokens": args.max_queue_tokens,
+        "batch_wait_ms": args.batch_wait_ms, "grace_period_s": args.grace_period_s, "log_level": args.log_level,
+        "log_json": False if args.plain_logs else None,
+        "models": args.models, "model_options": model_options,
+    }
+    config = build_server_config(file_data, overrides, path=args.config or "config")
+    logs.configure(config.log_level, config.log_json)
+    asyncio.run(serve(config))
+    return 0
+
+
+def _embed_parser(sub: Any) -> None:
+    p = sub.add_parser("embed", help="embed texts with a running server and print JSON lines")
+    p.add_argument("texts", nargs="+")
+    p.add_argument("--target", default="127.0.0.1:50051")
+    p.add_argument("--model")
+    p.add_argument("--input-type", choices=["query", "document"])
+    p.add_argument("--dimensions", type=int)
+    p.add_argument("--api-key", default=os.environ.get("EMBEDSVC_API_KEY"))
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from embedsvc.client import EmbedClient
+
+    with EmbedClient(args.target, api_key=args.api_key) as client:
+        vectors = client.embed(args.texts, model=args.model, input_type=args.input_type, dimensions=args.dimensions)
+    for text, vector in zip(args.texts, vectors, strict=True):
+        print(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="embedsvc", description="gRPC embedding service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _embed_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return {"serve": _serve, "embed": _embed}[args.command](args)
+    except EmbedsvcError as exc:
+        print(f"embedsvc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Python clients: :class:`EmbedClient` (blocking) and :class:`AsyncEmbedClient` (asyncio).
+
+Both return numpy float32 arrays and raise :class:`EmbedServiceError` (carrying
+the gRPC status code and message) on failure. Large input lists are sent as
+several requests transparently, a few at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from embedsvc import codecs
+from embedsvc.v1 import embedding_pb2 as pb
+from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
+
+_INPUT_TYPES = {None: pb.INPUT_TYPE_UNSPECIFIED, "query": pb.INPUT_TYPE_QUERY, "document": pb.INPUT_TYPE_DOCUMENT}
+_TRUNCATIONS = {"end": pb.TRUNCATION_END, "start": pb.TRUNCATION_START, "none": pb.TRUNCATION_NONE}
+_ENCODINGS = {
+    "float32": pb.ENCODING_FLOAT32, "float16": pb.ENCODING_FLOAT16, "int8": pb.ENCODING_INT8,
+    "binary": pb.ENCODING_BINARY,
+}
+DEFAULT_CHUNK = 256  # inputs per request the client sends
+IN_FLIGHT = 4  # requests of one call in flight at once
+
+
+class EmbedServiceError(Exception):
+    """A failed RPC: ``code`` is the grpc.StatusCode, ``details`` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError) -> EmbedServiceError:
+        return cls(error.code(), error.details() or "")  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    dimension: int
+    max_length: int
+    pooling: str
+    normalize: bool
+    prompts: dict[str, str]
+    dtype: str
+    device: str
+    profile: str
+    conversion: str
+    is_decoder: bool
+    deterministic: bool
+    default: bool
+
+
+def _lookup(table: dict[Any, int], value: Any, name: str) -> int:
+    try:
+        return table[value]
+    except KeyError:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, table))}") from None
+
+
+def build_requests(
+    texts: Sequence[str], chunk: int, *, model: str | None, input_type: str | None, prompt_name: str | None,
+    instruction: str | None, dimensions: int | None, normalize: bool | None, truncation: str, encoding: str,
+    chunked: bool,
+) -> list[pb.EmbedRequest]:
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not a single string")
+    base: dict[str, Any] = {
+        "model": model or "", "input_type": _lookup(_INPUT_TYPES, input_type, "input_type"),
+        "truncation": _lookup(_TRUNCATIONS, truncation, "truncation"),
+        "encoding": _lookup(_ENCODINGS, encoding, "encoding"), "chunked": chunked,
+    }
+    for key, value in (("prompt_name", prompt_name), ("instruction", instruction),
+                       ("dimensions", dimensions), ("normalize", normalize)):
+        if value is not None:
+            base[key] = value
+    items = list(texts)
+    return [pb.EmbedRequest(id=str(i), inputs=items[i : i + chunk], **base) for i in range(0, len(items), chunk)]
+
+
+def decode_response(response: pb.EmbedResponse) -> np.ndarray:
+    dims = response.dimensions
+    rows = []
+    for item in response.embeddings:
+        if response.encoding == pb.ENCODING_FLOAT16:
+            rows.append(codecs.decode_float16(item.data))
+        elif response.encoding == pb.ENCODING_INT8:
+            rows.append(codecs.decode_int8(item.data, item.scale))
+        elif response.encoding == pb.ENCODING_BINARY:
+            rows.append(codecs.decode_binary(item.data, dims))
+        else:
+            rows.append(np.asarray(item.values, dtype=np.float32))
+    return np.stack(rows) if rows else np.zeros((0, dims), dtype=np.float32)
+
+
+def _model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
+    return [
+        ModelInfo(
+            name=m.name, source=m.source, dimension=m.dimension, max_length=m.max_length, pooling=m.pooling,
+            normalize=m.normalize, prompts=dict(m.prompts), dtype=m.dtype, device=m.device, profile=m.profile,
+            conversion=m.conversion, is_decoder=m.is_decoder, deterministic=m.deterministic,
+            default=m.name == response.default_model,
+        )
+        for m in response.models
+    ]
+
+
+def _credentials(api_key: str | None, tls: bool, root_certificates: bytes | None) -> tuple[Any, ...]:
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    creds = grpc.ssl_channel_credentials(root_certificates) if (tls or root_certificates) else None
+    return metadata, creds
+
+
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 256 * 1024 * 1024)]
+
+
+class EmbedClient:
+    """Blocking client. ``with EmbedClient("127.0.0.1:50051") as c: c.embed([...])``."""
+
+    def __init__(
+        self, target: str = "127.0.0.1:50051", api_key: str | None = None, *, tls: bool = False,
+        root_certificates: bytes | None = None, timeout: float | None = None, chunk_size: int = DEFAULT_CHUNK,
+    ) -> None:
+        self._metadata, creds = _credentials(api_key, tls, root_certificates)
+        self._channel = (
+            grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS) if creds
+            else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        )
+        self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+
+    def embed(
+        self, texts: Sequence[str], *, model: str | None = None, input_type: str | None = None,
+        prompt_name: str | None = None, instruction: str | None = None, dimensions: int | None = None,
+        normalize: bool | None = None, truncation: str = "end", encoding: str = "float32", chunked: bool = False,
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        requests = build_requests(
+            texts, self.chunk_size, model=model, input_type=input_type, prompt_name=prompt_name,
+            instruction=instruction, dimensions=dimensions, normalize=normalize, truncation=truncation,
+            encoding=encoding, chunked=chunked,
+        )
+        if not requests:
+            raise ValueError("texts must hold at least one string")
+        results: list[np.ndarray] = []
+        try:
+            for start in range(0, len(requests), IN_FLIGHT):
+                futures = [
+                    self._stub.Embed.future(r, timeout=timeout or self.timeout, metadata=self._metadata)
+                    for r in requests[start : start + IN_FLIGHT]
+                ]
+                results.extend(decode_response(f.result()) for f in futures)
+        except grpc.RpcError as exc:
+            raise EmbedServiceError.from_rpc(exc) from None
+        return np.concatenate(results)
+
+    def tokenize(self, texts: Sequence[str], *, model: str | None = None, input_type: str | None = None,
+                 truncation: str = "end") -> list[list[int]]:
+        request = pb.TokenizeRequest(model=model or "", inputs=list(texts),
+                                     input_type=_lookup(_INPUT_TYPES, input_type, "input_type"),
+                                     truncation=_lookup(_TRUNCATIONS, truncation, "truncation"))
+        try:
+            response = self._stub.Tokenize(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise EmbedServiceError.from_rpc(exc) from None
+        return [list(item.ids) for item in response.inputs]
+
+    def list_models(self) -> list[ModelInfo]:
+        try:
+            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise EmbedServiceError.from_rpc(exc) from None
+        return _model_infos(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> EmbedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncEmbedClient:
+    """asyncio client with the same methods as :class:`EmbedClient`, as coroutines."""
+
+    def __init__(
+        self, target: str = "127.0.0.1:50051", api_key: str | None = None, *, tls: bool = False,
+        root_certificates: bytes | None = None, timeout: float | None = None, chunk_size: int = DEFAULT_CHUNK,
+    ) -> None:
+        self._metadata, creds = _credentials(api_key, tls, root_certificates)
+        self._channel = (
+            grpc.aio.secure_channel(target, creds, options=_CHANNEL_OPTIONS) if creds
+            else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        )
+        self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
+        self.timeout = timeout
+        self.chunk_size = chunk_size
+
+    async def embed(
+        self, texts: Sequence[str], *, model: str | None = None, input_type: str | None = None,
+        prompt_name: str | None = None, instruction: str | None = None, dimensions: int | None = None,
+        normalize: bool | None = None, truncation: str = "end", encoding: str = "float32", chunked: bool = False,
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        requests = build_requests(
+            texts, self.chunk_size, model=model, input_type=input_type, prompt_name=prompt_name,
+            instruction=instruction, dimensions=dimensions, normalize=normalize, truncation=truncation,
+            encoding=encoding, chunked=chunked,
+        )
+        if not requests:
+            raise ValueError("texts must hold at least one string")
+        window = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(request: pb.EmbedRequest) -> np.ndarray:
+            async with window:
+                response = await self._stub.Embed(
+                    request, timeout=timeout or self.timeout, metadata=self._metadata
+                )
+            return decode_response(response)
+
+        try:
+            results = await asyncio.gather(*(one(r) for r in requests))
+        except grpc.RpcError as exc:
+            raise EmbedServiceError.from_rpc(exc) from None
+        return np.concatenate(results)
+
+    async def tokenize(self, texts: Sequence[str], *, model: str | None = None, input_type: str | None = None,
+                       truncation: str = "end") -> list[list[int]]:
+        request = pb.TokenizeRequest(model=model or "", inputs=list(texts),
+                                     input_type=_lookup(_INPUT_TYPES, input_type, "input_type"),
+                                     truncation=_lookup(_TRUNCATIONS, truncation, "truncation"))
+        try:
+            response = await self._stub.Tokenize(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise EmbedServiceError.from_rpc(exc) from None
+        return [list(item.ids) for item in response.inputs]
+
+    async def list_models(self) -> list[ModelInfo]:
+        try:
+            response = await self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise EmbedServiceError.from_rpc(exc) from None
+        return _model_infos(response)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncEmbedClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

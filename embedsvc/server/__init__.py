@@ -1,0 +1,1 @@
+"""Transport only: gRPC servicers, error mapping, auth, health, reflection, metrics."""

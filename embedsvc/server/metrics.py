@@ -1,0 +1,42 @@
+"""Prometheus metrics, in a registry of their own (several servers may share a process in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("embedsvc_requests", "RPCs handled", ["method", "model"], registry=r)
+        self.errors = Counter("embedsvc_errors", "RPCs failed, by status code", ["method", "code"], registry=r)
+        self.inputs = Counter("embedsvc_inputs", "Texts embedded", ["model"], registry=r)
+        self.tokens = Counter("embedsvc_tokens", "Tokens embedded (no padding)", ["model"], registry=r)
+        self.queue_requests = Gauge("embedsvc_queue_requests", "Requests waiting", ["model"], registry=r)
+        self.queue_tokens = Gauge("embedsvc_queue_tokens", "Tokens waiting", ["model"], registry=r)
+        self.batch_size = Histogram(
+            "embedsvc_batch_sequences", "Sequences per forward pass", ["model"], registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
+        self.batch_tokens = Histogram(
+            "embedsvc_batch_tokens", "Tokens per forward pass", ["model"], registry=r,
+            buckets=(16, 64, 256, 1024, 4096, 8192, 16384, 32768, 65536),
+        )
+        self.queue_seconds = Histogram(
+            "embedsvc_queue_seconds", "Time from arrival to the start of inference", ["model"], registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.inference_seconds = Histogram(
+            "embedsvc_inference_seconds", "Forward pass time per batch", ["model"], registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.request_seconds = Histogram(
+            "embedsvc_request_seconds", "Whole RPC time", ["method", "model"], registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+
+    def serve(self, port: int, host: str) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
