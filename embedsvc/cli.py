@@ -50,27 +50,48 @@ def _parse_model(value: str) -> ModelConfig:
 
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "serve", help="run the gRPC embedding server",
+        "serve",
+        help="run the gRPC embedding server",
         description="Serve one or more embedding models over gRPC on one port.",
-        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", action="append", type=_parse_model, metavar="[NAME=]SOURCE", dest="models",
-                   help="a model to serve (repeatable); see below")
+    p.add_argument(
+        "--model",
+        action="append",
+        type=_parse_model,
+        metavar="[NAME=]SOURCE",
+        dest="models",
+        help="a model to serve (repeatable); see below",
+    )
     p.add_argument("--config", metavar="FILE", help="TOML file with [server] and [[models]]")
     p.add_argument("--host", help="address to bind (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics HTTP port (default: off)")
-    p.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
-                   help="require 'authorization: Bearer KEY' (repeatable); health stays open")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="require 'authorization: Bearer KEY' (repeatable); health stays open",
+    )
     p.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (with --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="server private key (with --tls-cert)")
     p.add_argument("--max-inputs-per-request", type=int, help="texts per request (default 2048)")
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
-    p.add_argument("--max-queue-requests", type=int, help="requests queued per model before RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--max-queue-requests", type=int, help="requests queued per model before RESOURCE_EXHAUSTED"
+    )
     p.add_argument("--max-queue-tokens", type=int, help="tokens queued per model before RESOURCE_EXHAUSTED")
-    p.add_argument("--batch-wait-ms", type=float, help="wait this long for concurrent requests to join a batch")
-    p.add_argument("--grace-period", type=float, dest="grace_period_s",
-                   help="seconds in-flight requests get on SIGTERM/SIGINT (default 10)")
+    p.add_argument(
+        "--batch-wait-ms", type=float, help="wait this long for concurrent requests to join a batch"
+    )
+    p.add_argument(
+        "--grace-period",
+        type=float,
+        dest="grace_period_s",
+        help="seconds in-flight requests get on SIGTERM/SIGINT (default 10)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--plain-logs", action="store_true", help="human-readable logs instead of JSON lines")
     g = p.add_argument_group("model options (apply to every served model; per model: config file)")
@@ -94,18 +115,35 @@ def _serve(args: argparse.Namespace) -> int:
         api_keys = [k.strip() for k in os.environ["EMBEDSVC_API_KEYS"].split(",") if k.strip()]
     model_options = {
         k: getattr(args, k)
-        for k in ("dtype", "device", "pooling", "max_length", "conversion", "batching", "token_budget",
-                  "max_batch_size")
+        for k in (
+            "dtype",
+            "device",
+            "pooling",
+            "max_length",
+            "conversion",
+            "batching",
+            "token_budget",
+            "max_batch_size",
+        )
         if getattr(args, k) is not None
     }
     overrides: dict[str, Any] = {
-        "host": args.host, "port": args.port, "metrics_port": args.metrics_port, "api_keys": api_keys,
-        "tls_cert": args.tls_cert, "tls_key": args.tls_key,
-        "max_inputs_per_request": args.max_inputs_per_request, "max_message_bytes": args.max_message_bytes,
-        "max_queue_requests": args.max_queue_requests, "max_queue_tokens": args.max_queue_tokens,
-        "batch_wait_ms": args.batch_wait_ms, "grace_period_s": args.grace_period_s, "log_level": args.log_level,
+        "host": args.host,
+        "port": args.port,
+        "metrics_port": args.metrics_port,
+        "api_keys": api_keys,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "max_inputs_per_request": args.max_inputs_per_request,
+        "max_message_bytes": args.max_message_bytes,
+        "max_queue_requests": args.max_queue_requests,
+        "max_queue_tokens": args.max_queue_tokens,
+        "batch_wait_ms": args.batch_wait_ms,
+        "grace_period_s": args.grace_period_s,
+        "log_level": args.log_level,
         "log_json": False if args.plain_logs else None,
-        "models": args.models, "model_options": model_options,
+        "models": args.models,
+        "model_options": model_options,
     }
     config = build_server_config(file_data, overrides, path=args.config or "config")
     logs.configure(config.log_level, config.log_json)
@@ -127,7 +165,9 @@ def _embed(args: argparse.Namespace) -> int:
     from embedsvc.client import EmbedClient
 
     with EmbedClient(args.target, api_key=args.api_key) as client:
-        vectors = client.embed(args.texts, model=args.model, input_type=args.input_type, dimensions=args.dimensions)
+        vectors = client.embed(
+            args.texts, model=args.model, input_type=args.input_type, dimensions=args.dimensions
+        )
     for text, vector in zip(args.texts, vectors, strict=True):
         print(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}))
     return 0

@@ -8,7 +8,7 @@ several requests transparently, a few at a time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +19,16 @@ from embedsvc import codecs
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 
-_INPUT_TYPES = {None: pb.INPUT_TYPE_UNSPECIFIED, "query": pb.INPUT_TYPE_QUERY, "document": pb.INPUT_TYPE_DOCUMENT}
+_INPUT_TYPES = {
+    None: pb.INPUT_TYPE_UNSPECIFIED,
+    "query": pb.INPUT_TYPE_QUERY,
+    "document": pb.INPUT_TYPE_DOCUMENT,
+}
 _TRUNCATIONS = {"end": pb.TRUNCATION_END, "start": pb.TRUNCATION_START, "none": pb.TRUNCATION_NONE}
 _ENCODINGS = {
-    "float32": pb.ENCODING_FLOAT32, "float16": pb.ENCODING_FLOAT16, "int8": pb.ENCODING_INT8,
+    "float32": pb.ENCODING_FLOAT32,
+    "float16": pb.ENCODING_FLOAT16,
+    "int8": pb.ENCODING_INT8,
     "binary": pb.ENCODING_BINARY,
 }
 DEFAULT_CHUNK = 256  # inputs per request the client sends
@@ -60,7 +66,7 @@ class ModelInfo:
     default: bool
 
 
-def _lookup(table: dict[Any, int], value: Any, name: str) -> int:
+def _lookup(table: Mapping[Any, Any], value: Any, name: str) -> Any:
     try:
         return table[value]
     except KeyError:
@@ -68,23 +74,40 @@ def _lookup(table: dict[Any, int], value: Any, name: str) -> int:
 
 
 def build_requests(
-    texts: Sequence[str], chunk: int, *, model: str | None, input_type: str | None, prompt_name: str | None,
-    instruction: str | None, dimensions: int | None, normalize: bool | None, truncation: str, encoding: str,
+    texts: Sequence[str],
+    chunk: int,
+    *,
+    model: str | None,
+    input_type: str | None,
+    prompt_name: str | None,
+    instruction: str | None,
+    dimensions: int | None,
+    normalize: bool | None,
+    truncation: str,
+    encoding: str,
     chunked: bool,
 ) -> list[pb.EmbedRequest]:
     if isinstance(texts, str):
         raise ValueError("texts must be a list of strings, not a single string")
     base: dict[str, Any] = {
-        "model": model or "", "input_type": _lookup(_INPUT_TYPES, input_type, "input_type"),
+        "model": model or "",
+        "input_type": _lookup(_INPUT_TYPES, input_type, "input_type"),
         "truncation": _lookup(_TRUNCATIONS, truncation, "truncation"),
-        "encoding": _lookup(_ENCODINGS, encoding, "encoding"), "chunked": chunked,
+        "encoding": _lookup(_ENCODINGS, encoding, "encoding"),
+        "chunked": chunked,
     }
-    for key, value in (("prompt_name", prompt_name), ("instruction", instruction),
-                       ("dimensions", dimensions), ("normalize", normalize)):
+    for key, value in (
+        ("prompt_name", prompt_name),
+        ("instruction", instruction),
+        ("dimensions", dimensions),
+        ("normalize", normalize),
+    ):
         if value is not None:
             base[key] = value
     items = list(texts)
-    return [pb.EmbedRequest(id=str(i), inputs=items[i : i + chunk], **base) for i in range(0, len(items), chunk)]
+    return [
+        pb.EmbedRequest(id=str(i), inputs=items[i : i + chunk], **base) for i in range(0, len(items), chunk)
+    ]
 
 
 def decode_response(response: pb.EmbedResponse) -> np.ndarray:
@@ -105,9 +128,19 @@ def decode_response(response: pb.EmbedResponse) -> np.ndarray:
 def _model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
     return [
         ModelInfo(
-            name=m.name, source=m.source, dimension=m.dimension, max_length=m.max_length, pooling=m.pooling,
-            normalize=m.normalize, prompts=dict(m.prompts), dtype=m.dtype, device=m.device, profile=m.profile,
-            conversion=m.conversion, is_decoder=m.is_decoder, deterministic=m.deterministic,
+            name=m.name,
+            source=m.source,
+            dimension=m.dimension,
+            max_length=m.max_length,
+            pooling=m.pooling,
+            normalize=m.normalize,
+            prompts=dict(m.prompts),
+            dtype=m.dtype,
+            device=m.device,
+            profile=m.profile,
+            conversion=m.conversion,
+            is_decoder=m.is_decoder,
+            deterministic=m.deterministic,
             default=m.name == response.default_model,
         )
         for m in response.models
@@ -120,20 +153,29 @@ def _credentials(api_key: str | None, tls: bool, root_certificates: bytes | None
     return metadata, creds
 
 
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                    ("grpc.max_send_message_length", 256 * 1024 * 1024)]
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+]
 
 
 class EmbedClient:
     """Blocking client. ``with EmbedClient("127.0.0.1:50051") as c: c.embed([...])``."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", api_key: str | None = None, *, tls: bool = False,
-        root_certificates: bytes | None = None, timeout: float | None = None, chunk_size: int = DEFAULT_CHUNK,
+        self,
+        target: str = "127.0.0.1:50051",
+        api_key: str | None = None,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
     ) -> None:
         self._metadata, creds = _credentials(api_key, tls, root_certificates)
         self._channel = (
-            grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS) if creds
+            grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
+            if creds
             else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         )
         self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
@@ -141,15 +183,32 @@ class EmbedClient:
         self.chunk_size = chunk_size
 
     def embed(
-        self, texts: Sequence[str], *, model: str | None = None, input_type: str | None = None,
-        prompt_name: str | None = None, instruction: str | None = None, dimensions: int | None = None,
-        normalize: bool | None = None, truncation: str = "end", encoding: str = "float32", chunked: bool = False,
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        truncation: str = "end",
+        encoding: str = "float32",
+        chunked: bool = False,
         timeout: float | None = None,
     ) -> np.ndarray:
         requests = build_requests(
-            texts, self.chunk_size, model=model, input_type=input_type, prompt_name=prompt_name,
-            instruction=instruction, dimensions=dimensions, normalize=normalize, truncation=truncation,
-            encoding=encoding, chunked=chunked,
+            texts,
+            self.chunk_size,
+            model=model,
+            input_type=input_type,
+            prompt_name=prompt_name,
+            instruction=instruction,
+            dimensions=dimensions,
+            normalize=normalize,
+            truncation=truncation,
+            encoding=encoding,
+            chunked=chunked,
         )
         if not requests:
             raise ValueError("texts must hold at least one string")
@@ -165,11 +224,20 @@ class EmbedClient:
             raise EmbedServiceError.from_rpc(exc) from None
         return np.concatenate(results)
 
-    def tokenize(self, texts: Sequence[str], *, model: str | None = None, input_type: str | None = None,
-                 truncation: str = "end") -> list[list[int]]:
-        request = pb.TokenizeRequest(model=model or "", inputs=list(texts),
-                                     input_type=_lookup(_INPUT_TYPES, input_type, "input_type"),
-                                     truncation=_lookup(_TRUNCATIONS, truncation, "truncation"))
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        input_type: str | None = None,
+        truncation: str = "end",
+    ) -> list[list[int]]:
+        request = pb.TokenizeRequest(
+            model=model or "",
+            inputs=list(texts),
+            input_type=_lookup(_INPUT_TYPES, input_type, "input_type"),
+            truncation=_lookup(_TRUNCATIONS, truncation, "truncation"),
+        )
         try:
             response = self._stub.Tokenize(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
@@ -178,7 +246,9 @@ class EmbedClient:
 
     def list_models(self) -> list[ModelInfo]:
         try:
-            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata)
+            response = self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise EmbedServiceError.from_rpc(exc) from None
         return _model_infos(response)
@@ -197,12 +267,19 @@ class AsyncEmbedClient:
     """asyncio client with the same methods as :class:`EmbedClient`, as coroutines."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", api_key: str | None = None, *, tls: bool = False,
-        root_certificates: bytes | None = None, timeout: float | None = None, chunk_size: int = DEFAULT_CHUNK,
+        self,
+        target: str = "127.0.0.1:50051",
+        api_key: str | None = None,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
     ) -> None:
         self._metadata, creds = _credentials(api_key, tls, root_certificates)
         self._channel = (
-            grpc.aio.secure_channel(target, creds, options=_CHANNEL_OPTIONS) if creds
+            grpc.aio.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
+            if creds
             else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         )
         self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
@@ -210,15 +287,32 @@ class AsyncEmbedClient:
         self.chunk_size = chunk_size
 
     async def embed(
-        self, texts: Sequence[str], *, model: str | None = None, input_type: str | None = None,
-        prompt_name: str | None = None, instruction: str | None = None, dimensions: int | None = None,
-        normalize: bool | None = None, truncation: str = "end", encoding: str = "float32", chunked: bool = False,
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        truncation: str = "end",
+        encoding: str = "float32",
+        chunked: bool = False,
         timeout: float | None = None,
     ) -> np.ndarray:
         requests = build_requests(
-            texts, self.chunk_size, model=model, input_type=input_type, prompt_name=prompt_name,
-            instruction=instruction, dimensions=dimensions, normalize=normalize, truncation=truncation,
-            encoding=encoding, chunked=chunked,
+            texts,
+            self.chunk_size,
+            model=model,
+            input_type=input_type,
+            prompt_name=prompt_name,
+            instruction=instruction,
+            dimensions=dimensions,
+            normalize=normalize,
+            truncation=truncation,
+            encoding=encoding,
+            chunked=chunked,
         )
         if not requests:
             raise ValueError("texts must hold at least one string")
@@ -237,11 +331,20 @@ class AsyncEmbedClient:
             raise EmbedServiceError.from_rpc(exc) from None
         return np.concatenate(results)
 
-    async def tokenize(self, texts: Sequence[str], *, model: str | None = None, input_type: str | None = None,
-                       truncation: str = "end") -> list[list[int]]:
-        request = pb.TokenizeRequest(model=model or "", inputs=list(texts),
-                                     input_type=_lookup(_INPUT_TYPES, input_type, "input_type"),
-                                     truncation=_lookup(_TRUNCATIONS, truncation, "truncation"))
+    async def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        input_type: str | None = None,
+        truncation: str = "end",
+    ) -> list[list[int]]:
+        request = pb.TokenizeRequest(
+            model=model or "",
+            inputs=list(texts),
+            input_type=_lookup(_INPUT_TYPES, input_type, "input_type"),
+            truncation=_lookup(_TRUNCATIONS, truncation, "truncation"),
+        )
         try:
             response = await self._stub.Tokenize(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
@@ -258,7 +361,7 @@ class AsyncEmbedClient:
         return _model_infos(response)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncEmbedClient:
         return self

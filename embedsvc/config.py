@@ -71,7 +71,9 @@ class ServerConfig:
         names = [m.name for m in self.models if m.name]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise InvalidInputError(f"model names must be unique; repeated: {', '.join(duplicates)}", field="models")
+            raise InvalidInputError(
+                f"model names must be unique; repeated: {', '.join(duplicates)}", field="models"
+            )
 
 
 _SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"models"}
@@ -83,7 +85,9 @@ def _model_from_table(table: dict[str, Any], where: str) -> ModelConfig:
         raise InvalidInputError(f"{where}: each [[models]] entry must be a table")
     options = {k: v for k, v in table.items() if k not in _MODEL_KEYS}
     return ModelConfig(
-        name=table.get("name"), source=table.get("source"), default=bool(table.get("default", False)),
+        name=table.get("name"),
+        source=table.get("source"),
+        default=bool(table.get("default", False)),
         options=options,
     )
 
@@ -98,12 +102,16 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise InvalidInputError(f"config file {path} is not valid TOML: {exc}", field="config") from exc
 
 
-def build_server_config(file_data: dict[str, Any] | None, overrides: dict[str, Any], path: str = "config") -> ServerConfig:
+def build_server_config(
+    file_data: dict[str, Any] | None, overrides: dict[str, Any], path: str = "config"
+) -> ServerConfig:
     """File values, then explicit CLI overrides (None = not given)."""
     data = dict(file_data or {})
     unknown_top = sorted(set(data) - {"server", "models"})
     if unknown_top:
-        raise InvalidInputError(f"{path}: unknown section(s) {', '.join(unknown_top)}; use [server] and [[models]]")
+        raise InvalidInputError(
+            f"{path}: unknown section(s) {', '.join(unknown_top)}; use [server] and [[models]]"
+        )
     server = dict(data.get("server") or {})
     unknown = sorted(set(server) - _SERVER_KEYS)
     if unknown:
@@ -119,11 +127,14 @@ def build_server_config(file_data: dict[str, Any] | None, overrides: dict[str, A
         merged = []
         for m in cli_models:
             base = by_name.get(m.name) if m.name else None
-            merged.append(ModelConfig(
-                name=m.name, source=m.source or (base.source if base else None),
-                default=m.default or (base.default if base else False),
-                options={**(base.options if base else {}), **m.options},
-            ))
+            merged.append(
+                ModelConfig(
+                    name=m.name,
+                    source=m.source or (base.source if base else None),
+                    default=m.default or (base.default if base else False),
+                    options={**(base.options if base else {}), **m.options},
+                )
+            )
         models = merged
     if not models:
         models = [ModelConfig()]

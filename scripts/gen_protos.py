@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Generate the Python gRPC code (and .pyi stubs) in embedsvc/v1 from protos/.
 
-    python scripts/gen_protos.py           # write
-    python scripts/gen_protos.py --check   # exit 1 if the committed code is stale
+python scripts/gen_protos.py           # write
+python scripts/gen_protos.py --check   # exit 1 if the committed code is stale
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def generated_files(folder: Path) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if embedsvc/v1 is stale")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +56,9 @@ def main() -> int:
         names = generated_files(fresh)
         if args.check:
             current = generated_files(OUT_PACKAGE) if OUT_PACKAGE.exists() else []
-            stale = [n for n in names if n not in current or not filecmp.cmp(fresh / n, OUT_PACKAGE / n, False)]
+            stale = [
+                n for n in names if n not in current or not filecmp.cmp(fresh / n, OUT_PACKAGE / n, False)
+            ]
             extra = sorted(set(current) - set(names))
             if stale or extra:
                 print(f"stale generated code: {stale + extra}; run: python scripts/gen_protos.py")
@@ -68,7 +72,9 @@ def main() -> int:
             shutil.copy2(fresh / name, OUT_PACKAGE / name)
         init = OUT_PACKAGE / "__init__.py"
         if not init.exists():
-            init.write_text('"""Generated from protos/embedsvc/v1 by scripts/gen_protos.py; do not edit."""\n')
+            init.write_text(
+                '"""Generated from protos/embedsvc/v1 by scripts/gen_protos.py; do not edit."""\n'
+            )
     print(f"wrote {', '.join(names)} to {OUT_PACKAGE.relative_to(ROOT)}")
     subprocess.run([sys.executable, "-c", "import embedsvc.v1.embedding_pb2_grpc"], check=True, cwd=ROOT)
     return 0

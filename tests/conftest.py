@@ -91,3 +91,19 @@ def stsb_dev() -> tuple[list[str], list[str], list[float]]:
         s1.append(parts[5])
         s2.append(parts[6])
     return s1, s2, scores
+
+
+@pytest.fixture(scope="session")
+def main_server(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path):
+    """The bundled model (default) and a tiny decoder on one port, configured from a TOML file."""
+    from tests.server_utils import ServerProcess
+
+    folder = tmp_path_factory.mktemp("main-server")
+    config = folder / "embedsvc.toml"
+    config.write_text(
+        "[server]\nmax_inputs_per_request = 300\nbatch_wait_ms = 1\n\n"
+        '[[models]]\nname = "minilm"\ndefault = true\n\n'
+        f'[[models]]\nname = "llama"\nsource = "{llama_dir}"\nmax_length = 128\n'
+    )
+    with ServerProcess("--config", str(config), log_path=folder / "server.log") as server:
+        yield server

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,8 +120,9 @@ class BatchScheduler:
         if self._queued_tokens + tokens > self.max_queue_tokens and self._queue:
             self.stats.rejected_requests += 1
             raise OverloadedError(
-                f"model {self.name} has {self._queued_tokens} tokens queued; this request's {tokens} would pass "
-                f"the limit (max_queue_tokens={self.max_queue_tokens}); retry with backoff or send less"
+                f"model {self.name} has {self._queued_tokens} tokens queued; this request's {tokens} "
+                f"would pass the limit (max_queue_tokens={self.max_queue_tokens}); "
+                "retry with backoff or send less"
             )
         now = loop.time()
         pending = _Pending(
@@ -143,10 +145,8 @@ class BatchScheduler:
         self._closed = True
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(UnavailableError(f"model {self.name} is shutting down"))
@@ -168,7 +168,9 @@ class BatchScheduler:
             elif pending.deadline is not None and now >= pending.deadline and pending.next_seq == 0:
                 self._drop(pending)
                 pending.future.set_exception(
-                    DeadlineExceededError(f"deadline passed after {now - pending.enqueued_at:.3f}s in the queue")
+                    DeadlineExceededError(
+                        f"deadline passed after {now - pending.enqueued_at:.3f}s in the queue"
+                    )
                 )
             while pending.next_seq < len(pending.seqs) and len(batch) < self.max_batch_size:
                 n = len(pending.seqs[pending.next_seq].ids)

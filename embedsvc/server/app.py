@@ -27,7 +27,7 @@ class EmbedServer:
         self.config = config
         self.metrics = Metrics()
         self.registry = ModelRegistry(config, self.metrics)
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
@@ -40,7 +40,8 @@ class EmbedServer:
             interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
+                # responses are sized by what was asked for; the client's own limit governs them
+                ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -49,7 +50,11 @@ class EmbedServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (EMBEDDING_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                EMBEDDING_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         address = f"{self.config.host}:{self.config.port}"
@@ -65,12 +70,17 @@ class EmbedServer:
         self._server = server
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.host)
-        log.info("listening", extra={"address": f"{self.config.host}:{self.port}", "tls": bool(self.config.tls_cert)})
+        log.info(
+            "listening",
+            extra={"address": f"{self.config.host}:{self.port}", "tls": bool(self.config.tls_cert)},
+        )
         loaded = await asyncio.to_thread(ModelRegistry.load_embedders, self.config)
         self.registry.install(loaded)
         asyncio.get_running_loop().create_task(self._publish_queue_depth())
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"models": list(self.registry.models), "default": self.registry.default_name})
+        log.info(
+            "serving", extra={"models": list(self.registry.models), "default": self.registry.default_name}
+        )
         return self.port
 
     async def _set_health(self, status: int) -> None:

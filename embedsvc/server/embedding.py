@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,14 +26,24 @@ from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 log = logging.getLogger("embedsvc.rpc")
 T = TypeVar("T")
 
-_INPUT_TYPES = {pb.INPUT_TYPE_UNSPECIFIED: None, pb.INPUT_TYPE_QUERY: "query", pb.INPUT_TYPE_DOCUMENT: "document"}
+_INPUT_TYPES = {
+    pb.INPUT_TYPE_UNSPECIFIED: None,
+    pb.INPUT_TYPE_QUERY: "query",
+    pb.INPUT_TYPE_DOCUMENT: "document",
+}
 _TRUNCATIONS = {
     pb.TRUNCATION_UNSPECIFIED: "end",
     pb.TRUNCATION_END: "end",
     pb.TRUNCATION_START: "start",
     pb.TRUNCATION_NONE: "none",
 }
-_ENCODINGS = {pb.ENCODING_UNSPECIFIED, pb.ENCODING_FLOAT32, pb.ENCODING_FLOAT16, pb.ENCODING_INT8, pb.ENCODING_BINARY}
+_ENCODINGS = {
+    pb.ENCODING_UNSPECIFIED,
+    pb.ENCODING_FLOAT32,
+    pb.ENCODING_FLOAT16,
+    pb.ENCODING_INT8,
+    pb.ENCODING_BINARY,
+}
 STREAM_WINDOW = 32  # requests of one stream processed concurrently
 
 
@@ -43,7 +53,7 @@ class RpcFailure(Exception):
     message: str
 
 
-def _enum(value: int, table: dict[int, Any], field: str) -> Any:
+def _enum(value: int, table: Mapping[Any, Any], field: str) -> Any:
     try:
         return table[value]
     except KeyError:
@@ -78,14 +88,18 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             if code is None:
                 log.exception("internal error", extra={"request_id": request_id, "method": method})
                 await self._abort(
-                    context, method, grpc.StatusCode.INTERNAL,
+                    context,
+                    method,
+                    grpc.StatusCode.INTERNAL,
                     f"internal error (request id {request_id}); this is a bug, please report it",
                 )
             await self._abort(context, method, code, message_for(exc))  # type: ignore[arg-type]
         self.metrics.request_seconds.labels(method, model or "default").observe(time.perf_counter() - started)
         return result
 
-    async def _abort(self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, msg: str) -> None:
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, msg: str
+    ) -> None:
         self.metrics.errors.labels(method, code.name).inc()
         await context.abort(code, msg)
 
@@ -130,7 +144,10 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         pooled = await served.scheduler.submit(encoded, timeout=timeout)
         self.metrics.queue_seconds.labels(served.name).observe(time.perf_counter() - arrived)
         vectors = embedder.combine(
-            pooled, encoded, len(texts), dimensions=dimensions,
+            pooled,
+            encoded,
+            len(texts),
+            dimensions=dimensions,
             normalize=request.normalize if request.HasField("normalize") else None,
         )
         counts = embedder.count_tokens(encoded, len(texts))
@@ -139,7 +156,9 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         return self._pack(request, served.name, vectors, counts)
 
     @staticmethod
-    def _pack(request: pb.EmbedRequest, model: str, vectors: np.ndarray, counts: list[int]) -> pb.EmbedResponse:
+    def _pack(
+        request: pb.EmbedRequest, model: str, vectors: np.ndarray, counts: list[int]
+    ) -> pb.EmbedResponse:
         encoding = request.encoding or pb.ENCODING_FLOAT32
         embeddings = []
         for vector, n_tokens in zip(vectors, counts, strict=True):
@@ -154,7 +173,11 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 item = pb.Embedding(data=codecs.encode_binary(vector), tokens=n_tokens)
             embeddings.append(item)
         return pb.EmbedResponse(
-            id=request.id, model=model, embeddings=embeddings, dimensions=vectors.shape[1], encoding=encoding,
+            id=request.id,
+            model=model,
+            embeddings=embeddings,
+            dimensions=vectors.shape[1],
+            encoding=encoding,
             usage=pb.Usage(total_tokens=sum(counts), inputs=len(counts)),
         )
 
@@ -178,7 +201,10 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 code = status_for(exc)
                 if code is None:
                     log.exception("internal error in stream", extra={"id": request.id})
-                    code, message = grpc.StatusCode.INTERNAL, "internal error; this is a bug, please report it"
+                    code, message = (
+                        grpc.StatusCode.INTERNAL,
+                        "internal error; this is a bug, please report it",
+                    )
                 else:
                     message = message_for(exc)
                 self.metrics.errors.labels("EmbedStream", code.name).inc()
@@ -210,7 +236,9 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 task.cancel()
 
     # ------------------------------------------------------------- Tokenize
-    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
         async def work() -> pb.TokenizeResponse:
             served = self._model(request.model, "Tokenize")
             self._check_inputs(request.inputs)
@@ -228,7 +256,10 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             tokenizer = embedder.tokenizer
             return pb.TokenizeResponse(
                 model=served.name,
-                inputs=[pb.TokenizedInput(ids=e.ids, tokens=tokenizer.convert_ids_to_tokens(e.ids)) for e in encoded],
+                inputs=[
+                    pb.TokenizedInput(ids=e.ids, tokens=tokenizer.convert_ids_to_tokens(e.ids))
+                    for e in encoded
+                ],
             )
 
         return await self._guard("Tokenize", request.model, context, work)
@@ -242,15 +273,27 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             infos = []
             for served in self.registry.models.values():
                 e, s = served.embedder, served.embedder.settings
-                infos.append(pb.ModelInfo(
-                    name=served.name, source=str(e.loaded.source.source_name), dimension=e.dimension,
-                    max_length=e.max_length, pooling=s.pooling, normalize=s.normalize, prompts=s.prompts,
-                    default_prompt_name=s.default_prompt_name or "", query_prompt_name=s.query_prompt_name or "",
-                    document_prompt_name=s.document_prompt_name or "",
-                    instruction_template=s.instruction_template or "", dtype=str(e.dtype).removeprefix("torch."),
-                    device=str(e.device), profile=s.profile, conversion=s.conversion, is_decoder=e.is_decoder,
-                    deterministic=getattr(e.options, "deterministic", False),
-                ))
+                infos.append(
+                    pb.ModelInfo(
+                        name=served.name,
+                        source=str(e.loaded.source.source_name),
+                        dimension=e.dimension,
+                        max_length=e.max_length,
+                        pooling=s.pooling,
+                        normalize=s.normalize,
+                        prompts=s.prompts,
+                        default_prompt_name=s.default_prompt_name or "",
+                        query_prompt_name=s.query_prompt_name or "",
+                        document_prompt_name=s.document_prompt_name or "",
+                        instruction_template=s.instruction_template or "",
+                        dtype=str(e.dtype).removeprefix("torch."),
+                        device=str(e.device),
+                        profile=s.profile,
+                        conversion=s.conversion,
+                        is_decoder=e.is_decoder,
+                        deterministic=getattr(e.options, "deterministic", False),
+                    )
+                )
             return pb.ListModelsResponse(models=infos, default_model=self.registry.default_name or "")
 
         return await self._guard("ListModels", "", context, work)

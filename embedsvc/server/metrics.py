@@ -12,29 +12,46 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("embedsvc_requests", "RPCs handled", ["method", "model"], registry=r)
-        self.errors = Counter("embedsvc_errors", "RPCs failed, by status code", ["method", "code"], registry=r)
+        self.errors = Counter(
+            "embedsvc_errors", "RPCs failed, by status code", ["method", "code"], registry=r
+        )
         self.inputs = Counter("embedsvc_inputs", "Texts embedded", ["model"], registry=r)
         self.tokens = Counter("embedsvc_tokens", "Tokens embedded (no padding)", ["model"], registry=r)
         self.queue_requests = Gauge("embedsvc_queue_requests", "Requests waiting", ["model"], registry=r)
         self.queue_tokens = Gauge("embedsvc_queue_tokens", "Tokens waiting", ["model"], registry=r)
         self.batch_size = Histogram(
-            "embedsvc_batch_sequences", "Sequences per forward pass", ["model"], registry=r,
+            "embedsvc_batch_sequences",
+            "Sequences per forward pass",
+            ["model"],
+            registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
         self.batch_tokens = Histogram(
-            "embedsvc_batch_tokens", "Tokens per forward pass", ["model"], registry=r,
+            "embedsvc_batch_tokens",
+            "Tokens per forward pass",
+            ["model"],
+            registry=r,
             buckets=(16, 64, 256, 1024, 4096, 8192, 16384, 32768, 65536),
         )
         self.queue_seconds = Histogram(
-            "embedsvc_queue_seconds", "Time from arrival to the start of inference", ["model"], registry=r,
+            "embedsvc_queue_seconds",
+            "Time from arrival to the start of inference",
+            ["model"],
+            registry=r,
             buckets=_LATENCY_BUCKETS,
         )
         self.inference_seconds = Histogram(
-            "embedsvc_inference_seconds", "Forward pass time per batch", ["model"], registry=r,
+            "embedsvc_inference_seconds",
+            "Forward pass time per batch",
+            ["model"],
+            registry=r,
             buckets=_LATENCY_BUCKETS,
         )
         self.request_seconds = Histogram(
-            "embedsvc_request_seconds", "Whole RPC time", ["method", "model"], registry=r,
+            "embedsvc_request_seconds",
+            "Whole RPC time",
+            ["method", "model"],
+            registry=r,
             buckets=_LATENCY_BUCKETS,
         )
 

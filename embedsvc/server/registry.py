@@ -38,10 +38,20 @@ class ModelRegistry:
             options = dict(model_config.options)
             if model_config.name:
                 options["name"] = model_config.name
-            log.info("loading model", extra={"source": model_config.source or "bundled", "model": model_config.name})
+            log.info(
+                "loading model",
+                extra={"source": model_config.source or "bundled", "model": model_config.name},
+            )
             embedder = Embedder.from_pretrained(model_config.source, **options)
-            log.info("model loaded", extra={"model": embedder.name, "dimension": embedder.dimension,
-                                            "device": str(embedder.device), "dtype": str(embedder.dtype)})
+            log.info(
+                "model loaded",
+                extra={
+                    "model": embedder.name,
+                    "dimension": embedder.dimension,
+                    "device": str(embedder.device),
+                    "dtype": str(embedder.dtype),
+                },
+            )
             loaded.append((model_config, embedder))
         return loaded
 
@@ -49,7 +59,9 @@ class ModelRegistry:
         """Create schedulers (on the running loop) and start serving."""
         for model_config, embedder in loaded:
             if embedder.name in self.models:
-                raise ValueError(f"two served models are both named {embedder.name!r}; give them distinct names")
+                raise ValueError(
+                    f"two served models are both named {embedder.name!r}; give them distinct names"
+                )
             scheduler = BatchScheduler(
                 embedder.forward,
                 name=embedder.name,
@@ -76,7 +88,9 @@ class ModelRegistry:
 
     def get(self, name: str) -> ServedModel:
         if self.state == "loading":
-            raise UnavailableError("models are still loading; retry shortly (health reports SERVING when ready)")
+            raise UnavailableError(
+                "models are still loading; retry shortly (health reports SERVING when ready)"
+            )
         if self.state == "draining":
             raise UnavailableError("the server is shutting down; retry on another replica")
         key = name or self.default_name

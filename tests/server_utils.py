@@ -1,0 +1,91 @@
+"""Start a real `embedsvc serve` process on loopback for tests, and stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``embedsvc serve ARGS`` on a free loopback port; waits until health says SERVING."""
+
+    def __init__(self, *args: str, log_path: Path, startup_timeout: float = 180.0) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "embedsvc", "serve", "--port", str(self.port), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self._wait_serving(startup_timeout, secure="--tls-cert" in args)
+
+    def _wait_serving(self, timeout: float, secure: bool) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            # a TLS server's health needs a secure channel: its "serving" log line tells instead
+            ready = (
+                '"msg": "serving"' in self.log()
+                if secure
+                else self.health() == health_pb2.HealthCheckResponse.SERVING
+            )
+            if ready:
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server not SERVING after {timeout}s:\n{self.log()}")
+
+    def health(self, service: str = "") -> int | None:
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=2
+                )
+            except grpc.RpcError:
+                return None
+            return int(reply.status)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
