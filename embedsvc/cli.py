@@ -30,7 +30,8 @@ config file (--config FILE, TOML):
              max_length, profile, conversion (none|echo|prompteol|bidirectional), prompts,
              default_prompt_name, query_prompt_name, document_prompt_name,
              instruction_template, default_instruction, append_eos, include_prompt,
-             batching (auto|packed|padded), token_budget, max_batch_size, attention_backend
+             batching (auto|packed|padded), token_budget, max_batch_size, attention_backend,
+             deterministic, deterministic_tile_rows
   Flags given on the command line win over the file. A --model whose NAME matches a
   [[models]] entry takes that entry's options.
 
@@ -103,6 +104,12 @@ def _serve_parser(sub: Any) -> None:
     g.add_argument("--batching", choices=["auto", "packed", "padded"])
     g.add_argument("--token-budget", type=int, help="tokens per forward pass (padding counted)")
     g.add_argument("--max-batch-size", type=int, help="sequences per forward pass")
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="bitwise batch-invariant embeddings (same text, same bits, whatever the batch)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -124,6 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
             "batching",
             "token_budget",
             "max_batch_size",
+            "deterministic",
         )
         if getattr(args, k) is not None
     }

@@ -13,6 +13,7 @@ import torch
 
 from embedsvc.engine import attention
 from embedsvc.engine.batching import plan_batches
+from embedsvc.engine.deterministic import DEFAULT_TILE_ROWS, FixedTileLinear, make_batch_invariant
 from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template
 from embedsvc.engine.pooling import finalize, pool_packed, pool_padded
 from embedsvc.errors import InvalidInputError
@@ -23,7 +24,16 @@ from embedsvc.models.st_files import DenseLayer
 
 INPUT_TYPES = ("query", "document")
 BATCHING_MODES = ("auto", "packed", "padded")
-_ENGINE_OPTIONS = ("profile", "name", "token_budget", "max_batch_size", "batching", "attention_backend")
+_ENGINE_OPTIONS = (
+    "profile",
+    "name",
+    "token_budget",
+    "max_batch_size",
+    "batching",
+    "attention_backend",
+    "deterministic",
+    "deterministic_tile_rows",
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,8 @@ class EngineOptions:
     max_batch_size: int = 256
     packed: bool = False
     attention_backend: str = "auto"
+    deterministic: bool = False
+    tile_rows: int = 0  # deterministic mode: rows per fixed GEMM tile
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -74,7 +86,13 @@ class Embedder:
         self.name = name
         self.device = loaded.device
         self.dtype = loaded.dtype
-        self._dense = [(layer.linear.to(self.device, torch.float32), layer.activation) for layer in dense]
+        self._dense: list[tuple[torch.nn.Module, torch.nn.Module]] = [
+            (layer.linear.to(self.device, torch.float32), layer.activation) for layer in dense
+        ]
+        self._dense_width = dense[-1].linear.out_features if dense else None
+        if options.deterministic:
+            make_batch_invariant(self.model, options.tile_rows)
+            self._dense = [(FixedTileLinear(lin, options.tile_rows), act) for lin, act in self._dense]  # type: ignore[arg-type]
         self._encoder = InputEncoder(
             self.tokenizer,
             settings.max_length,
@@ -106,7 +124,8 @@ class Embedder:
         ``prompts``, ``default_prompt_name``, ``query_prompt_name``,
         ``document_prompt_name``, ``instruction_template``, ``default_instruction``,
         ``append_eos``, ``include_prompt``, ``name``, ``token_budget``,
-        ``max_batch_size``, ``batching`` (auto/packed/padded), ``attention_backend``.
+        ``max_batch_size``, ``batching`` (auto/packed/padded), ``attention_backend``,
+        ``deterministic`` (bitwise batch-invariant vectors), ``deterministic_tile_rows``.
         """
         known = set(SETTING_OPTIONS) | set(_ENGINE_OPTIONS)
         unknown = sorted(set(options) - known)
@@ -141,11 +160,24 @@ class Embedder:
                 f"unknown attention_backend {backend!r}; choose one of {', '.join(attention.BACKENDS)}",
                 field="attention_backend",
             )
+        deterministic = bool(options.get("deterministic", False))
+        if deterministic and batching == "padded":
+            raise InvalidInputError(
+                "deterministic mode packs sequences; batching='padded' cannot be combined with it",
+                field="batching",
+            )
+        if deterministic and backend == "auto" and loaded.device.type == "cpu":
+            backend = "sdpa_loop"
+        tile_rows = int(options.get("deterministic_tile_rows") or DEFAULT_TILE_ROWS[loaded.device.type])
         engine = EngineOptions(
             token_budget=int(options.get("token_budget") or EngineOptions.token_budget),
             max_batch_size=int(options.get("max_batch_size") or EngineOptions.max_batch_size),
-            packed=batching == "packed" or (batching == "auto" and loaded.device.type == "cuda"),
+            packed=deterministic
+            or batching == "packed"
+            or (batching == "auto" and loaded.device.type == "cuda"),
             attention_backend=backend,
+            deterministic=deterministic,
+            tile_rows=tile_rows,
         )
         return cls(
             loaded,
@@ -164,8 +196,8 @@ class Embedder:
     # ------------------------------------------------------------- properties
     @property
     def dimension(self) -> int:
-        if self._dense:
-            return int(self._dense[-1][0].out_features)
+        if self._dense_width is not None:
+            return int(self._dense_width)
         return int(self.model.config.hidden_size)
 
     @property
@@ -352,7 +384,9 @@ class Embedder:
         hidden = self.model(**kwargs).last_hidden_state[0]
         starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
         ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
-        return pool_packed(hidden, cu, self.settings.pooling, starts, ends)
+        return pool_packed(
+            hidden, cu, self.settings.pooling, starts, ends, per_sequence=self.options.deterministic
+        )
 
     def combine(
         self,
@@ -368,19 +402,23 @@ class Embedder:
         width = dimensions or self.dimension
         if n_texts == 0:
             return np.zeros((0, width), dtype=np.float32)
-        sources = [e.source - encoded[0].source for e in encoded]
-        if len(encoded) == n_texts and sources == list(range(n_texts)):
-            merged = pooled
+        pooled = pooled.cpu()
+        base = encoded[0].source
+        groups: list[list[int]] = [[] for _ in range(n_texts)]
+        for row, e in enumerate(encoded):
+            groups[e.source - base].append(row)
+        if all(len(g) == 1 for g in groups):
+            merged = pooled[[g[0] for g in groups]]
         else:
-            weights = torch.tensor(
-                [float(e.text_tokens or len(e.ids)) for e in encoded], device=pooled.device
-            )
-            index = torch.tensor(sources, device=pooled.device)
-            merged = pooled.new_zeros((n_texts, pooled.shape[1])).index_add_(
-                0, index, pooled * weights[:, None]
-            )
-            totals = pooled.new_zeros(n_texts).index_add_(0, index, weights)
-            merged = merged / totals[:, None]
+            rows = []
+            for group in groups:
+                if len(group) == 1:  # a single window is used as is: same bits as when embedded alone
+                    rows.append(pooled[group[0]])
+                    continue
+                weights = torch.tensor([float(encoded[r].text_tokens or len(encoded[r].ids)) for r in group])
+                # chunks of one text summed in order: independent of the rest of the batch
+                rows.append((pooled[group] * weights[:, None]).sum(dim=0) / weights.sum())
+            merged = torch.stack(rows)
         final = finalize(merged, dimensions, self.settings.normalize if normalize is None else normalize)
         return final.cpu().numpy().astype(np.float32, copy=False)
 

@@ -13,6 +13,8 @@ Results are float32 whatever the hidden dtype.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -62,8 +64,13 @@ def pool_packed(
     mode: str,
     starts: torch.Tensor | None = None,
     ends: torch.Tensor | None = None,
+    *,
+    per_sequence: bool = False,
 ) -> torch.Tensor:
+    """``per_sequence``: one reduction per sequence in token order (batch-invariant, no atomics)."""
     check_pooling(mode)
+    if per_sequence and mode in ("mean", "weighted_mean", "max"):
+        return _pool_each(hidden, cu_seqlens, mode, starts, ends)
     hidden = hidden.float()
     cu = cu_seqlens.to(device=hidden.device, dtype=torch.long)
     lengths = cu[1:] - cu[:-1]
@@ -91,6 +98,29 @@ def pool_packed(
     out.index_add_(0, ids, rows * weights[:, None])
     totals = hidden.new_zeros(n_seq).index_add_(0, ids, weights)
     return out / totals[:, None].clamp(min=1e-9)
+
+
+def _pool_each(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    mode: str,
+    starts: torch.Tensor | None,
+    ends: torch.Tensor | None,
+) -> torch.Tensor:
+    bounds = cu_seqlens.tolist()
+    lo_list = [0] * (len(bounds) - 1) if starts is None else starts.tolist()
+    hi_list = [b - a for a, b in itertools.pairwise(bounds)] if ends is None else ends.tolist()
+    rows = []
+    for base, lo, hi in zip(bounds[:-1], lo_list, hi_list, strict=True):
+        span = hidden[base + lo : base + hi].float()
+        if mode == "max":
+            rows.append(span.max(dim=0).values)
+        elif mode == "mean":
+            rows.append(span.sum(dim=0) / span.shape[0])
+        else:
+            weights = torch.arange(lo + 1, hi + 1, device=hidden.device, dtype=torch.float32)
+            rows.append((span * weights[:, None]).sum(dim=0) / weights.sum())
+    return torch.stack(rows)
 
 
 def finalize(vectors: torch.Tensor, dimensions: int | None, normalize: bool) -> torch.Tensor:
