@@ -51,3 +51,15 @@ class OverloadedError(EmbedsvcError):
 
 class UnavailableError(EmbedsvcError):
     """The service is loading or draining (maps to UNAVAILABLE)."""
+
+
+class IndexNotFoundError(EmbedsvcError, LookupError):
+    """No index of that name (maps to NOT_FOUND)."""
+
+
+class IndexExistsError(EmbedsvcError):
+    """An index of that name already exists (maps to ALREADY_EXISTS)."""
+
+
+class CorruptDataError(EmbedsvcError):
+    """A snapshot or log on disk failed its checks (maps to DATA_LOSS); it is never loaded silently."""

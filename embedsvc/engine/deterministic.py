@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_TILE_ROWS = {"cpu": 64, "cuda": 256}
+# big enough for efficient GEMMs (on CPU 256 rows cost ~2% vs untiled, 64 rows ~20%)
+DEFAULT_TILE_ROWS = {"cpu": 256, "cuda": 1024}
 
 
 class FixedTileLinear(torch.nn.Module):

@@ -1,0 +1,1 @@
+"""Optional vector index: durable FAISS collections. faiss is imported lazily; never imports grpc."""

@@ -1,0 +1,132 @@
+"""FAISS structures behind a collection, by kind; faiss is imported lazily.
+
+The collection keeps every vector itself (for Get, re-ranking and rebuilds), so
+the FAISS index is a derived, rebuildable structure keyed by int64 labels.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+METRICS = ("cosine", "inner_product", "l2")
+
+
+@functools.cache
+def faiss_module() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            "the vector index needs faiss: pip install 'embedsvc[index]' (faiss-cpu, or faiss-gpu with CUDA)"
+        ) from exc
+    return faiss
+
+
+@dataclass(frozen=True)
+class AnnParams:
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 64
+    # recall-first defaults: >= 0.95 recall@10 even on unclustered random vectors (tests/test_index_core.py)
+    ivf_nlist: int = 32
+    ivf_nprobe: int = 24
+    pq_m: int = 0  # 0 = dimension / 4 rounded to a divisor
+    pq_bits: int = 8
+    rerank: int = 8  # approximate kinds fetch k * rerank candidates, then re-rank exactly
+
+    def train_size(self) -> int:
+        """Vectors needed before an IVF index is trained (faiss wants ~39 per centroid)."""
+        return 39 * self.ivf_nlist
+
+
+def _pq_m(dimension: int, wanted: int) -> int:
+    target = wanted or max(1, dimension // 4)
+    return max(m for m in range(1, dimension + 1) if dimension % m == 0 and m <= target)
+
+
+class AnnIndex:
+    """Approximate or exact nearest-neighbour structure over (label, vector) pairs."""
+
+    def __init__(self, kind: str, metric: str, dimension: int, params: AnnParams) -> None:
+        self.kind = kind
+        self.metric = metric
+        self.dimension = dimension
+        self.params = params
+        self.faiss = faiss_module()
+        self._metric = self.faiss.METRIC_L2 if metric == "l2" else self.faiss.METRIC_INNER_PRODUCT
+        self.index: Any = None
+        self.tombstones: set[int] = set()
+
+    @property
+    def trained(self) -> bool:
+        return self.index is not None
+
+    def _new(self, train: np.ndarray | None) -> Any:
+        f, d, p = self.faiss, self.dimension, self.params
+        if self.kind == "flat":
+            base = f.IndexFlatL2(d) if self.metric == "l2" else f.IndexFlatIP(d)
+            return f.IndexIDMap2(base)
+        if self.kind == "hnsw":
+            base = f.IndexHNSWFlat(d, p.hnsw_m, self._metric)
+            base.hnsw.efConstruction = p.hnsw_ef_construction
+            return f.IndexIDMap2(base)
+        quantizer = f.IndexFlatL2(d) if self.metric == "l2" else f.IndexFlatIP(d)
+        if self.kind == "ivf_flat":
+            index = f.IndexIVFFlat(quantizer, d, p.ivf_nlist, self._metric)
+        else:
+            index = f.IndexIVFPQ(quantizer, d, p.ivf_nlist, _pq_m(d, p.pq_m), p.pq_bits, self._metric)
+            index.pq.cp.min_points_per_centroid = 4  # codebooks train on what we have; re-ranking fixes the rest
+        self._quantizer = quantizer  # the IVF index borrows it: keep it alive as long as the index
+        index.train(train)
+        return index
+
+    def rebuild(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        """From scratch (start-up, HNSW compaction, IVF training once enough vectors exist)."""
+        self.tombstones.clear()
+        if self.kind.startswith("ivf") and len(labels) < self.params.train_size():
+            self.index = None  # searched exactly until trained
+            return
+        self.index = self._new(vectors if self.kind.startswith("ivf") else None)
+        if len(labels):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), labels.astype(np.int64))
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        if self.index is not None and len(labels):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), labels.astype(np.int64))
+
+    def remove(self, labels: list[int]) -> None:
+        if self.index is None or not labels:
+            return
+        if self.kind == "hnsw":
+            self.tombstones.update(labels)  # HNSW cannot delete: hidden at search, compacted by rebuild
+        else:
+            self.index.remove_ids(self.faiss.IDSelectorBatch(np.asarray(labels, dtype=np.int64)))
+
+    def search(
+        self, query: np.ndarray, k: int, *, allowed: np.ndarray | None, ef_search: int | None, nprobe: int | None
+    ) -> np.ndarray:
+        """Candidate labels (may include -1 padding) for one query."""
+        f = self.faiss
+        selector = None
+        keep_alive: list[Any] = []
+        if allowed is not None:
+            selector = f.IDSelectorBatch(allowed.astype(np.int64))
+        if self.tombstones:
+            dead = f.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64))
+            alive = f.IDSelectorNot(dead)
+            keep_alive += [selector, dead, alive]  # faiss selectors borrow their parts for the whole call
+            selector = alive if selector is None else f.IDSelectorAnd(selector, alive)
+        if self.kind == "hnsw":
+            params = f.SearchParametersHNSW(efSearch=max(ef_search or self.params.hnsw_ef_search, k), sel=selector)
+        elif self.kind.startswith("ivf"):
+            params = f.SearchParametersIVF(nprobe=nprobe or self.params.ivf_nprobe, sel=selector)
+        else:
+            params = f.SearchParameters(sel=selector)
+        _, labels = self.index.search(query[None, :].astype(np.float32), k, params=params)
+        del keep_alive
+        return labels[0]
