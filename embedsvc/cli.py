@@ -25,7 +25,8 @@ models:
 config file (--config FILE, TOML):
   [server]   host, port, metrics_port, api_keys, tls_cert, tls_key, max_inputs_per_request,
              max_message_bytes, max_queue_requests, max_queue_tokens, batch_wait_ms,
-             grace_period_s, tokenizer_threads, log_level, log_json
+             grace_period_s, tokenizer_threads, log_level, log_json, data_dir,
+             index_fsync, snapshot_every
   [[models]] name, source, default, and any engine option: pooling, normalize, dtype, device,
              max_length, profile, conversion (none|echo|prompteol|bidirectional), prompts,
              default_prompt_name, query_prompt_name, document_prompt_name,
@@ -93,6 +94,11 @@ def _serve_parser(sub: Any) -> None:
         dest="grace_period_s",
         help="seconds in-flight requests get on SIGTERM/SIGINT (default 10)",
     )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where vector indexes are kept durably (default: in memory, lost on exit)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--plain-logs", action="store_true", help="human-readable logs instead of JSON lines")
     g = p.add_argument_group("model options (apply to every served model; per model: config file)")
@@ -150,6 +156,7 @@ def _serve(args: argparse.Namespace) -> int:
         "grace_period_s": args.grace_period_s,
         "log_level": args.log_level,
         "log_json": False if args.plain_logs else None,
+        "data_dir": args.data_dir,
         "models": args.models,
         "model_options": model_options,
     }

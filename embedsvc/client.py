@@ -16,8 +16,14 @@ import grpc
 import numpy as np
 
 from embedsvc import codecs
+from embedsvc import index_client as ic
+from embedsvc.index_client import Hit, IndexInfo
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
+from embedsvc.v1 import index_pb2 as ipb
+from embedsvc.v1 import index_pb2_grpc as ipb_grpc
+
+__all__ = ["AsyncEmbedClient", "EmbedClient", "EmbedServiceError", "Hit", "IndexInfo", "ModelInfo"]
 
 _INPUT_TYPES = {
     None: pb.INPUT_TYPE_UNSPECIFIED,
@@ -179,9 +185,80 @@ class EmbedClient:
             else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         )
         self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
+        self._index = ipb_grpc.IndexServiceStub(self._channel)
         self.timeout = timeout
         self.chunk_size = chunk_size
 
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise EmbedServiceError.from_rpc(exc) from None
+
+    # ---------------------------------------------------------------- index
+    def create_index(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        metric: str = "cosine",
+        kind: str = "flat",
+        **params: int,
+    ) -> IndexInfo:
+        return ic.info(
+            self._call(self._index.CreateIndex, ic.create_request(name, model, metric, kind, params))
+        )
+
+    def delete_index(self, name: str) -> None:
+        self._call(self._index.DeleteIndex, ipb.DeleteIndexRequest(name=name))
+
+    def list_indexes(self) -> list[IndexInfo]:
+        return [ic.info(i) for i in self._call(self._index.ListIndexes, ipb.ListIndexesRequest()).indexes]
+
+    def describe_index(self, name: str) -> IndexInfo:
+        return ic.info(self._call(self._index.DescribeIndex, ipb.DescribeIndexRequest(name=name)))
+
+    def upsert(
+        self,
+        index: str,
+        ids: Sequence[str],
+        texts: Sequence[str] | None = None,
+        vectors: Any = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Insert or replace; returns the index's size afterwards. Each request is all or nothing."""
+        count = 0
+        for request in ic.upsert_requests(index, ids, texts, vectors, metadata, self.chunk_size):
+            count = self._call(self._index.Upsert, request).count
+        return int(count)
+
+    def delete(self, index: str, ids: Sequence[str]) -> int:
+        """Returns how many of ``ids`` existed."""
+        return int(self._call(self._index.Delete, ipb.DeleteRequest(index=index, ids=list(ids))).deleted)
+
+    def get(self, index: str, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        """``{id: (vector, metadata)}`` for the ids that exist."""
+        return ic.got(self._call(self._index.Get, ipb.GetRequest(index=index, ids=list(ids))))
+
+    def search(
+        self,
+        index: str,
+        text: str | None = None,
+        vector: Any = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        instruction: str | None = None,
+    ) -> list[Hit]:
+        request = ic.search_request(index, text, vector, k, filter, ef_search, nprobe, instruction)
+        return ic.hits(self._call(self._index.Search, request))
+
+    def count(self, index: str) -> int:
+        return int(self._call(self._index.Count, ipb.CountRequest(index=index)).count)
+
+    # ------------------------------------------------------------ embedding
     def embed(
         self,
         texts: Sequence[str],
@@ -283,9 +360,80 @@ class AsyncEmbedClient:
             else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         )
         self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
+        self._index = ipb_grpc.IndexServiceStub(self._channel)
         self.timeout = timeout
         self.chunk_size = chunk_size
 
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise EmbedServiceError.from_rpc(exc) from None
+
+    # ---------------------------------------------------------------- index
+    async def create_index(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        metric: str = "cosine",
+        kind: str = "flat",
+        **params: int,
+    ) -> IndexInfo:
+        request = ic.create_request(name, model, metric, kind, params)
+        return ic.info(await self._call(self._index.CreateIndex, request))
+
+    async def delete_index(self, name: str) -> None:
+        await self._call(self._index.DeleteIndex, ipb.DeleteIndexRequest(name=name))
+
+    async def list_indexes(self) -> list[IndexInfo]:
+        return [
+            ic.info(i) for i in (await self._call(self._index.ListIndexes, ipb.ListIndexesRequest())).indexes
+        ]
+
+    async def describe_index(self, name: str) -> IndexInfo:
+        return ic.info(await self._call(self._index.DescribeIndex, ipb.DescribeIndexRequest(name=name)))
+
+    async def upsert(
+        self,
+        index: str,
+        ids: Sequence[str],
+        texts: Sequence[str] | None = None,
+        vectors: Any = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+    ) -> int:
+        count = 0
+        for request in ic.upsert_requests(index, ids, texts, vectors, metadata, self.chunk_size):
+            count = (await self._call(self._index.Upsert, request)).count
+        return int(count)
+
+    async def delete(self, index: str, ids: Sequence[str]) -> int:
+        return int(
+            (await self._call(self._index.Delete, ipb.DeleteRequest(index=index, ids=list(ids)))).deleted
+        )
+
+    async def get(self, index: str, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        return ic.got(await self._call(self._index.Get, ipb.GetRequest(index=index, ids=list(ids))))
+
+    async def search(
+        self,
+        index: str,
+        text: str | None = None,
+        vector: Any = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        instruction: str | None = None,
+    ) -> list[Hit]:
+        request = ic.search_request(index, text, vector, k, filter, ef_search, nprobe, instruction)
+        return ic.hits(await self._call(self._index.Search, request))
+
+    async def count(self, index: str) -> int:
+        return int((await self._call(self._index.Count, ipb.CountRequest(index=index))).count)
+
+    # ------------------------------------------------------------ embedding
     async def embed(
         self,
         texts: Sequence[str],

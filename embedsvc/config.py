@@ -60,6 +60,9 @@ class ServerConfig:
     tokenizer_threads: int = 2
     log_level: str = "INFO"
     log_json: bool = True
+    data_dir: str | None = None  # index collections live here; None = in memory, lost on exit
+    index_fsync: bool = True  # fsync the write-ahead log before acknowledging writes
+    snapshot_every: int = 5000  # log records between snapshots
     models: tuple[ModelConfig, ...] = ()
 
     def __post_init__(self) -> None:

@@ -63,3 +63,7 @@ class IndexExistsError(EmbedsvcError):
 
 class CorruptDataError(EmbedsvcError):
     """A snapshot or log on disk failed its checks (maps to DATA_LOSS); it is never loaded silently."""
+
+
+class FailedPreconditionError(EmbedsvcError):
+    """Impossible now (maps to FAILED_PRECONDITION): e.g. an index's model is not served."""

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Cost of deterministic mode vs the default mode, in one process, on the same texts.
 
-Reports texts/s for the default (packed), padded and deterministic modes (alternating runs, best of N, so machine noise hits
-both alike), their ratio, and the default mode's batch-vs-single difference.
+Reports texts/s for the default (packed), padded and deterministic modes (alternating
+runs, best of N, so machine noise hits all alike), their ratios, and the default mode's
+batch-vs-single difference.
 
     python scripts/bench_deterministic.py [--model SOURCE] [--texts 1000] [--repeats 3] [--json out.json]
 """
@@ -33,7 +34,9 @@ def best_rate(emb: Embedder, texts: list[str]) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="checkpoint (default: bundled all-MiniLM-L6-v2)")
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -62,14 +65,21 @@ def main() -> int:
     result = {
         "model": default.name,
         "texts": len(texts),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "device": str(default.device), "torch": torch.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "device": str(default.device),
+            "torch": torch.__version__,
+        },
         "texts_per_s": {k: max(v) for k, v in rates.items()},
         "deterministic_over_default": max(rates["deterministic"]) / max(rates["default"]),
         "padded_over_default": max(rates["padded"]) / max(rates["default"]),
-        "default_batch_vs_single": {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
-                                    "texts_bitwise_equal": int((diff.max(axis=1) == 0).sum()),
-                                    "of": len(sample)},
+        "default_batch_vs_single": {
+            "max_abs": float(diff.max()),
+            "mean_abs": float(diff.mean()),
+            "texts_bitwise_equal": int((diff.max(axis=1) == 0).sum()),
+            "of": len(sample),
+        },
         "deterministic_texts_bitwise_equal": int(
             sum(np.array_equal(a, b) for a, b in zip(det_batch, det_singles, strict=True))
         ),

@@ -34,7 +34,9 @@ def load_corpus(path: Path | None, limit: int, *, passages: float = 0.2, seed: i
     """
     if path is not None:
         if path.suffix == ".jsonl":
-            texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+            texts = [
+                json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line
+            ]
         else:
             texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return texts[:limit]

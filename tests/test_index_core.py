@@ -46,9 +46,12 @@ def test_approximate_recall_at_10(tmp_path, kind, metric):
         approx.upsert(ids[lo : lo + 1000], vectors[lo : lo + 1000], None)
     assert approx.describe()["trained"] and approx.describe()["status"] == "ready"
     queries = random_vectors(50, seed=2)
-    recall = np.mean([
-        len({h.id for h in approx.search(q, 10)} & {h.id for h in exact.search(q, 10)}) / 10 for q in queries
-    ])
+    recall = np.mean(
+        [
+            len({h.id for h in approx.search(q, 10)} & {h.id for h in exact.search(q, 10)}) / 10
+            for q in queries
+        ]
+    )
     assert recall >= 0.95, recall
 
 
@@ -64,7 +67,9 @@ def test_ivf_says_it_is_untrained_and_searches_exactly():
 def test_replace_delete_and_filter(kind):
     c = Collection.create(spec(kind=kind, params=AnnParams(ivf_nlist=4)), None)
     vectors = random_vectors(300, seed=3)
-    c.upsert([f"d{i}" for i in range(300)], vectors, [{"even": i % 2 == 0, "tag": f"t{i % 3}"} for i in range(300)])
+    c.upsert(
+        [f"d{i}" for i in range(300)], vectors, [{"even": i % 2 == 0, "tag": f"t{i % 3}"} for i in range(300)]
+    )
     # replace: same id, new vector and metadata; no duplicate
     c.upsert(["d0"], vectors[1:2], [{"tag": "new"}])
     assert c.count() == 300

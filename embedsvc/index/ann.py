@@ -80,7 +80,9 @@ class AnnIndex:
             index = f.IndexIVFFlat(quantizer, d, p.ivf_nlist, self._metric)
         else:
             index = f.IndexIVFPQ(quantizer, d, p.ivf_nlist, _pq_m(d, p.pq_m), p.pq_bits, self._metric)
-            index.pq.cp.min_points_per_centroid = 4  # codebooks train on what we have; re-ranking fixes the rest
+            index.pq.cp.min_points_per_centroid = (
+                4  # codebooks train on what we have; re-ranking fixes the rest
+            )
         self._quantizer = quantizer  # the IVF index borrows it: keep it alive as long as the index
         index.train(train)
         return index
@@ -108,7 +110,13 @@ class AnnIndex:
             self.index.remove_ids(self.faiss.IDSelectorBatch(np.asarray(labels, dtype=np.int64)))
 
     def search(
-        self, query: np.ndarray, k: int, *, allowed: np.ndarray | None, ef_search: int | None, nprobe: int | None
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        allowed: np.ndarray | None,
+        ef_search: int | None,
+        nprobe: int | None,
     ) -> np.ndarray:
         """Candidate labels (may include -1 padding) for one query."""
         f = self.faiss
@@ -122,7 +130,9 @@ class AnnIndex:
             keep_alive += [selector, dead, alive]  # faiss selectors borrow their parts for the whole call
             selector = alive if selector is None else f.IDSelectorAnd(selector, alive)
         if self.kind == "hnsw":
-            params = f.SearchParametersHNSW(efSearch=max(ef_search or self.params.hnsw_ef_search, k), sel=selector)
+            params = f.SearchParametersHNSW(
+                efSearch=max(ef_search or self.params.hnsw_ef_search, k), sel=selector
+            )
         elif self.kind.startswith("ivf"):
             params = f.SearchParametersIVF(nprobe=nprobe or self.params.ivf_nprobe, sel=selector)
         else:

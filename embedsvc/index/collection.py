@@ -41,11 +41,13 @@ class IndexSpec:
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise InvalidInputError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}",
-                                    field="metric")
+            raise InvalidInputError(
+                f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}", field="metric"
+            )
         if self.kind not in KINDS:
-            raise InvalidInputError(f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}",
-                                    field="kind")
+            raise InvalidInputError(
+                f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}", field="kind"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,8 +99,9 @@ def check_vectors(vectors: np.ndarray, dimension: int, field_name: str = "vector
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2 or array.shape[1] != dimension:
         got = array.shape[-1] if array.ndim else 0
-        raise InvalidInputError(f"vectors must have {dimension} dimensions for this index, got {got}",
-                                field=field_name)
+        raise InvalidInputError(
+            f"vectors must have {dimension} dimensions for this index, got {got}", field=field_name
+        )
     bad = ~np.isfinite(array).all(axis=1)
     if bad.any():
         raise InvalidInputError(f"vector {int(np.argmax(bad))} contains NaN or infinity", field=field_name)
@@ -110,7 +113,9 @@ def check_metadata(metadata: Mapping[str, Any], where: str) -> dict[str, Metadat
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidInputError(f"{where}: metadata keys must be non-empty strings", field="metadata")
-        if not isinstance(value, str | int | float | bool) or (isinstance(value, float) and not math.isfinite(value)):
+        if not isinstance(value, str | int | float | bool) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
             raise InvalidInputError(
                 f"{where}: metadata value of {key!r} must be a string, integer, finite number or boolean",
                 field="metadata",
@@ -121,12 +126,15 @@ def check_metadata(metadata: Mapping[str, Any], where: str) -> dict[str, Metadat
 
 def _matches(metadata: Mapping[str, MetadataValue], wanted: Mapping[str, MetadataValue]) -> bool:
     # strict types: True must not match 1
-    return all(key in metadata and type(metadata[key]) is type(v) and metadata[key] == v for key, v in wanted.items())
+    return all(
+        key in metadata and type(metadata[key]) is type(v) and metadata[key] == v for key, v in wanted.items()
+    )
 
 
 class Collection:
-    def __init__(self, spec: IndexSpec, folder: Path | None, *, fsync: bool = True,
-                 snapshot_every: int = 5000) -> None:
+    def __init__(
+        self, spec: IndexSpec, folder: Path | None, *, fsync: bool = True, snapshot_every: int = 5000
+    ) -> None:
         self.spec = spec
         self.folder = folder
         self.snapshot_every = snapshot_every
@@ -203,8 +211,11 @@ class Collection:
         if self.folder is None or self._wal is None:
             return
         labels = sorted(self._id_of)
-        header = {"seq": self._seq, "ids": [self._id_of[x] for x in labels],
-                  "metadata": [self._metadata[x] for x in labels]}
+        header = {
+            "seq": self._seq,
+            "ids": [self._id_of[x] for x in labels],
+            "metadata": [self._metadata[x] for x in labels],
+        }
         records.write_snapshot(self.folder / SNAPSHOT_FILE, header, self._matrix[labels])
         self._wal.reset()
 
@@ -236,8 +247,14 @@ class Collection:
             )
         return (vectors / norms).astype(np.float32)
 
-    def _apply_upsert(self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]],
-                      *, index_now: bool = True) -> None:
+    def _apply_upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]],
+        *,
+        index_now: bool = True,
+    ) -> None:
         replaced = [self._label_of[i] for i in ids if i in self._label_of]
         if replaced:
             self._forget(replaced)
@@ -271,7 +288,9 @@ class Collection:
         self._forget(labels)
         return labels
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, Any]] | None) -> int:
+    def upsert(
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, Any]] | None
+    ) -> int:
         """Insert or replace; all or nothing. Returns the collection's size afterwards."""
         if len(ids) == 0:
             raise InvalidInputError("upsert needs at least one item", field="items")
@@ -314,7 +333,9 @@ class Collection:
     def count(self) -> int:
         return len(self._id_of)
 
-    def get(self, ids: Sequence[str]) -> tuple[list[tuple[str, np.ndarray, dict[str, MetadataValue]]], list[str]]:
+    def get(
+        self, ids: Sequence[str]
+    ) -> tuple[list[tuple[str, np.ndarray, dict[str, MetadataValue]]], list[str]]:
         with self._lock.read():
             found, missing = [], []
             for item_id in ids:
@@ -325,8 +346,15 @@ class Collection:
                     found.append((item_id, self._matrix[label].copy(), dict(self._metadata[label])))
             return found, missing
 
-    def search(self, query: np.ndarray, k: int, *, filter: Mapping[str, Any] | None = None,
-               ef_search: int | None = None, nprobe: int | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> list[Hit]:
         """Top ``k`` by score (higher is closer: similarity, or minus squared L2 distance)."""
         if k < 1:
             raise InvalidInputError("k must be at least 1", field="k")
@@ -337,13 +365,16 @@ class Collection:
                 return []
             allowed = None
             if wanted:
-                allowed = np.fromiter((x for x, m in self._metadata.items() if _matches(m, wanted)), dtype=np.int64)
+                allowed = np.fromiter(
+                    (x for x, m in self._metadata.items() if _matches(m, wanted)), dtype=np.int64
+                )
                 if not len(allowed):
                     return []
             if self._ann.trained:
                 fetch = k if self.spec.kind == "flat" else k * max(self.spec.params.rerank, 1)
-                candidates = self._ann.search(vector, min(fetch, len(self._id_of)), allowed=allowed,
-                                              ef_search=ef_search, nprobe=nprobe)
+                candidates = self._ann.search(
+                    vector, min(fetch, len(self._id_of)), allowed=allowed, ef_search=ef_search, nprobe=nprobe
+                )
                 candidates = candidates[candidates >= 0]
             else:
                 candidates = allowed if allowed is not None else np.fromiter(self._id_of, dtype=np.int64)
@@ -356,14 +387,26 @@ class Collection:
             else:
                 scores = vectors @ vector
             order = np.argsort(-scores, kind="stable")[:k]
-            return [Hit(self._id_of[int(candidates[i])], float(scores[i]), dict(self._metadata[int(candidates[i])]))
-                    for i in order]
+            return [
+                Hit(
+                    self._id_of[int(candidates[i])],
+                    float(scores[i]),
+                    dict(self._metadata[int(candidates[i])]),
+                )
+                for i in order
+            ]
 
     def describe(self) -> dict[str, Any]:
         trained = self._ann.trained
         if trained:
             status = "ready"
         else:
-            status = f"training: needs {self.spec.params.train_size()} vectors, has {self.count()}; searched exactly"
-        return {"trained": trained, "status": status, "count": self.count(), "durable": self.folder is not None,
-                "device": "cpu"}
+            needed = self.spec.params.train_size()
+            status = f"training: needs {needed} vectors, has {self.count()}; searched exactly"
+        return {
+            "trained": trained,
+            "status": status,
+            "count": self.count(),
+            "durable": self.folder is not None,
+            "device": "cpu",
+        }

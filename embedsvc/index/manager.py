@@ -46,7 +46,10 @@ class IndexManager:
                 continue
             try:
                 self.collections[folder.name] = Collection.open(folder, **self._options)
-                log.info("index opened", extra={"index": folder.name, "count": self.collections[folder.name].count()})
+                log.info(
+                    "index opened",
+                    extra={"index": folder.name, "count": self.collections[folder.name].count()},
+                )
             except CorruptDataError as exc:
                 self.broken[folder.name] = exc
                 log.error("index not loaded: corrupted", extra={"index": folder.name, "error": str(exc)})
@@ -54,8 +57,10 @@ class IndexManager:
     def create(self, spec: IndexSpec) -> Collection:
         if not _NAME.match(spec.name):
             raise InvalidInputError(
-                f"index name {spec.name!r} must be 1-64 letters, digits, '_', '.', '-' (starting with a letter "
-                "or digit)", field="name",
+                f"index name {spec.name!r} must be 1-64 letters, digits, '_', '.', '-' "
+                "(starting with a letter "
+                "or digit)",
+                field="name",
             )
         with self._lock:
             if spec.name in self.collections or spec.name in self.broken:

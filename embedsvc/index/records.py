@@ -29,7 +29,9 @@ def unpack(payload: bytes, dimension: int) -> tuple[dict[str, Any], np.ndarray]:
     (n,) = _LEN.unpack_from(payload, 0)
     header = json.loads(payload[_LEN.size : _LEN.size + n])
     raw = payload[_LEN.size + n :]
-    vectors = np.frombuffer(raw, dtype="<f4").reshape(-1, dimension) if raw else np.zeros((0, dimension), "<f4")
+    vectors = (
+        np.frombuffer(raw, dtype="<f4").reshape(-1, dimension) if raw else np.zeros((0, dimension), "<f4")
+    )
     return header, vectors
 
 

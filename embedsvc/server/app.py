@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -12,14 +13,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embedsvc.config import ServerConfig
+from embedsvc.index.manager import IndexManager
 from embedsvc.server.auth import ApiKeyInterceptor
 from embedsvc.server.embedding import EmbeddingServicer
+from embedsvc.server.index import IndexServicer
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry
-from embedsvc.v1 import embedding_pb2, embedding_pb2_grpc
+from embedsvc.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
 
 log = logging.getLogger("embedsvc.server")
 EMBEDDING_SERVICE = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+INDEX_SERVICE = index_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name
 
 
 class EmbedServer:
@@ -45,13 +49,23 @@ class EmbedServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        tokenizers = ThreadPoolExecutor(self.config.tokenizer_threads, thread_name_prefix="tokenize")
         embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-            EmbeddingServicer(self.registry, self.config, self.metrics), server
+            EmbeddingServicer(self.registry, self.config, self.metrics, tokenizers), server
+        )
+        self.indexes = IndexManager(
+            Path(self.config.data_dir) if self.config.data_dir else None,
+            fsync=self.config.index_fsync,
+            snapshot_every=self.config.snapshot_every,
+        )
+        index_pb2_grpc.add_IndexServiceServicer_to_server(
+            IndexServicer(self.registry, self.indexes, self.config, self.metrics, tokenizers), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 EMBEDDING_SERVICE,
+                INDEX_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -84,7 +98,7 @@ class EmbedServer:
         return self.port
 
     async def _set_health(self, status: int) -> None:
-        for service in ("", EMBEDDING_SERVICE):
+        for service in ("", EMBEDDING_SERVICE, INDEX_SERVICE):
             await self.health.set(service, status)
 
     async def _publish_queue_depth(self) -> None:
@@ -109,6 +123,7 @@ class EmbedServer:
             self.registry.state = "draining"
             await stopping
         await self.registry.close()
+        await asyncio.to_thread(self.indexes.close)  # snapshots: a fast restart
         log.info("stopped")
 
     async def wait(self) -> None:

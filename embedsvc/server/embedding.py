@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -20,6 +18,7 @@ from embedsvc.errors import InvalidInputError
 from embedsvc.server.errors import message_for, status_for
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry, ServedModel
+from embedsvc.server.rpc import GuardedServicer
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 
@@ -47,12 +46,6 @@ _ENCODINGS = {
 STREAM_WINDOW = 32  # requests of one stream processed concurrently
 
 
-@dataclass
-class RpcFailure(Exception):
-    code: grpc.StatusCode
-    message: str
-
-
 def _enum(value: int, table: Mapping[Any, Any], field: str) -> Any:
     try:
         return table[value]
@@ -60,48 +53,33 @@ def _enum(value: int, table: Mapping[Any, Any], field: str) -> Any:
         raise InvalidInputError(f"unknown {field} enum value {value}", field=field) from None
 
 
-class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
-    def __init__(self, registry: ModelRegistry, config: ServerConfig, metrics: Metrics) -> None:
+async def embed_texts(
+    served: ServedModel,
+    pool: ThreadPoolExecutor,
+    texts: list[str],
+    *,
+    input_type: str | None,
+    instruction: str | None = None,
+    timeout: float | None = None,
+) -> np.ndarray:
+    """Tokenize on ``pool``, batch through the model's scheduler, return float32 vectors."""
+    embedder = served.embedder
+    encoded = await asyncio.get_running_loop().run_in_executor(
+        pool, lambda: embedder.prepare(texts, input_type=input_type, instruction=instruction)
+    )
+    pooled = await served.scheduler.submit(encoded, timeout=timeout)
+    return embedder.combine(pooled, encoded, len(texts))
+
+
+class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
+    def __init__(
+        self, registry: ModelRegistry, config: ServerConfig, metrics: Metrics, tokenizers: ThreadPoolExecutor
+    ) -> None:
+        super().__init__(metrics)
         self.registry = registry
         self.config = config
-        self.metrics = metrics
         # tokenization runs here, off both the event loop and the forward threads
-        self._tokenizers = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
-
-    # ------------------------------------------------------------ plumbing
-    async def _guard(
-        self, method: str, model: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
-    ) -> T:
-        """Run ``work``; map failures to a status code; never let a bad request kill the server."""
-        request_id = uuid.uuid4().hex[:16]
-        started = time.perf_counter()
-        context.set_trailing_metadata((("x-request-id", request_id),))
-        try:
-            result = await work()
-        except RpcFailure as failure:
-            await self._abort(context, method, failure.code, failure.message)
-        except asyncio.CancelledError:
-            self.metrics.errors.labels(method, "CANCELLED").inc()
-            raise
-        except Exception as exc:
-            code = status_for(exc)
-            if code is None:
-                log.exception("internal error", extra={"request_id": request_id, "method": method})
-                await self._abort(
-                    context,
-                    method,
-                    grpc.StatusCode.INTERNAL,
-                    f"internal error (request id {request_id}); this is a bug, please report it",
-                )
-            await self._abort(context, method, code, message_for(exc))  # type: ignore[arg-type]
-        self.metrics.request_seconds.labels(method, model or "default").observe(time.perf_counter() - started)
-        return result
-
-    async def _abort(
-        self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, msg: str
-    ) -> None:
-        self.metrics.errors.labels(method, code.name).inc()
-        await context.abort(code, msg)
+        self._tokenizers = tokenizers
 
     def _model(self, name: str, method: str) -> ServedModel:
         served = self.registry.get(name)

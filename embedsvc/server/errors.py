@@ -6,6 +6,10 @@ import grpc
 
 from embedsvc.engine.scheduler import DeadlineExceededError
 from embedsvc.errors import (
+    CorruptDataError,
+    FailedPreconditionError,
+    IndexExistsError,
+    IndexNotFoundError,
     InvalidInputError,
     ModelLoadError,
     ModelNotFoundError,
@@ -20,6 +24,11 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (IndexNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (IndexExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (CorruptDataError, grpc.StatusCode.DATA_LOSS),
+    (ImportError, grpc.StatusCode.FAILED_PRECONDITION),  # an optional extra is not installed
 )
 
 

@@ -1,0 +1,155 @@
+"""Index methods shared by the sync and async clients: request building and response decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedsvc.v1 import index_pb2 as ipb
+
+METRICS = {"cosine": ipb.METRIC_COSINE, "inner_product": ipb.METRIC_INNER_PRODUCT, "l2": ipb.METRIC_L2}
+KINDS = {
+    "flat": ipb.INDEX_KIND_FLAT,
+    "hnsw": ipb.INDEX_KIND_HNSW,
+    "ivf_flat": ipb.INDEX_KIND_IVF_FLAT,
+    "ivf_pq": ipb.INDEX_KIND_IVF_PQ,
+}
+_METRIC_NAMES = {v: k for k, v in METRICS.items()}
+_KIND_NAMES = {v: k for k, v in KINDS.items()}
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    name: str
+    model: str
+    model_source: str
+    dimension: int
+    metric: str
+    kind: str
+    count: int
+    trained: bool
+    status: str
+    durable: bool
+    params: dict[str, int]
+
+
+def _value(value: Any) -> ipb.MetadataValue:
+    if isinstance(value, bool):
+        return ipb.MetadataValue(bool_value=value)
+    if isinstance(value, int):
+        return ipb.MetadataValue(int_value=value)
+    if isinstance(value, float):
+        return ipb.MetadataValue(double_value=value)
+    if isinstance(value, str):
+        return ipb.MetadataValue(string_value=value)
+    raise ValueError(f"metadata values must be str, int, float or bool, got {type(value).__name__}")
+
+
+def to_metadata(values: Mapping[str, Any] | None) -> dict[str, ipb.MetadataValue]:
+    return {k: _value(v) for k, v in (values or {}).items()}
+
+
+def from_metadata(values: Mapping[str, ipb.MetadataValue]) -> dict[str, Any]:
+    return {k: getattr(v, v.WhichOneof("kind")) for k, v in values.items() if v.WhichOneof("kind")}
+
+
+def create_request(name: str, model: str | None, metric: str, kind: str, params: Mapping[str, int]) -> Any:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return ipb.CreateIndexRequest(
+        name=name,
+        model=model or "",
+        metric=METRICS[metric],
+        kind=KINDS[kind],
+        params=ipb.IndexParams(**params),
+    )
+
+
+def info(message: ipb.IndexInfo) -> IndexInfo:
+    return IndexInfo(
+        name=message.name,
+        model=message.model,
+        model_source=message.model_source,
+        dimension=message.dimension,
+        metric=_METRIC_NAMES.get(message.metric, ""),
+        kind=_KIND_NAMES.get(message.kind, ""),
+        count=message.count,
+        trained=message.trained,
+        status=message.status,
+        durable=message.durable,
+        params={f.name: v for f, v in message.params.ListFields()},
+    )
+
+
+def upsert_requests(
+    index: str,
+    ids: Sequence[str],
+    texts: Sequence[str] | None,
+    vectors: Any,
+    metadata: Sequence[Mapping[str, Any]] | None,
+    chunk: int,
+) -> list[Any]:
+    if (texts is None) == (vectors is None):
+        raise ValueError("pass exactly one of texts or vectors")
+    n = len(ids)
+    if texts is not None and len(texts) != n:
+        raise ValueError(f"{n} ids but {len(texts)} texts")
+    array = None if vectors is None else np.asarray(vectors, dtype=np.float32)
+    if array is not None and (array.ndim != 2 or len(array) != n):
+        raise ValueError(f"vectors must be a [{n}, dim] array")
+    if metadata is not None and len(metadata) != n:
+        raise ValueError(f"{n} ids but {len(metadata)} metadata entries")
+    items = []
+    for i, item_id in enumerate(ids):
+        meta = to_metadata(metadata[i] if metadata else None)
+        if texts is not None:
+            items.append(ipb.Item(id=item_id, text=texts[i], metadata=meta))
+        else:
+            items.append(ipb.Item(id=item_id, vector=array[i], metadata=meta))  # type: ignore[index]
+    return [ipb.UpsertRequest(index=index, items=items[i : i + chunk]) for i in range(0, n, chunk)]
+
+
+def search_request(
+    index: str,
+    text: str | None,
+    vector: Any,
+    k: int,
+    filter: Mapping[str, Any] | None,
+    ef_search: int | None,
+    nprobe: int | None,
+    instruction: str | None,
+) -> Any:
+    if (text is None) == (vector is None):
+        raise ValueError("pass exactly one of text or vector")
+    request = ipb.SearchRequest(index=index, k=k, filter=to_metadata(filter))
+    if text is not None:
+        request.text = text
+    else:
+        request.vector.values.extend(np.asarray(vector, dtype=np.float32).ravel().tolist())
+    if ef_search is not None:
+        request.ef_search = ef_search
+    if nprobe is not None:
+        request.nprobe = nprobe
+    if instruction is not None:
+        request.instruction = instruction
+    return request
+
+
+def hits(response: ipb.SearchResponse) -> list[Hit]:
+    return [Hit(h.id, h.score, from_metadata(h.metadata)) for h in response.hits]
+
+
+def got(response: ipb.GetResponse) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    return {i.id: (np.asarray(i.vector, dtype=np.float32), from_metadata(i.metadata)) for i in response.items}

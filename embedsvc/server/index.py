@@ -1,0 +1,298 @@
+"""IndexService: collections bound to served models, searchable by text or vector."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+
+from embedsvc.config import ServerConfig
+from embedsvc.errors import FailedPreconditionError, InvalidInputError
+from embedsvc.index.ann import AnnParams
+from embedsvc.index.collection import Collection, IndexSpec
+from embedsvc.index.manager import IndexManager
+from embedsvc.server.embedding import embed_texts
+from embedsvc.server.metrics import Metrics
+from embedsvc.server.registry import ModelRegistry, ServedModel
+from embedsvc.server.rpc import GuardedServicer
+from embedsvc.v1 import index_pb2 as pb
+from embedsvc.v1 import index_pb2_grpc as pb_grpc
+
+METRICS = {
+    pb.METRIC_UNSPECIFIED: "cosine",
+    pb.METRIC_COSINE: "cosine",
+    pb.METRIC_INNER_PRODUCT: "inner_product",
+    pb.METRIC_L2: "l2",
+}
+KINDS = {
+    pb.INDEX_KIND_UNSPECIFIED: "flat",
+    pb.INDEX_KIND_FLAT: "flat",
+    pb.INDEX_KIND_HNSW: "hnsw",
+    pb.INDEX_KIND_IVF_FLAT: "ivf_flat",
+    pb.INDEX_KIND_IVF_PQ: "ivf_pq",
+}
+METRIC_ENUMS = {"cosine": pb.METRIC_COSINE, "inner_product": pb.METRIC_INNER_PRODUCT, "l2": pb.METRIC_L2}
+KIND_ENUMS = {
+    "flat": pb.INDEX_KIND_FLAT,
+    "hnsw": pb.INDEX_KIND_HNSW,
+    "ivf_flat": pb.INDEX_KIND_IVF_FLAT,
+    "ivf_pq": pb.INDEX_KIND_IVF_PQ,
+}
+_PARAM_FIELDS = (
+    "hnsw_m",
+    "hnsw_ef_construction",
+    "hnsw_ef_search",
+    "ivf_nlist",
+    "ivf_nprobe",
+    "pq_m",
+    "pq_bits",
+    "rerank",
+)
+
+
+def metadata_from_pb(values: Mapping[str, pb.MetadataValue]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        which = value.WhichOneof("kind")
+        if which is None:
+            raise InvalidInputError(
+                f"metadata value of {key!r} is empty: set one of its fields", field="metadata"
+            )
+        out[key] = getattr(value, which)
+    return out
+
+
+def metadata_to_pb(values: Mapping[str, Any]) -> dict[str, pb.MetadataValue]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool):
+            out[key] = pb.MetadataValue(bool_value=value)
+        elif isinstance(value, int):
+            out[key] = pb.MetadataValue(int_value=value)
+        elif isinstance(value, float):
+            out[key] = pb.MetadataValue(double_value=value)
+        else:
+            out[key] = pb.MetadataValue(string_value=str(value))
+    return out
+
+
+def _enum(value: int, table: Mapping[Any, str], field: str) -> str:
+    if value not in table:
+        raise InvalidInputError(f"unknown {field} enum value {value}", field=field)
+    return table[value]
+
+
+class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        manager: IndexManager,
+        config: ServerConfig,
+        metrics: Metrics,
+        tokenizers: ThreadPoolExecutor,
+    ) -> None:
+        super().__init__(metrics)
+        self.registry = registry
+        self.manager = manager
+        self.config = config
+        self._tokenizers = tokenizers
+
+    # ------------------------------------------------------------- helpers
+    def _model_for(self, collection: Collection) -> ServedModel | None:
+        for served in self.registry.models.values():
+            if served.embedder.loaded.source.source_name == collection.spec.model_source:
+                return served
+        return None
+
+    def _require_model(self, collection: Collection) -> ServedModel:
+        served = self._model_for(collection)
+        if served is None:
+            raise FailedPreconditionError(
+                f"index {collection.spec.name!r} was built with model {collection.spec.model_source}, "
+                f"which this server does not serve (it serves: {', '.join(self.registry.models)}); "
+                "start the server with "
+                f"--model NAME={collection.spec.model_source} to embed texts for it"
+            )
+        return served
+
+    def _info(self, collection: Collection) -> pb.IndexInfo:
+        spec, state = collection.spec, collection.describe()
+        served = self._model_for(collection)
+        status = (
+            state["status"] if served else f"{state['status']}; model not served: text queries unavailable"
+        )
+        return pb.IndexInfo(
+            name=spec.name,
+            model=served.name if served else "",
+            model_source=spec.model_source,
+            dimension=spec.dimension,
+            metric=METRIC_ENUMS[spec.metric],
+            kind=KIND_ENUMS[spec.kind],
+            params=pb.IndexParams(**{f: getattr(spec.params, f) for f in _PARAM_FIELDS}),
+            count=state["count"],
+            trained=state["trained"],
+            status=status,
+            durable=state["durable"],
+            device=state["device"],
+        )
+
+    def _check_batch(self, n: int, what: str) -> None:
+        if n == 0:
+            raise InvalidInputError(f"{what} must not be empty", field=what)
+        if n > self.config.max_inputs_per_request:
+            raise InvalidInputError(
+                f"{n} {what} in one request; the limit is {self.config.max_inputs_per_request} "
+                "(max_inputs_per_request): split the request",
+                field=what,
+            )
+
+    # ---------------------------------------------------------- lifecycle
+    async def CreateIndex(
+        self, request: pb.CreateIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IndexInfo:
+        async def work() -> pb.IndexInfo:
+            served = self.registry.get(request.model)
+            given = {f: getattr(request.params, f) for f in _PARAM_FIELDS if getattr(request.params, f)}
+            spec = IndexSpec(
+                name=request.name,
+                model=served.name,
+                model_source=served.embedder.loaded.source.source_name,
+                dimension=served.embedder.dimension,
+                metric=_enum(request.metric, METRICS, "metric"),
+                kind=_enum(request.kind, KINDS, "kind"),
+                params=AnnParams(**given),
+            )
+            return self._info(await asyncio.to_thread(self.manager.create, spec))
+
+        return await self._guard("CreateIndex", request.model, context, work)
+
+    async def DeleteIndex(self, request: pb.DeleteIndexRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> pb.DeleteIndexResponse:
+            await asyncio.to_thread(self.manager.delete, request.name)
+            return pb.DeleteIndexResponse()
+
+        return await self._guard("DeleteIndex", "", context, work)
+
+    async def ListIndexes(self, request: pb.ListIndexesRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> pb.ListIndexesResponse:
+            infos = [self._info(c) for _, c in sorted(self.manager.collections.items())]
+            infos += [
+                pb.IndexInfo(name=name, status=f"error: {exc}")
+                for name, exc in sorted(self.manager.broken.items())
+            ]
+            return pb.ListIndexesResponse(indexes=infos)
+
+        return await self._guard("ListIndexes", "", context, work)
+
+    async def DescribeIndex(self, request: pb.DescribeIndexRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> pb.IndexInfo:
+            return self._info(self.manager.get(request.name))
+
+        return await self._guard("DescribeIndex", "", context, work)
+
+    # --------------------------------------------------------------- data
+    async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
+        async def work() -> pb.UpsertResponse:
+            collection = self.manager.get(request.index)
+            self._check_batch(len(request.items), "items")
+            texts: list[tuple[int, str]] = []
+            vectors = np.zeros((len(request.items), collection.spec.dimension), dtype=np.float32)
+            for i, item in enumerate(request.items):
+                has_text, has_vector = item.HasField("text"), len(item.vector) > 0
+                if has_text == has_vector:
+                    raise InvalidInputError(
+                        f"item {i} ({item.id!r}) must have exactly one of text or vector", field="items"
+                    )
+                if has_vector:
+                    if len(item.vector) != collection.spec.dimension:
+                        raise InvalidInputError(
+                            f"item {i} ({item.id!r}): vector has {len(item.vector)} dimensions, the index "
+                            f"{collection.spec.dimension}",
+                            field="vector",
+                        )
+                    vectors[i] = item.vector
+                else:
+                    texts.append((i, item.text))
+            metadata = [metadata_from_pb(item.metadata) for item in request.items]
+            ids = [item.id for item in request.items]
+            if texts:
+                served = self._require_model(collection)
+                embedded = await embed_texts(
+                    served,
+                    self._tokenizers,
+                    [t for _, t in texts],
+                    input_type="document",
+                    timeout=context.time_remaining(),
+                )
+                vectors[[i for i, _ in texts]] = embedded
+            count = await asyncio.to_thread(collection.upsert, ids, vectors, metadata)
+            return pb.UpsertResponse(upserted=len(ids), count=count)
+
+        return await self._guard("Upsert", "", context, work)
+
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        async def work() -> pb.DeleteResponse:
+            collection = self.manager.get(request.index)
+            self._check_batch(len(request.ids), "ids")
+            deleted, count = await asyncio.to_thread(collection.delete, list(request.ids))
+            return pb.DeleteResponse(deleted=deleted, count=count)
+
+        return await self._guard("Delete", "", context, work)
+
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+        async def work() -> pb.GetResponse:
+            collection = self.manager.get(request.index)
+            self._check_batch(len(request.ids), "ids")
+            found, missing = await asyncio.to_thread(collection.get, list(request.ids))
+            items = [pb.Item(id=i, vector=v, metadata=metadata_to_pb(m)) for i, v, m in found]
+            return pb.GetResponse(items=items, missing=missing)
+
+        return await self._guard("Get", "", context, work)
+
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        async def work() -> pb.SearchResponse:
+            collection = self.manager.get(request.index)
+            which = request.WhichOneof("query")
+            if which is None:
+                raise InvalidInputError("set exactly one of text or vector", field="query")
+            if which == "text":
+                served = self._require_model(collection)
+                (query,) = await embed_texts(
+                    served,
+                    self._tokenizers,
+                    [request.text],
+                    input_type="query",
+                    instruction=request.instruction if request.HasField("instruction") else None,
+                    timeout=context.time_remaining(),
+                )
+            else:
+                if len(request.vector.values) != collection.spec.dimension:
+                    raise InvalidInputError(
+                        f"vector has {len(request.vector.values)} dimensions, "
+                        f"the index {collection.spec.dimension}",
+                        field="vector",
+                    )
+                query = np.asarray(request.vector.values, dtype=np.float32)
+            hits = await asyncio.to_thread(
+                collection.search,
+                query,
+                request.k or 10,
+                filter=metadata_from_pb(request.filter),
+                ef_search=request.ef_search if request.HasField("ef_search") else None,
+                nprobe=request.nprobe if request.HasField("nprobe") else None,
+            )
+            return pb.SearchResponse(
+                hits=[pb.Hit(id=h.id, score=h.score, metadata=metadata_to_pb(h.metadata)) for h in hits]
+            )
+
+        return await self._guard("Search", "", context, work)
+
+    async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
+        async def work() -> pb.CountResponse:
+            return pb.CountResponse(count=self.manager.get(request.index).count())
+
+        return await self._guard("Count", "", context, work)
