@@ -66,23 +66,42 @@ def sdpa_loop(
     causal: bool,
     scale: float | None,
     sliding_window: int | None = None,
+    group_equal_lengths: bool = True,
 ) -> torch.Tensor:
-    """Reference varlen attention: ``[t, h, d]`` in, ``[t, h, d]`` out, one SDPA call per sequence."""
-    outputs = []
+    """Reference varlen attention: ``[t, h, d]`` in, ``[t, h, d]`` out.
+
+    Sequences of equal length share one SDPA call (``[g, h, n, d]``); with
+    ``group_equal_lengths=False`` every sequence gets a call of its own, so its
+    result cannot depend on any other sequence (deterministic mode).
+    """
     gqa = key.shape[1] != query.shape[1]
-    for lo, hi in itertools.pairwise(cu_seqlens):
-        q, k, v = (x[lo:hi].transpose(0, 1) for x in (query, key, value))
+    groups: dict[int, list[int]] = {}
+    for start, stop in itertools.pairwise(cu_seqlens):
+        groups.setdefault(stop - start, []).append(start)
+    if not group_equal_lengths:
+        groups_list = [(n, [s]) for n, starts in groups.items() for s in starts]
+    else:
+        groups_list = list(groups.items())
+    out = query.new_empty((query.shape[0], query.shape[1], value.shape[-1]))
+    for n, starts in groups_list:
+        index = (
+            torch.tensor(starts, device=query.device)[:, None] + torch.arange(n, device=query.device)
+        ).reshape(-1)
+        # [g * n, h, d] -> [g, h, n, d]; 4D: the fused CPU kernel needs the batch dimension
+        q, k, v = (
+            x.index_select(0, index).view(len(starts), n, x.shape[1], -1).transpose(1, 2)
+            for x in (query, key, value)
+        )
         mask = None
-        n = hi - lo
         if causal and sliding_window is not None and n > sliding_window:
             pos = torch.arange(n, device=query.device)
             diff = pos[:, None] - pos[None, :]
             mask = (diff >= 0) & (diff < sliding_window)
-        out = F.scaled_dot_product_attention(
+        result = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=gqa
         )
-        outputs.append(out.transpose(0, 1))
-    return torch.cat(outputs, dim=0)
+        out.index_copy_(0, index, result.transpose(1, 2).reshape(len(starts) * n, result.shape[1], -1))
+    return out
 
 
 def varlen_attention(
@@ -96,6 +115,7 @@ def varlen_attention(
     scale: float | None,
     backend: str = "auto",
     sliding_window: int | None = None,
+    group_equal_lengths: bool = True,
 ) -> torch.Tensor:
     """Attention over packed sequences; ``[t, h, d]`` tensors, ``cu_seqlens [b + 1]`` int32."""
     if backend == "auto":
@@ -133,7 +153,14 @@ def varlen_attention(
         )
     if backend == "sdpa_loop":
         return sdpa_loop(
-            query, key, value, cu_seqlens.tolist(), causal=causal, scale=scale, sliding_window=sliding_window
+            query,
+            key,
+            value,
+            cu_seqlens.tolist(),
+            causal=causal,
+            scale=scale,
+            sliding_window=sliding_window,
+            group_equal_lengths=group_equal_lengths,
         )
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
@@ -167,6 +194,7 @@ def embedsvc_attention(
         scale=scaling,
         backend=backend,
         sliding_window=kwargs.get("sliding_window") or getattr(module, "sliding_window", None),
+        group_equal_lengths=not getattr(module.config, "embedsvc_deterministic", False),
     )
     return out.unsqueeze(0), None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,13 @@ _ENGINE_OPTIONS = (
     "attention_backend",
     "deterministic",
     "deterministic_tile_rows",
+    "quantize",
 )
+
+
+# tokens per forward pass: big batches feed a GPU; on CPU smaller ones stay in cache (measured faster)
+DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 16384}
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class EngineOptions:
     attention_backend: str = "auto"
     deterministic: bool = False
     tile_rows: int = 0  # deterministic mode: rows per fixed GEMM tile
+    quantize: str = "none"
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -100,8 +108,11 @@ class Embedder:
             exclude_prompt=not settings.include_prompt,
         )
         self._pad_id = self.tokenizer.pad_token_id or 0
+        # the fused Triton pooling kernel (one program per sequence, no atomics) on CUDA when triton exists
+        self._fused_pooling = self.device.type == "cuda" and _triton_available()
         self._takes_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
         self.model.config.embedsvc_attention_backend = options.attention_backend
+        self.model.config.embedsvc_deterministic = options.deterministic
         if settings.conversion == "bidirectional":
             self._make_bidirectional()
 
@@ -125,7 +136,8 @@ class Embedder:
         ``document_prompt_name``, ``instruction_template``, ``default_instruction``,
         ``append_eos``, ``include_prompt``, ``name``, ``token_budget``,
         ``max_batch_size``, ``batching`` (auto/packed/padded), ``attention_backend``,
-        ``deterministic`` (bitwise batch-invariant vectors), ``deterministic_tile_rows``.
+        ``deterministic`` (bitwise batch-invariant vectors), ``deterministic_tile_rows``,
+        ``quantize`` (``"int8"``: dynamic int8 linear layers on CPU).
         """
         known = set(SETTING_OPTIONS) | set(_ENGINE_OPTIONS)
         unknown = sorted(set(options) - known)
@@ -170,13 +182,30 @@ class Embedder:
             backend = "sdpa_loop"
         tile_rows = int(options.get("deterministic_tile_rows") or DEFAULT_TILE_ROWS[loaded.device.type])
         engine = EngineOptions(
-            token_budget=int(options.get("token_budget") or EngineOptions.token_budget),
+            token_budget=int(options.get("token_budget") or DEFAULT_TOKEN_BUDGET[loaded.device.type]),
             max_batch_size=int(options.get("max_batch_size") or EngineOptions.max_batch_size),
             packed=batching != "padded",  # packing measured faster than padding on CPU too
             attention_backend=backend,
             deterministic=deterministic,
             tile_rows=tile_rows,
         )
+        quantize = options.get("quantize") or "none"
+        if quantize not in QUANTIZATIONS:
+            raise InvalidInputError(
+                f"unknown quantize {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}", field="quantize"
+            )
+        if quantize == "int8":
+            if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
+                raise InvalidInputError(
+                    "quantize='int8' is a CPU mode for float32 models (dynamic int8 linear layers)",
+                    field="quantize",
+                )
+            if deterministic:
+                raise InvalidInputError(
+                    "quantize='int8' cannot be combined with deterministic mode", field="quantize"
+                )
+            loaded.model = _quantize_int8(loaded.model)
+        engine = dataclasses.replace(engine, quantize=quantize)
         return cls(
             loaded,
             settings,
@@ -382,6 +411,10 @@ class Embedder:
         hidden = self.model(**kwargs).last_hidden_state[0]
         starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
         ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
+        if self._fused_pooling:
+            from embedsvc.kernels.segment_pool import segment_pool
+
+            return segment_pool(hidden, cu, starts, ends, self.settings.pooling)
         return pool_packed(
             hidden, cu, self.settings.pooling, starts, ends, per_sequence=self.options.deterministic
         )
@@ -434,6 +467,23 @@ class Embedder:
             f"pooling={self.settings.pooling!r}, profile={self.settings.profile!r}, "
             f"device={self.device}, dtype={self.dtype})"
         )
+
+
+def _triton_available() -> bool:
+    from embedsvc.kernels.segment_pool import triton_available
+
+    return triton_available()
+
+
+def _quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of every nn.Linear (weights int8, activations quantized per call)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # torch points users at torchao; this API still works and ships with torch
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _model_max_length(loaded: LoadedModel) -> int:
