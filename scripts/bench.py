@@ -18,7 +18,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -214,13 +213,6 @@ def main() -> int:
                 stsb_spearman_int8=int8_rho,
                 spearman_drop_points=fp32_rho - int8_rho,
             )
-
-    try:
-        import infinity_emb  # noqa: F401
-
-        result["infinity"] = "installed; comparison not implemented yet"
-    except ImportError:
-        result["infinity"] = "not installed (pip install infinity-emb to compare)"
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

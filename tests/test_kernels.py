@@ -1,4 +1,4 @@
-"""Triton kernels against their plain-torch references: CPU via TRITON_INTERPRET=1, and on GPU when present."""
+"""Triton kernels against their plain-torch references: on CPU via TRITON_INTERPRET=1, and on GPU."""
 
 from __future__ import annotations
 
