@@ -32,7 +32,7 @@ config file (--config FILE, TOML):
              default_prompt_name, query_prompt_name, document_prompt_name,
              instruction_template, default_instruction, append_eos, include_prompt,
              batching (auto|packed|padded), token_budget, max_batch_size, attention_backend,
-             deterministic, deterministic_tile_rows
+             deterministic, deterministic_tile_rows, quantize
   Flags given on the command line win over the file. A --model whose NAME matches a
   [[models]] entry takes that entry's options.
 
@@ -111,6 +111,11 @@ def _serve_parser(sub: Any) -> None:
     g.add_argument("--token-budget", type=int, help="tokens per forward pass (padding counted)")
     g.add_argument("--max-batch-size", type=int, help="sequences per forward pass")
     g.add_argument(
+        "--quantize",
+        choices=["none", "int8", "int8-fast"],
+        help="CPU: dynamic int8 linear layers (int8: per-channel, int8-fast: per-tensor)",
+    )
+    g.add_argument(
         "--deterministic",
         action="store_true",
         default=None,
@@ -138,6 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
             "token_budget",
             "max_batch_size",
             "deterministic",
+            "quantize",
         )
         if getattr(args, k) is not None
     }

@@ -88,6 +88,7 @@ class BatchScheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._last_batch_end = float("-inf")
         self.stats = SchedulerStats()
 
     # ------------------------------------------------------------------ api
@@ -192,7 +193,8 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
-            if self.batch_wait_s > 0 and self._queued_tokens < self.token_budget:
+            busy = loop.time() - self._last_batch_end < 0.05  # traffic right now: others may be on their way
+            if busy and self.batch_wait_s > 0 and self._queued_tokens < self.token_budget:
                 await asyncio.sleep(self.batch_wait_s)  # let concurrent callers join this batch
             batch = self._take_batch(loop.time())
             if not self._queue:
@@ -212,6 +214,7 @@ class BatchScheduler:
                         self._queue.remove(pending)
                 continue
             elapsed = time.perf_counter() - started
+            self._last_batch_end = loop.time()
             self.stats.batches += 1
             self.stats.forwarded_sequences += len(seqs)
             if self._on_batch is not None:
