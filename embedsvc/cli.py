@@ -194,14 +194,119 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+INDEX_EPILOG = """\
+modes:
+  remote   --target HOST:PORT    through a running server (batched Upsert, --in-flight at once);
+                                 --model picks the served model a new index is bound to
+  local    --data-dir DIR        the engine in this process writes the index directory, which
+                                 `embedsvc serve --data-dir DIR --model SOURCE` serves later;
+                                 --model is the checkpoint (default: the bundled model)
+
+resuming:
+  progress is checkpointed after every acknowledged batch; rerunning the same command after a
+  crash or Ctrl-C continues where it stopped, and the index holds each document exactly once.
+  --restart deletes the index, the checkpoint and the rejects file and starts over.
+
+bad records (missing text field, invalid UTF-8, empty text, invalid JSON) are skipped, counted
+and written to the rejects file with the reason.
+"""
+
+
+def _index_parser(sub: Any) -> None:
+    p = sub.add_parser("index", help="build vector indexes from corpora")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser(
+        "build",
+        help="embed a corpus into an index, resumably",
+        description="Read JSONL, CSV/TSV, Parquet or text files, chunk, embed and upsert into an index.",
+        epilog=INDEX_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("inputs", nargs="+", metavar="INPUT", help="files or globs (quote globs)")
+    b.add_argument("--index", required=True, help="index name (created if missing)")
+    mode = b.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--target", metavar="HOST:PORT", help="remote mode: a running embedsvc server")
+    mode.add_argument("--data-dir", metavar="DIR", help="local mode: index directory")
+    b.add_argument("--model", help="local: checkpoint folder or hub id; remote: served model name")
+    b.add_argument("--api-key", default=os.environ.get("EMBEDSVC_API_KEY"))
+    b.add_argument(
+        "--format",
+        choices=["jsonl", "csv", "tsv", "parquet", "text"],
+        help="input format (default: from the file extension; unknown extensions are text)",
+    )
+    b.add_argument("--id-field", help="field holding the document id (default: FILE:RECORD)")
+    b.add_argument("--text-field", default="text", help="field holding the text (default: text)")
+    b.add_argument("--metadata-fields", default="", help="comma-separated fields stored as metadata")
+    b.add_argument("--chunk-tokens", type=int, help="split documents into windows of this many tokens")
+    b.add_argument("--chunk-overlap", type=int, default=0, help="tokens shared by consecutive windows")
+    b.add_argument("--batch-size", type=int, default=64, help="chunks per upsert (default 64)")
+    b.add_argument("--in-flight", type=int, default=4, help="upserts outstanding at once (remote mode)")
+    b.add_argument("--metric", default="cosine", choices=["cosine", "inner_product", "l2"])
+    b.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivf_flat", "ivf_pq"])
+    b.add_argument("--checkpoint", help="checkpoint file (default: under the data dir, or ./.embedsvc/)")
+    b.add_argument("--rejects", help="rejects file (default: INDEX.rejects.jsonl)")
+    b.add_argument("--tokenizer", help="remote mode: tokenizer for chunking (default: the served model's)")
+    b.add_argument("--restart", action="store_true", help="drop the index and the checkpoint, start over")
+    b.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+
+
+def _index(args: argparse.Namespace) -> int:
+    import logging
+
+    from embedsvc.pipeline import BuildOptions, build_index
+    from embedsvc.pipeline.readers import ReaderOptions
+    from embedsvc.pipeline.sinks import PipelineStopped
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    fields = tuple(f.strip() for f in args.metadata_fields.split(",") if f.strip())
+    options = BuildOptions(
+        index=args.index,
+        target=args.target,
+        data_dir=args.data_dir,
+        model=args.model,
+        api_key=args.api_key,
+        reader=ReaderOptions(
+            id_field=args.id_field, text_field=args.text_field, metadata_fields=fields, format=args.format
+        ),
+        chunk_tokens=args.chunk_tokens,
+        chunk_overlap=args.chunk_overlap,
+        batch_size=args.batch_size,
+        in_flight=args.in_flight,
+        checkpoint=args.checkpoint,
+        rejects=args.rejects,
+        restart=args.restart,
+        metric=args.metric,
+        kind=args.kind,
+        progress=False if args.no_progress else None,
+        tokenizer=args.tokenizer,
+    )
+    try:
+        summary = build_index(args.inputs, options=options)
+    except PipelineStopped as exc:
+        print(
+            f"embedsvc index build: stopped: {exc}\nprogress is saved; rerun the same command to continue",
+            file=sys.stderr,
+        )
+        return 3
+    except KeyboardInterrupt:
+        print("embedsvc index build: interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        print(f"embedsvc index build: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.report())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embedsvc", description="gRPC embedding service")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _embed_parser(sub)
+    _index_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return {"serve": _serve, "embed": _embed}[args.command](args)
+        return {"serve": _serve, "embed": _embed, "index": _index}[args.command](args)
     except EmbedsvcError as exc:
         print(f"embedsvc {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,51 @@
+"""Token-window chunking of long documents, with overlap, cut at token boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    index: int
+    char_start: int
+    char_end: int
+    tokens: int
+
+
+class Chunker:
+    def __init__(self, tokenizer: Any, chunk_tokens: int | None, overlap: int = 0) -> None:
+        if chunk_tokens is not None and chunk_tokens < 1:
+            raise ValueError("--chunk-tokens must be at least 1")
+        if chunk_tokens is not None and not 0 <= overlap < chunk_tokens:
+            raise ValueError("--chunk-overlap must be at least 0 and smaller than --chunk-tokens")
+        self.tokenizer = tokenizer
+        self.chunk_tokens = chunk_tokens
+        self.overlap = overlap
+
+    def count(self, text: str) -> int:
+        if self.tokenizer is None:
+            return len(text.split())
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def split(self, text: str) -> list[Chunk]:
+        if self.chunk_tokens is None:
+            return [Chunk(text, 0, 0, len(text), self.count(text))]
+        if self.tokenizer is None:
+            raise ValueError("chunking needs a tokenizer")
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+        if len(offsets) <= self.chunk_tokens:
+            return [Chunk(text, 0, 0, len(text), len(offsets))]
+        chunks = []
+        step = self.chunk_tokens - self.overlap
+        for index, lo in enumerate(range(0, len(offsets), step)):
+            window = offsets[lo : lo + self.chunk_tokens]
+            start, end = window[0][0], window[-1][1]
+            chunks.append(Chunk(text[start:end], index, start, end, len(window)))
+            if lo + self.chunk_tokens >= len(offsets):
+                break
+        return chunks

@@ -1,0 +1,314 @@
+"""Run a corpus through the embedder into an index: batches, in-flight window, checkpoints, rejects.
+
+Exactly-once by construction: ids are stable (the id field, or ``file:record``;
+chunks add ``#n``), upserts replace by id, and the checkpoint only advances past
+batches the index acknowledged. A rerun after a crash re-sends at most the
+batches that were in flight, which replace themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedsvc.pipeline.chunking import Chunker
+from embedsvc.pipeline.readers import ReaderOptions, Record, detect_format, expand_inputs, read_records
+from embedsvc.pipeline.sinks import LocalSink, PipelineStopped, RemoteSink
+
+__all__ = ["BuildOptions", "PipelineStopped", "Summary", "build_index"]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    index: str
+    target: str | None = None  # remote mode: HOST:PORT of a running server
+    data_dir: str | None = None  # local mode: index directory
+    model: str | None = None  # local: model source (None = bundled); remote: served model name
+    api_key: str | None = None
+    reader: ReaderOptions = field(default_factory=ReaderOptions)
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0
+    batch_size: int = 64  # chunks per upsert
+    in_flight: int = 4  # upserts outstanding at once (remote mode)
+    checkpoint: str | None = None
+    rejects: str | None = None
+    restart: bool = False
+    metric: str = "cosine"
+    kind: str = "flat"
+    progress: bool | None = None  # None = a bar on a terminal, log lines otherwise
+    retries: int = 5
+    tokenizer: str | None = None  # remote mode: where to load the chunking tokenizer from
+
+
+@dataclass
+class Summary:
+    documents: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    documents_this_run: int = 0
+    tokens_this_run: int = 0
+    rejects_file: str | None = None
+    checkpoint_file: str | None = None
+
+    @property
+    def documents_per_s(self) -> float:
+        return self.documents_this_run / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_this_run / self.seconds if self.seconds else 0.0
+
+    def report(self) -> str:
+        return (
+            f"indexed {self.documents} documents ({self.chunks} chunks, {self.tokens} tokens), "
+            f"{self.rejected} rejected{f' (see {self.rejects_file})' if self.rejected else ''}; this run: "
+            f"{self.documents_this_run} documents in {self.seconds:.1f}s = "
+            f"{self.documents_per_s:.1f} docs/s, "
+            f"{self.tokens_per_s:.0f} tokens/s"
+        )
+
+
+@dataclass
+class _Batch:
+    source: str
+    next_position: int
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    documents: int = 0
+    tokens: int = 0
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Checkpoint:
+    def __init__(self, path: Path, index: str) -> None:
+        self.path = path
+        self.index = index
+        self.files: dict[str, int] = {}
+        self.totals = {"documents": 0, "chunks": 0, "tokens": 0, "rejected": 0}
+
+    def load(self) -> None:
+        if not self.path.exists():
+            return
+        data = json.loads(self.path.read_text())
+        if data.get("index") != self.index:
+            raise PipelineStopped(
+                f"checkpoint {self.path} belongs to index {data.get('index')!r}; use --restart"
+            )
+        self.files, self.totals = data["files"], data["totals"]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as handle:
+            json.dump({"version": 1, "index": self.index, "files": self.files, "totals": self.totals}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+
+def _default_paths(options: BuildOptions) -> tuple[Path, Path]:
+    if options.data_dir:
+        base = Path(options.data_dir) / "pipeline"
+    else:
+        key = hashlib.sha1((options.target or "").encode()).hexdigest()[:8]
+        base = Path(".embedsvc") / f"{options.index}-{key}"
+    checkpoint = Path(options.checkpoint) if options.checkpoint else base / f"{options.index}.checkpoint.json"
+    rejects = Path(options.rejects) if options.rejects else Path(f"{options.index}.rejects.jsonl")
+    return checkpoint, rejects
+
+
+def _count_records(files: Sequence[Path], options: ReaderOptions) -> int | None:
+    total = 0
+    for path in files:
+        if detect_format(path, options.format) not in ("jsonl", "text"):
+            return None
+        with open(path, "rb") as handle:
+            total += sum(1 for _ in handle)
+    return total
+
+
+def _batches(
+    files: Sequence[Path], options: BuildOptions, chunker: Chunker, done: dict[str, int]
+) -> Iterator[_Batch]:
+    for path in files:
+        source = str(path)
+        start = done.get(source, 0)
+        batch = _Batch(source, start)
+        for record in read_records(path, options.reader):
+            if record.position < start:
+                continue
+            batch.next_position = record.position + 1
+            _add(batch, record, chunker, path)
+            if len(batch.ids) >= options.batch_size:
+                yield batch
+                batch = _Batch(source, batch.next_position)
+        if batch.ids or batch.rejects or batch.next_position > start:
+            yield batch
+
+
+def _add(batch: _Batch, record: Record, chunker: Chunker, path: Path) -> None:
+    if record.error is None and (record.text is None or not record.text.strip()):
+        record.error = "empty text"
+    if record.error is not None:
+        batch.rejects.append({"source": record.source, "record": record.position, "reason": record.error})
+        return
+    doc_id = record.id or f"{path.name}:{record.position}"
+    chunks = chunker.split(record.text)  # type: ignore[arg-type]
+    batch.documents += 1
+    for chunk in chunks:
+        meta = dict(record.metadata)
+        if len(chunks) > 1:
+            meta.update(
+                parent_id=doc_id,
+                chunk=chunk.index,
+                chunks=len(chunks),
+                char_start=chunk.char_start,
+                char_end=chunk.char_end,
+            )
+        batch.ids.append(doc_id if len(chunks) == 1 else f"{doc_id}#{chunk.index}")
+        batch.texts.append(chunk.text)
+        batch.metadata.append(meta)
+        batch.tokens += chunk.tokens
+
+
+class _Progress:
+    def __init__(self, enabled: bool | None, total: int | None, already: int) -> None:
+        self.bar = None
+        self.started = time.monotonic()
+        self.last_log = self.started
+        self.total = total
+        self.done = already
+        self.tokens = 0
+        if enabled if enabled is not None else sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=already, unit="doc", dynamic_ncols=True)
+
+    def update(self, documents: int, tokens: int) -> None:
+        self.done += documents
+        self.tokens += tokens
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        if self.bar is not None:
+            self.bar.update(documents)
+            self.bar.set_postfix(tokens_per_s=f"{self.tokens / elapsed:.0f}")
+        elif time.monotonic() - self.last_log >= 10:
+            self.last_log = time.monotonic()
+            eta = ""
+            if self.total:
+                rate = max(self.done, 1) / elapsed
+                eta = f", ETA {max(self.total - self.done, 0) / rate:.0f}s"
+            print(
+                f"embedsvc index build: {self.done} documents, {self.tokens / elapsed:.0f} tokens/s{eta}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
+    """Index ``inputs`` (files or globs); keyword arguments are :class:`BuildOptions` fields."""
+    options = kwargs.pop("options", None) or BuildOptions(**kwargs)
+    if (options.target is None) == (options.data_dir is None):
+        raise ValueError("pass exactly one of target (remote mode) or data_dir (local mode)")
+    files = expand_inputs(inputs)
+    checkpoint_path, rejects_path = _default_paths(options)
+    if options.restart:
+        checkpoint_path.unlink(missing_ok=True)
+        rejects_path.unlink(missing_ok=True)
+    checkpoint = _Checkpoint(checkpoint_path, options.index)
+    checkpoint.load()
+
+    sink: LocalSink | RemoteSink
+    if options.data_dir:
+        sink = LocalSink(
+            Path(options.data_dir), options.model, options.index, metric=options.metric, kind=options.kind
+        )
+    else:
+        sink = RemoteSink(
+            str(options.target),
+            options.index,
+            model=options.model,
+            metric=options.metric,  # type: ignore[arg-type]
+            kind=options.kind,
+            api_key=options.api_key,
+            retries=options.retries,
+            tokenizer_source=options.tokenizer,
+        )
+    summary = Summary(rejects_file=str(rejects_path), checkpoint_file=str(checkpoint_path))
+    started = time.monotonic()
+    progress = _Progress(
+        options.progress, _count_records(files, options.reader), checkpoint.totals["documents"]
+    )
+    try:
+        sink.open(options.restart)
+        chunker = Chunker(sink.tokenizer, options.chunk_tokens, options.chunk_overlap)
+        in_flight = 1 if isinstance(sink, LocalSink) else max(options.in_flight, 1)
+        with ThreadPoolExecutor(in_flight, thread_name_prefix="upsert") as pool:
+            pending: deque[tuple[_Batch, Future[None]]] = deque()
+
+            def finish_oldest() -> None:
+                batch, future = pending.popleft()
+                future.result()  # raises PipelineStopped / errors: the checkpoint stays before this batch
+                if batch.rejects:
+                    with open(rejects_path, "a", encoding="utf-8") as handle:
+                        for reject in batch.rejects:
+                            handle.write(json.dumps(reject) + "\n")
+                checkpoint.files[batch.source] = batch.next_position
+                for key, value in (
+                    ("documents", batch.documents),
+                    ("chunks", len(batch.ids)),
+                    ("tokens", batch.tokens),
+                    ("rejected", len(batch.rejects)),
+                ):
+                    checkpoint.totals[key] += value
+                checkpoint.save()
+                summary.documents_this_run += batch.documents
+                summary.tokens_this_run += batch.tokens
+                progress.update(batch.documents, batch.tokens)
+
+            for batch in _batches(files, options, chunker, checkpoint.files):
+                work = pool.submit(sink.write, batch.ids, batch.texts, batch.metadata) if batch.ids else None
+                done: Future[None] = work if work is not None else _done_future()
+                pending.append((batch, done))
+                while len(pending) >= in_flight:
+                    finish_oldest()
+            while pending:
+                finish_oldest()
+    finally:
+        progress.close()
+        sink.close()
+    summary.seconds = time.monotonic() - started
+    summary.documents = checkpoint.totals["documents"]
+    summary.chunks = checkpoint.totals["chunks"]
+    summary.tokens = checkpoint.totals["tokens"]
+    summary.rejected = checkpoint.totals["rejected"]
+    return summary
+
+
+def _done_future() -> Future[None]:
+    future: Future[None] = Future()
+    future.set_result(None)
+    return future
+
+
+def summary_dict(summary: Summary) -> dict[str, Any]:
+    return {
+        **asdict(summary),
+        "documents_per_s": summary.documents_per_s,
+        "tokens_per_s": summary.tokens_per_s,
+    }

@@ -1,0 +1,157 @@
+"""Where embedded chunks go: an index directory in process, or a running server over gRPC."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("embedsvc.pipeline")
+
+
+class PipelineStopped(RuntimeError):
+    """The run stopped with its progress saved; rerunning the same command continues it."""
+
+
+class LocalSink:
+    """In-process engine writing to an index directory that a server can open later."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        model: str | None,
+        index: str,
+        *,
+        metric: str,
+        kind: str,
+        model_options: dict[str, Any] | None = None,
+    ) -> None:
+        from embedsvc import Embedder
+        from embedsvc.index.collection import IndexSpec
+        from embedsvc.index.manager import IndexManager
+
+        self.embedder = Embedder.from_pretrained(model, **(model_options or {}))
+        self.manager = IndexManager(data_dir)
+        self.index = index
+        self._spec = IndexSpec(
+            name=index,
+            model=self.embedder.name,
+            model_source=self.embedder.loaded.source.source_name,
+            dimension=self.embedder.dimension,
+            metric=metric,
+            kind=kind,
+        )
+        self.tokenizer = self.embedder.tokenizer
+
+    def open(self, restart: bool) -> None:
+        if restart and index_exists(self.manager, self.index):
+            self.manager.delete(self.index)
+        if not index_exists(self.manager, self.index):
+            self.manager.create(self._spec)
+        spec = self.manager.get(self.index).spec
+        if spec.model_source != self._spec.model_source:
+            raise PipelineStopped(
+                f"index {self.index!r} was built with model {spec.model_source}, "
+                f"not {self._spec.model_source}; "
+                "use the same --model, another --index, or --restart"
+            )
+
+    def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
+        vectors = self.embedder.embed(list(texts), input_type="document")
+        self.manager.get(self.index).upsert(list(ids), vectors, list(metadata))
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def index_exists(manager: Any, name: str) -> bool:
+    return name in manager.collections or name in manager.broken
+
+
+class RemoteSink:
+    """A running server: batched Upsert calls with the texts; the server embeds them."""
+
+    RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+    def __init__(
+        self,
+        target: str,
+        index: str,
+        *,
+        model: str | None,
+        metric: str,
+        kind: str,
+        api_key: str | None,
+        retries: int = 5,
+        tokenizer_source: str | None = None,
+    ) -> None:
+        from embedsvc import EmbedClient
+
+        self.client = EmbedClient(target, api_key=api_key, timeout=300, chunk_size=100_000)
+        self.target = target
+        self.index = index
+        self.model = model
+        self.metric = metric
+        self.kind = kind
+        self.retries = retries
+        self.tokenizer = self._tokenizer(tokenizer_source)
+
+    def _tokenizer(self, source: str | None) -> Any:
+        from transformers import AutoTokenizer
+
+        from embedsvc.models.loading import DEFAULT_MODEL_SOURCE, default_model_path
+
+        if source is None:
+            models = self._retry(self.client.list_models)
+            wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
+            source = wanted[0].source if wanted else None
+        if source in (None, DEFAULT_MODEL_SOURCE):
+            return AutoTokenizer.from_pretrained(default_model_path())
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError):
+            log.warning("no local tokenizer for %s: token counts are word counts; pass --tokenizer", source)
+            return None
+
+    def _retry(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        from embedsvc.client import EmbedServiceError
+
+        delay = 0.5
+        for attempt in range(self.retries + 1):
+            try:
+                return call(*args, **kwargs)
+            except EmbedServiceError as exc:
+                if exc.code.name not in self.RETRYABLE:
+                    raise
+                if attempt == self.retries:
+                    raise PipelineStopped(
+                        f"the server at {self.target} failed {self.retries + 1} times in a row "
+                        f"({exc.code.name}: {exc.details})"
+                    ) from exc
+                log.warning("server call failed (%s); retrying in %.1fs", exc.code.name, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    def open(self, restart: bool) -> None:
+        from embedsvc.client import EmbedServiceError
+
+        if restart:
+            try:
+                self._retry(self.client.delete_index, self.index)
+            except EmbedServiceError as exc:
+                if exc.code.name != "NOT_FOUND":
+                    raise
+        existing = {i.name: i for i in self._retry(self.client.list_indexes)}
+        if self.index not in existing:
+            self._retry(
+                self.client.create_index, self.index, model=self.model, metric=self.metric, kind=self.kind
+            )
+
+    def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
+        self._retry(self.client.upsert, self.index, list(ids), texts=list(texts), metadata=list(metadata))
+
+    def close(self) -> None:
+        self.client.close()
