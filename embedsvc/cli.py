@@ -207,6 +207,9 @@ resuming:
   crash or Ctrl-C continues where it stopped, and the index holds each document exactly once.
   --restart deletes the index, the checkpoint and the rejects file and starts over.
 
+scale-out: --ray runs the same pipeline on Ray Data (pip install 'ray[data]'); --ray-address
+points it at a cluster. Ids are the same, so reruns replace; it keeps no mid-run checkpoint.
+
 bad records (missing text field, invalid UTF-8, empty text, invalid JSON) are skipped, counted
 and written to the rejects file with the reason.
 """
@@ -248,6 +251,17 @@ def _index_parser(sub: Any) -> None:
     b.add_argument("--tokenizer", help="remote mode: tokenizer for chunking (default: the served model's)")
     b.add_argument("--restart", action="store_true", help="drop the index and the checkpoint, start over")
     b.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    b.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data: parallel reading/chunking tasks, embedding in an actor pool",
+    )
+    b.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster (e.g. ray://HEAD:10001; default: RAY_ADDRESS or a local instance)",
+    )
+    b.add_argument("--ray-actors", type=int, help="embedding actors (default: one per two CPU slots)")
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -281,7 +295,12 @@ def _index(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
     )
     try:
-        summary = build_index(args.inputs, options=options)
+        if args.ray:
+            from embedsvc.pipeline.ray_runner import build_index_ray
+
+            summary = build_index_ray(args.inputs, options, address=args.ray_address, actors=args.ray_actors)
+        else:
+            summary = build_index(args.inputs, options=options)
     except PipelineStopped as exc:
         print(
             f"embedsvc index build: stopped: {exc}\nprogress is saved; rerun the same command to continue",

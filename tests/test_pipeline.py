@@ -220,3 +220,41 @@ def test_cli_reports_bad_arguments(tmp_path):
         text=True,
     )
     assert out.returncode == 2 and "matches no file" in out.stderr
+
+
+@pytest.mark.slow
+def test_ray_path_gives_the_same_index(tmp_path, inputs):
+    pytest.importorskip("ray")
+    import ray
+
+    from embedsvc.pipeline import BuildOptions
+    from embedsvc.pipeline.ray_runner import build_index_ray
+
+    plain_dir, ray_dir = tmp_path / "plain", tmp_path / "ray"
+    options = {
+        "index": "docs",
+        "reader": ReaderOptions(id_field="id", metadata_fields=("lang",)),
+        "chunk_tokens": 12,
+        "chunk_overlap": 3,
+        "progress": False,
+    }
+    plain = build_index(
+        [str(inputs["jsonl"])], data_dir=str(plain_dir), rejects=str(tmp_path / "a.jsonl"), **options
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        distributed = build_index_ray(
+            [str(inputs["jsonl"])],
+            BuildOptions(data_dir=str(ray_dir), rejects=str(tmp_path / "b.jsonl"), **options),
+        )
+    finally:
+        ray.shutdown()
+    assert (distributed.documents, distributed.chunks) == (plain.documents, plain.chunks)
+    left, right = IndexManager(plain_dir).get("docs"), IndexManager(ray_dir).get("docs")
+    ids = sorted(left._label_of)
+    assert ids == sorted(right._label_of)
+    a, _ = left.get(ids)
+    b, _ = right.get(ids)
+    for (i, va, ma), (j, vb, mb) in zip(a, b, strict=True):
+        assert i == j and ma == mb
+        assert float(va @ vb) > 0.99999

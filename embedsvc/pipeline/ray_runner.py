@@ -1,0 +1,170 @@
+"""The same pipeline on Ray Data: files read and chunked in parallel tasks, embedding in an actor pool.
+
+Point it at a cluster with ``--ray-address ray://HEAD:10001`` (or ``RAY_ADDRESS``); without an address
+a local Ray instance is started. Writes go through the index API (a local index directory, or a server's
+Upsert). Ids are the same as the plain pipeline's, so a rerun replaces rather than duplicates; there is no
+mid-run checkpoint in this mode: a rerun embeds everything again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedsvc.pipeline.chunking import Chunker
+from embedsvc.pipeline.readers import expand_inputs, read_records
+from embedsvc.pipeline.runner import BuildOptions, Summary, _add, _Batch
+
+
+def _tokenizer_for(options: BuildOptions) -> Any:
+    from transformers import AutoTokenizer
+
+    from embedsvc.models.loading import resolve_source
+    from embedsvc.models.st_files import read_st_files
+
+    source = options.tokenizer or (options.model if options.data_dir else None)
+    resolved = resolve_source(source)
+    st = read_st_files(resolved.folder)
+    return AutoTokenizer.from_pretrained(st.transformer_dir if st else resolved.folder)
+
+
+def _read_and_chunk(row: dict[str, Any], options: BuildOptions) -> list[dict[str, Any]]:
+    """One file -> rows of chunks (and rejects), in file order."""
+    path = Path(row["path"])
+    chunker = Chunker(_tokenizer_for(options), options.chunk_tokens, options.chunk_overlap)
+    rows: list[dict[str, Any]] = []
+    for record in read_records(path, options.reader):
+        batch = _Batch(str(path), record.position)
+        _add(batch, record, chunker, path)
+        for reject in batch.rejects:
+            rows.append(
+                {
+                    "id": "",
+                    "text": "",
+                    "metadata": "{}",
+                    "tokens": 0,
+                    "documents": 0,
+                    "reject": json.dumps(reject),
+                }
+            )
+        for i, (item_id, text, meta) in enumerate(zip(batch.ids, batch.texts, batch.metadata, strict=True)):
+            rows.append(
+                {
+                    "id": item_id,
+                    "text": text,
+                    "metadata": json.dumps(meta),
+                    "tokens": batch.tokens if i == 0 else 0,
+                    "documents": 1 if i == 0 else 0,
+                    "reject": "",
+                }
+            )
+    return rows
+
+
+class _EmbedActor:
+    """Holds one embedder (local mode) or one client (remote mode) for its lifetime."""
+
+    def __init__(self, options: BuildOptions) -> None:
+        self.options = options
+        if options.data_dir:
+            from embedsvc import Embedder
+
+            self.embedder: Any = Embedder.from_pretrained(options.model)
+        else:
+            from embedsvc import EmbedClient
+
+            self.embedder = EmbedClient(str(options.target), api_key=options.api_key, timeout=300)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        good = [i for i, reject in enumerate(batch["reject"]) if not reject]
+        texts = [str(batch["text"][i]) for i in good]
+        dimension = None
+        vectors = np.zeros((len(batch["id"]), 1), dtype=np.float32)
+        if texts:
+            if self.options.data_dir:
+                embedded = self.embedder.embed(texts, input_type="document")
+            else:
+                embedded = self.embedder.embed(texts, model=self.options.model, input_type="document")
+            dimension = embedded.shape[1]
+            vectors = np.zeros((len(batch["id"]), dimension), dtype=np.float32)
+            vectors[good] = embedded
+        return {**batch, "vector": vectors}
+
+
+def build_index_ray(
+    inputs: Sequence[str], options: BuildOptions, *, address: str | None = None, actors: int | None = None
+) -> Summary:
+    import ray
+
+    from embedsvc.pipeline.sinks import LocalSink, RemoteSink
+
+    files = expand_inputs(inputs)
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    started = time.monotonic()
+    sink: LocalSink | RemoteSink
+    if options.data_dir:
+        sink = LocalSink(
+            Path(options.data_dir), options.model, options.index, metric=options.metric, kind=options.kind
+        )
+    else:
+        sink = RemoteSink(
+            str(options.target),
+            options.index,
+            model=options.model,
+            metric=options.metric,
+            kind=options.kind,
+            api_key=options.api_key,
+            retries=options.retries,
+            tokenizer_source=options.tokenizer,
+        )
+    summary = Summary(rejects_file=str(Path(options.rejects or f"{options.index}.rejects.jsonl")))
+    try:
+        sink.open(options.restart)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        pool = actors or max(1, cpus // 2)  # an actor per two CPU slots: torch uses its own threads
+        dataset: Any = ray.data.from_items(
+            [{"path": str(f)} for f in files], override_num_blocks=max(len(files), 1)
+        )
+        reader: Any = _read_and_chunk  # Ray passes options through fn_kwargs
+        dataset = dataset.flat_map(reader, fn_kwargs={"options": options})
+        dataset = dataset.map_batches(
+            _EmbedActor,
+            fn_constructor_kwargs={"options": options},
+            batch_size=options.batch_size,
+            concurrency=pool,
+            batch_format="numpy",
+        )
+        with open(summary.rejects_file, "a", encoding="utf-8") as rejects:  # type: ignore[arg-type]
+            for batch in dataset.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
+                keep = [i for i, reject in enumerate(batch["reject"]) if not reject]
+                for reject in batch["reject"]:
+                    if reject:
+                        rejects.write(str(reject) + "\n")
+                        summary.rejected += 1
+                if keep:
+                    ids = [str(batch["id"][i]) for i in keep]
+                    meta = [json.loads(str(batch["metadata"][i])) for i in keep]
+                    _write_vectors(sink, ids, np.stack([batch["vector"][i] for i in keep]), meta)
+                summary.chunks += len(keep)
+                summary.documents += int(batch["documents"].sum())
+                summary.tokens += int(batch["tokens"].sum())
+    finally:
+        sink.close()
+    summary.seconds = time.monotonic() - started
+    summary.documents_this_run, summary.tokens_this_run = summary.documents, summary.tokens
+    return summary
+
+
+def _write_vectors(sink: Any, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> None:
+    from embedsvc.pipeline.sinks import LocalSink
+
+    if isinstance(sink, LocalSink):
+        sink.manager.get(sink.index).upsert(ids, vectors, metadata)
+    else:
+        sink._retry(sink.client.upsert, sink.index, ids, vectors=vectors, metadata=metadata)
