@@ -18,7 +18,7 @@ import numpy as np
 
 from embedsvc.pipeline.chunking import Chunker
 from embedsvc.pipeline.readers import expand_inputs, read_records
-from embedsvc.pipeline.runner import BuildOptions, Summary, _add, _Batch
+from embedsvc.pipeline.runner import BuildOptions, Summary, _add, _Batch, make_sink
 
 
 def _tokenizer_for(options: BuildOptions) -> Any:
@@ -101,28 +101,11 @@ def build_index_ray(
 ) -> Summary:
     import ray
 
-    from embedsvc.pipeline.sinks import LocalSink, RemoteSink
-
     files = expand_inputs(inputs)
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     started = time.monotonic()
-    sink: LocalSink | RemoteSink
-    if options.data_dir:
-        sink = LocalSink(
-            Path(options.data_dir), options.model, options.index, metric=options.metric, kind=options.kind
-        )
-    else:
-        sink = RemoteSink(
-            str(options.target),
-            options.index,
-            model=options.model,
-            metric=options.metric,
-            kind=options.kind,
-            api_key=options.api_key,
-            retries=options.retries,
-            tokenizer_source=options.tokenizer,
-        )
+    sink = make_sink(options)
     summary = Summary(rejects_file=str(Path(options.rejects or f"{options.index}.rejects.jsonl")))
     try:
         sink.open(options.restart)

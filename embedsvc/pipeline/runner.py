@@ -233,22 +233,7 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
     checkpoint = _Checkpoint(checkpoint_path, options.index)
     checkpoint.load()
 
-    sink: LocalSink | RemoteSink
-    if options.data_dir:
-        sink = LocalSink(
-            Path(options.data_dir), options.model, options.index, metric=options.metric, kind=options.kind
-        )
-    else:
-        sink = RemoteSink(
-            str(options.target),
-            options.index,
-            model=options.model,
-            metric=options.metric,  # type: ignore[arg-type]
-            kind=options.kind,
-            api_key=options.api_key,
-            retries=options.retries,
-            tokenizer_source=options.tokenizer,
-        )
+    sink = make_sink(options)
     summary = Summary(rejects_file=str(rejects_path), checkpoint_file=str(checkpoint_path))
     started = time.monotonic()
     progress = _Progress(
@@ -298,6 +283,24 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
     summary.tokens = checkpoint.totals["tokens"]
     summary.rejected = checkpoint.totals["rejected"]
     return summary
+
+
+def make_sink(options: BuildOptions) -> LocalSink | RemoteSink:
+    """Local mode (an index directory) or remote mode (a server), from the options."""
+    if options.data_dir:
+        return LocalSink(
+            Path(options.data_dir), options.model, options.index, metric=options.metric, kind=options.kind
+        )
+    return RemoteSink(
+        str(options.target),
+        options.index,
+        model=options.model,
+        metric=options.metric,
+        kind=options.kind,
+        api_key=options.api_key,
+        retries=options.retries,
+        tokenizer_source=options.tokenizer,
+    )
 
 
 def _done_future() -> Future[None]:
