@@ -8,36 +8,44 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 SERVE_ARGS ?=
 
-.PHONY: install serve test lint typecheck protos bench clean
+.PHONY: install install-dev serve test lint typecheck protos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# runtime: the service, the index and the pipeline
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[index,pipeline]"
+	touch $@
+
+# development: test, lint and type-check tools, triton (kernels run in its interpreter), ray
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
+install-dev: $(VENV)/.installed-dev
+
 serve: install
 	$(BIN)/embedsvc serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check embedsvc kernels tests scripts
 	$(BIN)/ruff format --check embedsvc kernels tests scripts
 
-typecheck: install
+typecheck: install-dev
 	$(BIN)/mypy
 
-test: install lint typecheck
+test: install-dev lint typecheck
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/pytest -q
 
-protos: install
+protos: install-dev
 	$(BIN)/python scripts/gen_protos.py
 
-bench: install
+bench: install-dev
 	$(BIN)/python scripts/bench.py
 
 clean:
