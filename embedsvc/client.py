@@ -69,6 +69,7 @@ class ModelInfo:
     conversion: str
     is_decoder: bool
     deterministic: bool
+    quantize: str
     default: bool
 
 
@@ -147,6 +148,7 @@ def _model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             conversion=m.conversion,
             is_decoder=m.is_decoder,
             deterministic=m.deterministic,
+            quantize=m.quantize,
             default=m.name == response.default_model,
         )
         for m in response.models

@@ -93,6 +93,7 @@ def test_list_models(client):
     assert (
         models["llama"].is_decoder and models["llama"].max_length == 128 and models["llama"].pooling == "last"
     )
+    assert models["minilm"].quantize == "none" and not models["minilm"].deterministic
 
 
 def test_two_models_interleaved_concurrently(client, minilm, llama_embedder):

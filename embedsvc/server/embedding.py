@@ -274,7 +274,8 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
                         profile=s.profile,
                         conversion=s.conversion,
                         is_decoder=e.is_decoder,
-                        deterministic=getattr(e.options, "deterministic", False),
+                        deterministic=e.options.deterministic,
+                        quantize=e.options.quantize,
                     )
                 )
             return pb.ListModelsResponse(models=infos, default_model=self.registry.default_name or "")
