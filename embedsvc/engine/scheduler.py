@@ -88,7 +88,8 @@ class BatchScheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
-        self._last_batch_end = float("-inf")
+        self._contended = False
+        self._forward_running = False
         self.stats = SchedulerStats()
 
     # ------------------------------------------------------------------ api
@@ -135,6 +136,8 @@ class BatchScheduler:
         )
         self._queue.append(pending)
         self._queued_tokens += tokens
+        if self._forward_running or len(self._queue) > 1:
+            self._contended = True
         self._wakeup.set()
         try:
             return await pending.future
@@ -193,9 +196,11 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
-            busy = loop.time() - self._last_batch_end < 0.05  # traffic right now: others may be on their way
-            if busy and self.batch_wait_s > 0 and self._queued_tokens < self.token_budget:
+            # wait for company only when callers overlapped recently (a request arrived while a forward ran):
+            # one caller at a time, however fast, never waits
+            if self._contended and self.batch_wait_s > 0 and self._queued_tokens < self.token_budget:
                 await asyncio.sleep(self.batch_wait_s)  # let concurrent callers join this batch
+            self._contended = False
             batch = self._take_batch(loop.time())
             if not self._queue:
                 self._wakeup.clear()
@@ -203,9 +208,11 @@ class BatchScheduler:
                 continue
             seqs = [p.seqs[i] for p, i in batch]
             started = time.perf_counter()
+            self._forward_running = True
             try:
                 pooled = await loop.run_in_executor(self._executor, self._forward, seqs)
             except Exception as exc:  # a failed forward fails its requests, never the worker
+                self._forward_running = False
                 for pending in {id(p): p for p, _ in batch}.values():
                     if not pending.future.done():
                         pending.future.set_exception(exc)
@@ -213,8 +220,8 @@ class BatchScheduler:
                     if pending in self._queue:
                         self._queue.remove(pending)
                 continue
+            self._forward_running = False
             elapsed = time.perf_counter() - started
-            self._last_batch_end = loop.time()
             self.stats.batches += 1
             self.stats.forwarded_sequences += len(seqs)
             if self._on_batch is not None:
