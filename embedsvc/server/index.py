@@ -15,6 +15,9 @@ from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.index.ann import AnnParams
 from embedsvc.index.collection import Collection, IndexSpec
 from embedsvc.index.manager import IndexManager
+from embedsvc.index_client import KINDS as KINDS_BY_NAME
+from embedsvc.index_client import METRICS as METRICS_BY_NAME
+from embedsvc.index_client import to_metadata
 from embedsvc.server.embedding import embed_texts
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry, ServedModel
@@ -34,13 +37,6 @@ KINDS = {
     pb.INDEX_KIND_HNSW: "hnsw",
     pb.INDEX_KIND_IVF_FLAT: "ivf_flat",
     pb.INDEX_KIND_IVF_PQ: "ivf_pq",
-}
-METRIC_ENUMS = {"cosine": pb.METRIC_COSINE, "inner_product": pb.METRIC_INNER_PRODUCT, "l2": pb.METRIC_L2}
-KIND_ENUMS = {
-    "flat": pb.INDEX_KIND_FLAT,
-    "hnsw": pb.INDEX_KIND_HNSW,
-    "ivf_flat": pb.INDEX_KIND_IVF_FLAT,
-    "ivf_pq": pb.INDEX_KIND_IVF_PQ,
 }
 _PARAM_FIELDS = (
     "hnsw_m",
@@ -63,20 +59,6 @@ def metadata_from_pb(values: Mapping[str, pb.MetadataValue]) -> dict[str, Any]:
                 f"metadata value of {key!r} is empty: set one of its fields", field="metadata"
             )
         out[key] = getattr(value, which)
-    return out
-
-
-def metadata_to_pb(values: Mapping[str, Any]) -> dict[str, pb.MetadataValue]:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, bool):
-            out[key] = pb.MetadataValue(bool_value=value)
-        elif isinstance(value, int):
-            out[key] = pb.MetadataValue(int_value=value)
-        elif isinstance(value, float):
-            out[key] = pb.MetadataValue(double_value=value)
-        else:
-            out[key] = pb.MetadataValue(string_value=str(value))
     return out
 
 
@@ -130,8 +112,8 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             model=served.name if served else "",
             model_source=spec.model_source,
             dimension=spec.dimension,
-            metric=METRIC_ENUMS[spec.metric],
-            kind=KIND_ENUMS[spec.kind],
+            metric=METRICS_BY_NAME[spec.metric],
+            kind=KINDS_BY_NAME[spec.kind],
             params=pb.IndexParams(**{f: getattr(spec.params, f) for f in _PARAM_FIELDS}),
             count=state["count"],
             trained=state["trained"],
@@ -248,7 +230,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             collection = self.manager.get(request.index)
             self._check_batch(len(request.ids), "ids")
             found, missing = await asyncio.to_thread(collection.get, list(request.ids))
-            items = [pb.Item(id=i, vector=v, metadata=metadata_to_pb(m)) for i, v, m in found]
+            items = [pb.Item(id=i, vector=v, metadata=to_metadata(m)) for i, v, m in found]
             return pb.GetResponse(items=items, missing=missing)
 
         return await self._guard("Get", "", context, work)
@@ -286,7 +268,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 nprobe=request.nprobe if request.HasField("nprobe") else None,
             )
             return pb.SearchResponse(
-                hits=[pb.Hit(id=h.id, score=h.score, metadata=metadata_to_pb(h.metadata)) for h in hits]
+                hits=[pb.Hit(id=h.id, score=h.score, metadata=to_metadata(h.metadata)) for h in hits]
             )
 
         return await self._guard("Search", "", context, work)
