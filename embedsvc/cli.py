@@ -26,7 +26,7 @@ config file (--config FILE, TOML):
   [server]   host, port, metrics_port, api_keys, tls_cert, tls_key, max_inputs_per_request,
              max_message_bytes, max_queue_requests, max_queue_tokens, batch_wait_ms,
              grace_period_s, tokenizer_threads, log_level, log_json, data_dir,
-             index_fsync, snapshot_every
+             index_fsync, snapshot_every, index_device
   [[models]] name, source, default, and any engine option: pooling, normalize, dtype, device,
              max_length, profile, conversion (none|echo|prompteol|bidirectional), prompts,
              default_prompt_name, query_prompt_name, document_prompt_name,
@@ -99,6 +99,11 @@ def _serve_parser(sub: Any) -> None:
         metavar="DIR",
         help="where vector indexes are kept durably (default: in memory, lost on exit)",
     )
+    p.add_argument(
+        "--index-device",
+        help="where FAISS answers unfiltered searches: auto (a GPU when the installed faiss has one), "
+        "cpu, gpu, gpu:N (default auto)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--plain-logs", action="store_true", help="human-readable logs instead of JSON lines")
     g = p.add_argument_group("model options (apply to every served model; per model: config file)")
@@ -163,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "log_json": False if args.plain_logs else None,
         "data_dir": args.data_dir,
+        "index_device": args.index_device,
         "models": args.models,
         "model_options": model_options,
     }

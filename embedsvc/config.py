@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from embedsvc.errors import InvalidInputError
+from embedsvc.index.gpu import check_device_setting
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class ServerConfig:
     data_dir: str | None = None  # index collections live here; None = in memory, lost on exit
     index_fsync: bool = True  # fsync the write-ahead log before acknowledging writes
     snapshot_every: int = 5000  # log records between snapshots
+    index_device: str = "auto"  # auto | cpu | gpu | gpu:N: where FAISS answers unfiltered searches
     models: tuple[ModelConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -71,6 +73,7 @@ class ServerConfig:
         for name in ("max_inputs_per_request", "max_message_bytes", "max_queue_requests", "max_queue_tokens"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1", field=name)
+        check_device_setting(self.index_device)
         names = [m.name for m in self.models if m.name]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

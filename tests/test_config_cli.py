@@ -93,3 +93,16 @@ def test_serve_reports_bad_config_clearly(tmp_path):
         [sys.executable, "-m", "embedsvc", "serve", "--config", str(path)], capture_output=True, text=True
     )
     assert out.returncode == 2 and "unknown [server] key(s) bogus" in out.stderr
+
+
+def test_serve_refuses_a_gpu_index_device_it_does_not_have(tmp_path):
+    faiss = pytest.importorskip("faiss")
+    if getattr(faiss, "get_num_gpus", lambda: 0)():
+        pytest.skip("this faiss has GPUs")
+    out = subprocess.run(
+        [sys.executable, "-m", "embedsvc", "serve", "--index-device", "gpu", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "pip install 'embedsvc[index-gpu]'" in out.stderr, out.stderr[-2000:]

@@ -7,10 +7,16 @@ the FAISS index is a derived, rebuildable structure keyed by int64 labels.
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from embedsvc.index.gpu import GPU_KINDS, GpuMirror
+
+log = logging.getLogger("embedsvc.index")
 
 KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
 METRICS = ("cosine", "inner_product", "l2")
@@ -52,7 +58,9 @@ def _pq_m(dimension: int, wanted: int) -> int:
 class AnnIndex:
     """Approximate or exact nearest-neighbour structure over (label, vector) pairs."""
 
-    def __init__(self, kind: str, metric: str, dimension: int, params: AnnParams) -> None:
+    def __init__(
+        self, kind: str, metric: str, dimension: int, params: AnnParams, gpu_device: int | None = None
+    ) -> None:
         self.kind = kind
         self.metric = metric
         self.dimension = dimension
@@ -61,10 +69,43 @@ class AnnIndex:
         self._metric = self.faiss.METRIC_L2 if metric == "l2" else self.faiss.METRIC_INNER_PRODUCT
         self.index: Any = None
         self.tombstones: set[int] = set()
+        # unfiltered searches go to a GPU copy when there is a GPU and the kind has a GPU form
+        self.gpu_device = gpu_device if kind in GPU_KINDS else None
+        self.gpu: GpuMirror | None = None
 
     @property
     def trained(self) -> bool:
         return self.index is not None
+
+    @property
+    def device(self) -> str:
+        return f"gpu:{self.gpu.device}" if self.gpu is not None else "cpu"
+
+    def _mirror(self) -> None:
+        self.gpu = None
+        device = self.gpu_device
+        if device is None or self.index is None:
+            return
+
+        def copy() -> None:
+            self.gpu = GpuMirror(self.index, device, self.faiss)
+
+        self._on_gpu(copy)
+
+    def _on_gpu(self, step: Callable[[], None]) -> None:
+        """Run a step on the GPU copy; if faiss refuses it, drop the copy and let the CPU index serve.
+
+        Writes call this after the write is logged and applied on CPU, so a GPU failure
+        (an IVF-PQ code size with no GPU kernel, GPU memory) never fails a write.
+        """
+        try:
+            step()
+        except RuntimeError as exc:
+            self.gpu = None
+            log.warning(
+                "index served from CPU: faiss could not keep its GPU copy",
+                extra={"kind": self.kind, "error": str(exc)},
+            )
 
     def _new(self, train: np.ndarray | None) -> Any:
         f, d, p = self.faiss, self.dimension, self.params
@@ -96,10 +137,14 @@ class AnnIndex:
         self.index = self._new(vectors if self.kind.startswith("ivf") else None)
         if len(labels):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), labels.astype(np.int64))
+        self._mirror()
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         if self.index is not None and len(labels):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), labels.astype(np.int64))
+            vectors, labels = np.ascontiguousarray(vectors, dtype=np.float32), labels.astype(np.int64)
+            self.index.add_with_ids(vectors, labels)
+            if (mirror := self.gpu) is not None:
+                self._on_gpu(lambda: mirror.add(labels, vectors))
 
     def remove(self, labels: list[int]) -> None:
         if self.index is None or not labels:
@@ -108,6 +153,8 @@ class AnnIndex:
             self.tombstones.update(labels)  # HNSW cannot delete: hidden at search, compacted by rebuild
         else:
             self.index.remove_ids(self.faiss.IDSelectorBatch(np.asarray(labels, dtype=np.int64)))
+            if (mirror := self.gpu) is not None:
+                self._on_gpu(lambda: mirror.removed(len(labels), self.index))
 
     def search(
         self,
@@ -118,7 +165,15 @@ class AnnIndex:
         ef_search: int | None,
         nprobe: int | None,
     ) -> np.ndarray:
-        """Candidate labels (may include -1 padding) for one query."""
+        """Candidate labels (may include -1 padding, or labels no longer live) for one query."""
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if self.gpu is not None and allowed is None:
+            ivf_nprobe = None
+            if self.kind.startswith("ivf"):
+                ivf_nprobe = min(nprobe or self.params.ivf_nprobe, self.params.ivf_nlist)
+            found = self.gpu.search(query, k, ivf_nprobe)
+            if found is not None:
+                return found
         f = self.faiss
         selector = None
         keep_alive: list[Any] = []

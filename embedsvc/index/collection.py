@@ -133,7 +133,13 @@ def _matches(metadata: Mapping[str, MetadataValue], wanted: Mapping[str, Metadat
 
 class Collection:
     def __init__(
-        self, spec: IndexSpec, folder: Path | None, *, fsync: bool = True, snapshot_every: int = 5000
+        self,
+        spec: IndexSpec,
+        folder: Path | None,
+        *,
+        fsync: bool = True,
+        snapshot_every: int = 5000,
+        gpu_device: int | None = None,
     ) -> None:
         self.spec = spec
         self.folder = folder
@@ -145,7 +151,7 @@ class Collection:
         self._matrix = np.zeros((1024, spec.dimension), dtype=np.float32)
         self._next_label = 0
         self._seq = 0
-        self._ann = AnnIndex(spec.kind, spec.metric, spec.dimension, spec.params)
+        self._ann = AnnIndex(spec.kind, spec.metric, spec.dimension, spec.params, gpu_device)
         self._wal: WriteAheadLog | None = None
         self._fsync = fsync
 
@@ -408,5 +414,5 @@ class Collection:
             "status": status,
             "count": self.count(),
             "durable": self.folder is not None,
-            "device": "cpu",
+            "device": self._ann.device,
         }

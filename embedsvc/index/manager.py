@@ -6,6 +6,7 @@ data directory collections live in memory only (and say so: ``durable = false``)
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -16,22 +17,46 @@ from pathlib import Path
 from typing import Any
 
 from embedsvc.errors import CorruptDataError, IndexExistsError, IndexNotFoundError, InvalidInputError
+from embedsvc.index.ann import faiss_module
 from embedsvc.index.collection import Collection, IndexSpec
+from embedsvc.index.gpu import check_device_setting, resolve_device
 
 log = logging.getLogger("embedsvc.index")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class IndexManager:
-    def __init__(self, data_dir: Path | None, *, fsync: bool = True, snapshot_every: int = 5000) -> None:
+    def __init__(
+        self,
+        data_dir: Path | None,
+        *,
+        fsync: bool = True,
+        snapshot_every: int = 5000,
+        index_device: str = "auto",
+    ) -> None:
+        check_device_setting(index_device)
         self.data_dir = data_dir
-        self._options: dict[str, Any] = {"fsync": fsync, "snapshot_every": snapshot_every}
+        self.index_device = index_device
+        self._fixed_options: dict[str, Any] = {"fsync": fsync, "snapshot_every": snapshot_every}
+        if index_device.startswith("gpu"):
+            _ = self.gpu_device  # an explicit GPU request fails at start-up, not at the first index
         self.collections: dict[str, Collection] = {}
         self.broken: dict[str, CorruptDataError] = {}
         self._lock = threading.Lock()  # guards the name -> collection maps
         if data_dir is not None:
             (data_dir / "indexes").mkdir(parents=True, exist_ok=True)
             self._open_all()
+
+    @functools.cached_property
+    def gpu_device(self) -> int | None:
+        """Where unfiltered searches run: a GPU number, or None for CPU (imports faiss unless 'cpu')."""
+        if self.index_device == "cpu":
+            return None
+        return resolve_device(self.index_device, faiss_module())
+
+    @property
+    def _options(self) -> dict[str, Any]:
+        return {**self._fixed_options, "gpu_device": self.gpu_device}
 
     def _folder(self, name: str) -> Path | None:
         return None if self.data_dir is None else self.data_dir / "indexes" / name

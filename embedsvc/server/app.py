@@ -34,6 +34,7 @@ class EmbedServer:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self.indexes: IndexManager | None = None  # set by start(), which may fail before it
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -57,6 +58,7 @@ class EmbedServer:
             Path(self.config.data_dir) if self.config.data_dir else None,
             fsync=self.config.index_fsync,
             snapshot_every=self.config.snapshot_every,
+            index_device=self.config.index_device,
         )
         index_pb2_grpc.add_IndexServiceServicer_to_server(
             IndexServicer(self.registry, self.indexes, self.config, self.metrics, tokenizers), server
@@ -123,7 +125,8 @@ class EmbedServer:
             self.registry.state = "draining"
             await stopping
         await self.registry.close()
-        await asyncio.to_thread(self.indexes.close)  # snapshots: a fast restart
+        if self.indexes is not None:
+            await asyncio.to_thread(self.indexes.close)  # snapshots: a fast restart
         log.info("stopped")
 
     async def wait(self) -> None:
