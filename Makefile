@@ -7,8 +7,11 @@ TORCH_SPEC ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 50051
 SERVE_ARGS ?=
+# Infinity, the peer scripts/bench.py compares against, in its own environment: it pins numpy<2
+INFINITY_VENV ?= .venv-infinity
+INFINITY_SPEC ?= infinity-emb[server,torch]==0.0.78
 
-.PHONY: install install-dev serve test lint typecheck protos bench clean
+.PHONY: install install-dev serve test lint typecheck protos bench infinity-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,5 +51,14 @@ protos: install-dev
 bench: install-dev
 	$(BIN)/python scripts/bench.py
 
+$(INFINITY_VENV)/.installed:
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(INFINITY_VENV)/bin/pip install -q "$(INFINITY_SPEC)" "$(TORCH_SPEC)"
+	touch $@
+
+# then `make bench` includes Infinity under the same load
+infinity-venv: $(INFINITY_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INFINITY_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
