@@ -227,6 +227,8 @@ def main() -> int:
             "p50_ms": percentile(single, 50) * 1000,
             "p99_ms": percentile(single, 99) * 1000,
             "p99_over_bare_forward": percentile(single, 99) / percentile(bare, 50),
+            # the machine's own tail: how far bare forwards of the same text spread in the same minutes
+            "bare_forward_p99_ms": percentile(bare, 99) * 1000,
         }
         result["grpc"]["server_peak_rss_mb"] = server_peak_mb(server.proc.pid)
 
