@@ -23,7 +23,6 @@ import platform
 import resource
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from embedsvc import EmbedClient, Embedder  # noqa: E402
 from scripts.corpus import STSB_DEV, load_corpus  # noqa: E402
 from scripts.infinity_peer import InfinityServer, bench_http, find_python, single_latencies, version  # noqa: E402
+from scripts.load import closed_loop  # noqa: E402
 from tests.server_utils import ServerProcess  # noqa: E402
 
 
@@ -83,33 +83,7 @@ def stsb_spearman(emb: Embedder) -> float | None:
 def bench_grpc(
     target: str, texts: list[str], clients: int, per_request: int
 ) -> tuple[np.ndarray, float, list[float]]:
-    chunks = [(i, texts[i : i + per_request]) for i in range(0, len(texts), per_request)]
-    out: list[np.ndarray | None] = [None] * len(chunks)
-    latencies: list[float] = []
-    lock = threading.Lock()
-    cursor = iter(range(len(chunks)))
-
-    def worker() -> None:
-        with EmbedClient(target, timeout=600) as client:
-            client.embed(["warm"])
-            while True:
-                with lock:
-                    k = next(cursor, None)
-                if k is None:
-                    return
-                vectors, seconds = timed(lambda k=k: client.embed(chunks[k][1]))
-                out[k] = vectors
-                with lock:
-                    latencies.append(seconds)
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    return np.concatenate(out), elapsed, latencies  # type: ignore[arg-type]
+    return closed_loop(lambda: EmbedClient(target, timeout=600), texts, clients, per_request)
 
 
 def main() -> int:

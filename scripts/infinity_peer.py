@@ -14,13 +14,14 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+
+from scripts.load import closed_loop
 
 
 def find_python(choice: str) -> str | None:
@@ -136,41 +137,7 @@ def bench_http(
     url: str, model: str, texts: list[str], clients: int, per_request: int
 ) -> tuple[np.ndarray, float, list[float]]:
     """The same load as scripts/bench.py's gRPC run: ``clients`` threads, ``per_request`` texts each."""
-    chunks = [texts[i : i + per_request] for i in range(0, len(texts), per_request)]
-    out: list[np.ndarray | None] = [None] * len(chunks)
-    latencies: list[float] = []
-    lock = threading.Lock()
-    cursor = iter(range(len(chunks)))
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        client = HttpEmbedder(url, model)
-        try:
-            client.embed(["warm"])
-            while True:
-                with lock:
-                    k = next(cursor, None)
-                if k is None:
-                    return
-                started = time.perf_counter()
-                out[k] = client.embed(chunks[k])
-                with lock:
-                    latencies.append(time.perf_counter() - started)
-        except BaseException as exc:  # reported by the caller, not lost in a thread
-            errors.append(exc)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return np.concatenate(out), elapsed, latencies  # type: ignore[arg-type]
+    return closed_loop(lambda: HttpEmbedder(url, model), texts, clients, per_request)
 
 
 def single_latencies(url: str, model: str, text: str, n: int) -> list[float]:
