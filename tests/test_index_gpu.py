@@ -79,7 +79,9 @@ def pair(kind: str, gpu_device: int | None) -> tuple[Collection, Collection]:
     return exact, Collection.create(spec("gpu", kind), None, gpu_device=gpu_device)
 
 
-def check_mirror_matches_cpu(kind: str, gpu_device: int) -> None:
+def check_mirror_matches_cpu(kind: str, gpu_device: int, *, bitwise_scores: bool = True) -> None:
+    """``bitwise_scores``: the copy computes distances exactly like the CPU (the stand-in); a real GPU
+    may order near-ties at the k-th place differently, so then a flat index must agree on 9 of 10."""
     cpu, mirrored = pair(kind, gpu_device)
     data, ids = vectors(N, 1), [f"v{i}" for i in range(N)]
     meta = [{"even": i % 2 == 0} for i in range(N)]
@@ -94,7 +96,10 @@ def check_mirror_matches_cpu(kind: str, gpu_device: int) -> None:
             want = [h.id for h in cpu.search(q, 10, **search)]
             got = [h.id for h in mirrored.search(q, 10, **search)]
             overlap = len(set(want) & set(got)) / 10
-            assert (got == want) if kind == "flat" else overlap >= 0.8, (want, got)
+            if kind == "flat" and bitwise_scores:
+                assert got == want
+            else:
+                assert overlap >= (0.9 if kind == "flat" else 0.8), (want, got)
 
     same_results()
     same_results(filter={"even": True})  # filtered: the CPU index answers
@@ -167,7 +172,7 @@ def test_explicit_gpu_without_faiss_gpu_fails_at_start(tmp_path):
 @pytest.mark.skipif(gpu.gpu_count(faiss) == 0, reason="needs faiss with GPU support (the index-gpu extra)")
 @pytest.mark.parametrize("kind", ["flat", "ivf_flat", "ivf_pq"])
 def test_real_gpu_copy(kind):
-    check_mirror_matches_cpu(kind, 0)
+    check_mirror_matches_cpu(kind, 0, bitwise_scores=False)
 
 
 def test_a_failing_gpu_copy_never_fails_a_write(stand_in_gpu):

@@ -77,7 +77,9 @@ def _device_slot(device: int) -> tuple[Any, threading.Lock]:
 def to_gpu(cpu_index: Any, device: int, faiss: Any) -> Any:
     resources, _ = _device_slot(device)
     options = faiss.GpuClonerOptions()
-    options.useFloat16 = True  # IVF-PQ lookup tables: needed for >= 56-byte codes; re-ranking is exact
+    # fp16 lookup tables let IVF-PQ take >= 56-byte codes (its candidates are re-ranked exactly); for flat
+    # the same option would store the vectors in fp16, and an exact index must stay exact
+    options.useFloat16 = isinstance(cpu_index, faiss.IndexIVFPQ)
     return faiss.index_cpu_to_gpu(resources, device, cpu_index, options)
 
 
