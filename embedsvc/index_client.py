@@ -117,7 +117,7 @@ def upsert_requests(
         if texts is not None:
             items.append(ipb.Item(id=item_id, text=texts[i], metadata=meta))
         else:
-            items.append(ipb.Item(id=item_id, vector=array[i], metadata=meta))  # type: ignore[index]
+            items.append(ipb.Item(id=item_id, vector=array[i].tolist(), metadata=meta))  # type: ignore[index]
     return [ipb.UpsertRequest(index=index, items=items[i : i + chunk]) for i in range(0, n, chunk)]
 
 

@@ -230,7 +230,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             collection = self.manager.get(request.index)
             self._check_batch(len(request.ids), "ids")
             found, missing = await asyncio.to_thread(collection.get, list(request.ids))
-            items = [pb.Item(id=i, vector=v, metadata=to_metadata(m)) for i, v, m in found]
+            items = [pb.Item(id=i, vector=v.tolist(), metadata=to_metadata(m)) for i, v, m in found]
             return pb.GetResponse(items=items, missing=missing)
 
         return await self._guard("Get", "", context, work)
