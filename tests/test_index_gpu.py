@@ -60,7 +60,7 @@ def stand_in_gpu(monkeypatch):
         return copies[-1]
 
     monkeypatch.setattr(gpu, "to_gpu", clone)
-    monkeypatch.setattr(gpu, "_device_slot", lambda device: (None, threading.Lock()))
+    monkeypatch.setattr(gpu, "_device_slot", lambda device, module: (None, threading.Lock()))
     return copies
 
 

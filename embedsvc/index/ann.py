@@ -192,6 +192,6 @@ class AnnIndex:
             params = f.SearchParametersIVF(nprobe=nprobe or self.params.ivf_nprobe, sel=selector)
         else:
             params = f.SearchParameters(sel=selector)
-        _, labels = self.index.search(query[None, :].astype(np.float32), k, params=params)
+        _, labels = self.index.search(query[None, :], k, params=params)
         del keep_alive
         return labels[0]

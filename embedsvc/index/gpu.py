@@ -66,16 +66,13 @@ def resolve_device(setting: str, faiss: Any) -> int | None:
 
 
 @functools.cache
-def _device_slot(device: int) -> tuple[Any, threading.Lock]:
+def _device_slot(device: int, faiss: Any) -> tuple[Any, threading.Lock]:
     """One StandardGpuResources per GPU, shared by all indexes; faiss GPU calls are not thread-safe."""
-    from embedsvc.index.ann import faiss_module
-
-    faiss = faiss_module()
     return faiss.StandardGpuResources(), threading.Lock()
 
 
 def to_gpu(cpu_index: Any, device: int, faiss: Any) -> Any:
-    resources, _ = _device_slot(device)
+    resources, _ = _device_slot(device, faiss)
     options = faiss.GpuClonerOptions()
     # fp16 lookup tables let IVF-PQ take >= 56-byte codes (its candidates are re-ranked exactly); for flat
     # the same option would store the vectors in fp16, and an exact index must stay exact
@@ -89,7 +86,7 @@ class GpuMirror:
     def __init__(self, cpu_index: Any, device: int, faiss: Any) -> None:
         self.device = device
         self._faiss = faiss
-        self._lock = _device_slot(device)[1]
+        self._lock = _device_slot(device, faiss)[1]
         self.stale = 0
         self.index = to_gpu(cpu_index, device, faiss)
 
