@@ -17,6 +17,7 @@ to bidirectional encoders (LLM2Vec style) have it switched off at load time.
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 from typing import Any
 
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 
 ATTN_IMPLEMENTATION = "embedsvc"
 BACKENDS = ("auto", "flash_attn", "torch_varlen", "sdpa_loop")
+FLASH_BACKENDS = ("flash_attn", "torch_varlen")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @functools.cache
@@ -45,6 +48,48 @@ def _torch_varlen() -> Any:
     return varlen_attn
 
 
+@functools.cache
+def _torch_varlen_params() -> frozenset[str]:
+    # varlen_attn's keywords changed between releases: 2.10 takes is_causal, 2.11 window_size,
+    # later ones also enable_gqa
+    return frozenset(inspect.signature(_torch_varlen()).parameters)
+
+
+def _torch_varlen_call(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    *,
+    causal: bool,
+    scale: float | None,
+    sliding_window: int | None,
+) -> torch.Tensor | None:
+    """torch's varlen attention with the keywords this torch has; None where it cannot do the job."""
+    params = _torch_varlen_params()
+    kwargs: dict[str, Any] = {"scale": scale}
+    if "window_size" in params:
+        if causal:
+            kwargs["window_size"] = (sliding_window - 1, 0) if sliding_window else (-1, 0)
+        else:
+            kwargs["window_size"] = (-1, -1)
+    elif causal and sliding_window:
+        return None  # no window support in this torch
+    else:
+        kwargs["is_causal"] = causal
+    if key.shape[1] != query.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:  # expand the KV heads to the query heads, as SDPA's enable_gqa does
+            groups = query.shape[1] // key.shape[1]
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+    return _torch_varlen()(  # type: ignore[no-any-return]
+        query, key, value, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kwargs
+    )
+
+
 def available_backends(device: torch.device) -> list[str]:
     """Packed-attention backends usable on ``device``, best first."""
     found = []
@@ -55,6 +100,13 @@ def available_backends(device: torch.device) -> list[str]:
             found.append("torch_varlen")
     found.append("sdpa_loop")
     return found
+
+
+def flash_capable(query: torch.Tensor) -> bool:
+    """Whether the flash kernels (flash-attn, torch's varlen) take these inputs: fp16/bf16, and a
+    head size that is a multiple of 8 up to 256 (real checkpoints: 64 or 128; tiny test models: not)."""
+    head_dim = query.shape[-1]
+    return query.dtype in HALF_DTYPES and head_dim % 8 == 0 and head_dim <= 256
 
 
 def sdpa_loop(
@@ -119,7 +171,7 @@ def varlen_attention(
 ) -> torch.Tensor:
     """Attention over packed sequences; ``[t, h, d]`` tensors, ``cu_seqlens [b + 1]`` int32."""
     if backend == "auto":
-        backend = available_backends(query.device)[0]
+        backend = available_backends(query.device)[0] if flash_capable(query) else "sdpa_loop"
     if backend == "flash_attn":
         window = (sliding_window - 1, 0) if (causal and sliding_window) else (-1, -1)
         return _flash_attn_varlen()(  # type: ignore[no-any-return]
@@ -135,22 +187,19 @@ def varlen_attention(
             window_size=window,
         )
     if backend == "torch_varlen":
-        if causal:
-            window = (sliding_window - 1, 0) if sliding_window else (-1, 0)
-        else:
-            window = (-1, -1)
-        return _torch_varlen()(  # type: ignore[no-any-return]
+        out = _torch_varlen_call(
             query,
             key,
             value,
             cu_seqlens,
-            cu_seqlens,
             max_seqlen,
-            max_seqlen,
+            causal=causal,
             scale=scale,
-            window_size=window,
-            enable_gqa=key.shape[1] != query.shape[1],
+            sliding_window=sliding_window,
         )
+        if out is not None:
+            return out
+        backend = "sdpa_loop"
     if backend == "sdpa_loop":
         return sdpa_loop(
             query,

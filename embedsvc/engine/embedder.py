@@ -174,6 +174,13 @@ class Embedder:
                 f"unknown attention_backend {backend!r}; choose one of {', '.join(attention.BACKENDS)}",
                 field="attention_backend",
             )
+        if backend in attention.FLASH_BACKENDS and loaded.dtype not in attention.HALF_DTYPES:
+            raise InvalidInputError(
+                f"attention_backend {backend!r} runs only in float16 or bfloat16, the model is loaded "
+                f"in {str(loaded.dtype).removeprefix('torch.')}: choose dtype float16/bfloat16 or "
+                "attention_backend sdpa_loop",
+                field="attention_backend",
+            )
         deterministic = bool(options.get("deterministic", False))
         if deterministic and batching == "padded":
             raise InvalidInputError(
