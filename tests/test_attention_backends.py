@@ -30,8 +30,10 @@ def reference(q, k, v, cu, *, causal, window=None):
         mask = torch.ones(n, n, dtype=torch.bool, device=q.device)
         if causal:
             mask &= diff >= 0
-            if window:
-                mask &= diff < window  # transformers: a query sees `window` keys, itself included
+        if window:
+            # transformers: a query sees `window` keys on its left, itself included (Mistral), and as
+            # many on its right when bidirectional (Gemma3 use_bidirectional_attention: |i - j| < window)
+            mask &= diff.abs() < window
         out.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask).transpose(0, 1))
     return torch.cat(out).to(q.dtype)
 
@@ -46,26 +48,29 @@ def packed_inputs(device, dtype, heads=4, kv_heads=2, lengths=(7, 1, 19, 12, 19)
     return q, k, v, cu, max(lengths)
 
 
-def _mask_from(n, causal, window_left):
+def _mask_from(n, causal, left, right):
+    """flash-attn's window semantics: keys from i - left to i + right (-1: unbounded)."""
     pos = torch.arange(n)
     diff = pos[:, None] - pos[None, :]
     mask = torch.ones(n, n, dtype=torch.bool)
     if causal:
         mask &= diff >= 0
-    if window_left is not None and window_left >= 0:
-        mask &= diff <= window_left
+    if left is not None and left >= 0:
+        mask &= diff <= left
+    if right is not None and right >= 0:
+        mask &= -diff <= right
     return mask
 
 
 def fake_varlen(release):
     """A varlen_attn with one release's signature, computing with flash-attn's window semantics."""
 
-    def compute(q, k, v, cu, *, scale, causal, left):
+    def compute(q, k, v, cu, *, scale, causal, left, right=None):
         if k.shape[1] != q.shape[1]:
             raise RuntimeError("number of heads in key/value must equal query's")  # no GQA here
         out = []
         for start, stop in itertools.pairwise(cu.tolist()):
-            mask = _mask_from(stop - start, causal, left)
+            mask = _mask_from(stop - start, causal, left, right)
             qs, ks, vs = (x[start:stop].transpose(0, 1) for x in (q, k, v))
             out.append(
                 F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale).transpose(0, 1)
@@ -83,7 +88,9 @@ def fake_varlen(release):
             query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1)
         ):
             left, right = window_size
-            return compute(query, key, value, cu_seq_q, scale=scale, causal=right == 0, left=left)
+            return compute(
+                query, key, value, cu_seq_q, scale=scale, causal=right == 0, left=left, right=right
+            )
 
     else:
 
@@ -104,12 +111,14 @@ def fake_varlen(release):
                 groups = query.shape[1] // key.shape[1]
                 key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
             left, right = window_size
-            return compute(query, key, value, cu_seq_q, scale=scale, causal=right == 0, left=left)
+            return compute(
+                query, key, value, cu_seq_q, scale=scale, causal=right == 0, left=left, right=right
+            )
 
     return varlen_attn
 
 
-CASES = [(True, None), (False, None), (True, 5)]
+CASES = [(True, None), (False, None), (True, 5), (False, 5)]
 
 
 @pytest.mark.parametrize("release", ["2.10", "2.11", "2.13"])

@@ -12,6 +12,13 @@ serves both batch layouts:
 
 Causality comes from each attention module's ``is_causal``: decoders converted
 to bidirectional encoders (LLM2Vec style) have it switched off at load time.
+
+Sliding windows follow transformers' convention for the ``sliding_window`` value
+``w`` an attention module passes: a query sees the keys at distance ``<= w - 1``
+on its left, and, when bidirectional, also on its right (Gemma3 with
+``use_bidirectional_attention``: ``|i - j| < w``; ModernBERT passes half its
+local window + 1). flash-attn's ``window_size=(w - 1, w - 1)`` with its causal
+flag is the same rule.
 """
 
 from __future__ import annotations
@@ -70,11 +77,8 @@ def _torch_varlen_call(
     params = _torch_varlen_params()
     kwargs: dict[str, Any] = {"scale": scale}
     if "window_size" in params:
-        if causal:
-            kwargs["window_size"] = (sliding_window - 1, 0) if sliding_window else (-1, 0)
-        else:
-            kwargs["window_size"] = (-1, -1)
-    elif causal and sliding_window:
+        kwargs["window_size"] = window_size(causal, sliding_window)
+    elif sliding_window:
         return None  # no window support in this torch
     else:
         kwargs["is_causal"] = causal
@@ -88,6 +92,24 @@ def _torch_varlen_call(
     return _torch_varlen()(  # type: ignore[no-any-return]
         query, key, value, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kwargs
     )
+
+
+def window_size(causal: bool, sliding_window: int | None) -> tuple[int, int]:
+    """flash-attn's (left, right) window for a module's causality and ``sliding_window``."""
+    reach = sliding_window - 1 if sliding_window else -1
+    return (reach, 0 if causal else reach)
+
+
+def window_mask(
+    n: int, causal: bool, sliding_window: int | None, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean ``[n, n]`` mask (True = attend) for a sliding window; None where none applies."""
+    if not sliding_window or n <= sliding_window - 1:
+        return None  # every key is within reach
+    pos = torch.arange(n, device=device)
+    diff = pos[:, None] - pos[None, :]
+    mask = diff.abs() < sliding_window
+    return mask & (diff >= 0) if causal else mask
 
 
 def available_backends(device: torch.device) -> list[str]:
@@ -144,11 +166,7 @@ def sdpa_loop(
             x.index_select(0, index).view(len(starts), n, x.shape[1], -1).transpose(1, 2)
             for x in (query, key, value)
         )
-        mask = None
-        if causal and sliding_window is not None and n > sliding_window:
-            pos = torch.arange(n, device=query.device)
-            diff = pos[:, None] - pos[None, :]
-            mask = (diff >= 0) & (diff < sliding_window)
+        mask = window_mask(n, causal, sliding_window, query.device)
         result = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=gqa
         )
@@ -173,7 +191,7 @@ def varlen_attention(
     if backend == "auto":
         backend = available_backends(query.device)[0] if flash_capable(query) else "sdpa_loop"
     if backend == "flash_attn":
-        window = (sliding_window - 1, 0) if (causal and sliding_window) else (-1, -1)
+        window = window_size(causal, sliding_window)
         return _flash_attn_varlen()(  # type: ignore[no-any-return]
             query,
             key,
@@ -239,13 +257,25 @@ def embedsvc_attention(
         value[0].transpose(0, 1),
         cu_seqlens,
         int(kwargs.get("max_length_q") or 0),
-        causal=bool(getattr(module, "is_causal", True)),
+        causal=_is_causal(module, kwargs),
         scale=scaling,
         backend=backend,
-        sliding_window=kwargs.get("sliding_window") or getattr(module, "sliding_window", None),
+        sliding_window=_sliding_window(module, kwargs),
         group_equal_lengths=not getattr(module.config, "embedsvc_deterministic", False),
     )
     return out.unsqueeze(0), None
+
+
+def _sliding_window(module: torch.nn.Module, kwargs: dict[str, Any]) -> int | None:
+    if getattr(module.config, "embedsvc_full_attention", False):
+        return None  # a decoder converted to bidirectional attends over the whole input
+    return kwargs.get("sliding_window") or getattr(module, "sliding_window", None)  # type: ignore[no-any-return]
+
+
+def _is_causal(module: torch.nn.Module, kwargs: dict[str, Any]) -> bool:
+    # like transformers' SDPA path: an explicit is_causal keyword wins over the module's attribute
+    explicit = kwargs.get("is_causal")
+    return bool(getattr(module, "is_causal", True) if explicit is None else explicit)
 
 
 def _embedsvc_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
