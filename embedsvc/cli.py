@@ -1,4 +1,4 @@
-"""Command line: ``embedsvc serve``, ``embedsvc embed``."""
+"""Command line: ``embedsvc serve``, ``embedsvc embed``, ``embedsvc inspect``, ``embedsvc index``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from embedsvc.config import ModelConfig, build_server_config, load_toml
 from embedsvc.errors import EmbedsvcError
+from embedsvc.models.profiles import POOLING_MODES
 
 BUNDLED = "@bundled"
 
@@ -30,9 +31,11 @@ config file (--config FILE, TOML):
   [[models]] name, source, default, and any engine option: pooling, normalize, dtype, device,
              max_length, profile, conversion (none|echo|prompteol|bidirectional), prompts,
              default_prompt_name, query_prompt_name, document_prompt_name,
-             instruction_template, default_instruction, append_eos, include_prompt,
-             batching (auto|packed|padded), token_budget, max_batch_size, attention_backend,
-             deterministic, deterministic_tile_rows, quantize
+             instruction_template, default_instruction, examples, append_eos, prepend_bos,
+             include_prompt, attention (causal|bidirectional), batching (auto|packed|padded),
+             token_budget, max_batch_size, attention_backend, deterministic,
+             deterministic_tile_rows, quantize, trust_remote_code, base_model
+  `embedsvc inspect SOURCE` shows the recipe a model gets and where each part came from.
   Flags given on the command line win over the file. A --model whose NAME matches a
   [[models]] entry takes that entry's options.
 
@@ -109,7 +112,14 @@ def _serve_parser(sub: Any) -> None:
     g = p.add_argument_group("model options (apply to every served model; per model: config file)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    g.add_argument("--pooling", choices=["cls", "mean", "last", "weighted_mean", "max"])
+    g.add_argument("--pooling", choices=list(POOLING_MODES))
+    g.add_argument("--profile", help="model family whose recipe to use (default: from the files)")
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="run modeling code shipped inside a checkpoint (config.json auto_map); read it first",
+    )
     g.add_argument("--max-length", type=int)
     g.add_argument("--conversion", choices=["none", "echo", "prompteol", "bidirectional"])
     g.add_argument("--batching", choices=["auto", "packed", "padded"])
@@ -149,6 +159,8 @@ def _serve(args: argparse.Namespace) -> int:
             "max_batch_size",
             "deterministic",
             "quantize",
+            "profile",
+            "trust_remote_code",
         )
         if getattr(args, k) is not None
     }
@@ -197,6 +209,74 @@ def _embed(args: argparse.Namespace) -> int:
         )
     for text, vector in zip(args.texts, vectors, strict=True):
         print(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}))
+    return 0
+
+
+INSPECT_EPILOG = """\
+Loads the checkpoint as `embedsvc serve` would and prints its recipe: the family and why it was
+chosen, every setting (pooling, attention, BOS/EOS, prompts, instruction format, max length) with
+the file, profile or option it came from, warnings where the checkpoint's files contradict each
+other, and the exact tokens a sample query and document become (and which of them are pooled).
+Options are the [[models]] keys, e.g. --set profile=gritlm --set 'examples=[...]' (JSON values).
+"""
+
+
+def _inspect_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show the recipe a checkpoint gets, and where each part of it came from",
+        description="Audit how a checkpoint will be embedded before embedding a corpus with it.",
+        epilog=INSPECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help=f"checkpoint folder, hub id, or {BUNDLED}")
+    p.add_argument("--profile", help="model family whose recipe to use (default: from the files)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code")
+    p.add_argument("--device", default="cpu", help="device to load on (default cpu)")
+    p.add_argument("--dtype", help="float32, float16, bfloat16")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any model option (JSON value)"
+    )
+    p.add_argument("--query", help="sample query to tokenize")
+    p.add_argument("--document", help="sample document to tokenize")
+    p.add_argument("--json", action="store_true", help="print the recipe as JSON")
+
+
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import logging
+
+    from embedsvc import Embedder
+    from embedsvc.models import recipe as recipe_module
+
+    logging.basicConfig(level=logging.ERROR)  # warnings are part of the output below
+    options: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--set {item!r}: expected KEY=VALUE")
+        options[key.strip()] = _option_value(value)
+    if args.profile:
+        options["profile"] = args.profile
+    if args.trust_remote_code:
+        options["trust_remote_code"] = True
+    source = None if args.source == BUNDLED else args.source
+    embedder = Embedder.from_pretrained(source, device=args.device, dtype=args.dtype, **options)
+    recipe = recipe_module.describe_recipe(
+        embedder,
+        query=args.query or recipe_module.SAMPLE_QUERY,
+        document=args.document or recipe_module.SAMPLE_DOCUMENT,
+    )
+    if args.json:
+        print(json.dumps(recipe.to_dict(), indent=2, default=str))
+    else:
+        print(recipe_module.render_text(recipe))
     return 0
 
 
@@ -328,10 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _embed_parser(sub)
+    _inspect_parser(sub)
     _index_parser(sub)
     args = parser.parse_args(argv)
     try:
-        return {"serve": _serve, "embed": _embed, "index": _index}[args.command](args)
+        return {"serve": _serve, "embed": _embed, "inspect": _inspect, "index": _index}[args.command](args)
     except EmbedsvcError as exc:
         print(f"embedsvc {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -71,6 +71,11 @@ class ModelInfo:
     deterministic: bool
     quantize: str
     default: bool
+    attention: str = "causal"
+    append_eos: bool = False
+    recipe_sources: dict[str, str] = field(default_factory=dict)
+    recipe_warnings: tuple[str, ...] = ()
+    remote_code: bool = False
 
 
 def _lookup(table: Mapping[Any, Any], value: Any, name: str) -> Any:
@@ -150,6 +155,11 @@ def _model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             deterministic=m.deterministic,
             quantize=m.quantize,
             default=m.name == response.default_model,
+            attention=m.attention,
+            append_eos=m.append_eos,
+            recipe_sources=dict(m.recipe_sources),
+            recipe_warnings=tuple(m.recipe_warnings),
+            remote_code=m.remote_code,
         )
         for m in response.models
     ]

@@ -16,12 +16,14 @@ from embedsvc.engine import attention
 from embedsvc.engine.batching import plan_batches
 from embedsvc.engine.deterministic import DEFAULT_TILE_ROWS, FixedTileLinear, make_batch_invariant
 from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template
-from embedsvc.engine.pooling import finalize, pool_packed, pool_padded
+from embedsvc.engine.pooling import finalize, pool_packed, pool_padded, sqrt_len_scale
 from embedsvc.errors import InvalidInputError
 from embedsvc.models.loading import LoadedModel, load_model
-from embedsvc.models.profiles import CONVERSION_TEMPLATES, select_profile
+from embedsvc.models.profiles import CONVERSION_TEMPLATES, ICL_EXAMPLE_TEMPLATE, select_profile
+from embedsvc.models.recipe import Recipe, describe_recipe
 from embedsvc.models.settings import SETTING_OPTIONS, ModelSettings, resolve_settings
 from embedsvc.models.st_files import DenseLayer
+from embedsvc.models.tokens import TokenizerFacts, probe_tokenizer
 
 INPUT_TYPES = ("query", "document")
 BATCHING_MODES = ("auto", "packed", "padded")
@@ -35,6 +37,8 @@ _ENGINE_OPTIONS = (
     "deterministic",
     "deterministic_tile_rows",
     "quantize",
+    "trust_remote_code",
+    "base_model",
 )
 
 
@@ -87,6 +91,7 @@ class Embedder:
         *,
         name: str,
         dense: tuple[DenseLayer, ...] = (),
+        token_facts: TokenizerFacts | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -103,20 +108,30 @@ class Embedder:
         if options.deterministic:
             make_batch_invariant(self.model, options.tile_rows)
             self._dense = [(FixedTileLinear(lin, options.tile_rows), act) for lin, act in self._dense]  # type: ignore[arg-type]
+        self.token_facts = token_facts or probe_tokenizer(self.tokenizer, loaded.tokenizer_config_json)
         self._encoder = InputEncoder(
             self.tokenizer,
             settings.max_length,
             append_eos=settings.append_eos,
             exclude_prompt=not settings.include_prompt,
+            prepend_bos=settings.prepend_bos,
+            tokenizer_appends_special=self.token_facts.ends_with_special,
+            prompt_token_skip=settings.prompt_token_skip,
+            rstrip_input=settings.rstrip_input,
         )
         self._pad_id = self.tokenizer.pad_token_id or 0
         # the fused Triton pooling kernel (one program per sequence, no atomics) on CUDA when triton exists
         self._fused_pooling = self.device.type == "cuda" and _triton_available()
         self._takes_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
+        # RoBERTa-family embeddings number positions from padding_idx + 1 (fairseq): packed
+        # batches must pass those numbers, not 0..n-1
+        self._position_offset = _position_offset(self.model)
         self.model.config.embedsvc_attention_backend = options.attention_backend
         self.model.config.embedsvc_deterministic = options.deterministic
-        if settings.conversion == "bidirectional":
-            self._make_bidirectional()
+        # bidirectional attention that transformers does not apply itself (GritLM, LLM2Vec, is_causal=false)
+        self._own_bidirectional = False
+        if loaded.is_decoder:
+            self._set_attention(settings.attention)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -148,14 +163,31 @@ class Embedder:
                 f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
                 field=unknown[0],
             )
-        loaded = load_model(source, device=device, dtype=dtype, attn_implementation=attention.register())
-        profile = select_profile(
-            loaded.source.source_name, is_decoder=loaded.is_decoder, explicit=options.get("profile")
+        loaded = load_model(
+            source,
+            device=device,
+            dtype=dtype,
+            attn_implementation=attention.register(),
+            trust_remote_code=bool(options.get("trust_remote_code", False)),
+            base_model=options.get("base_model"),
+        )
+        choice = select_profile(
+            loaded.source.source_name,
+            is_decoder=loaded.is_decoder,
+            config=loaded.config_json,
+            explicit=options.get("profile"),
         )
         overrides = {k: v for k, v in options.items() if k in SETTING_OPTIONS}
         overrides.update(pooling=pooling, normalize=normalize, max_length=max_length)
+        facts = probe_tokenizer(loaded.tokenizer, loaded.tokenizer_config_json)
         settings = resolve_settings(
-            profile, loaded.st, model_max_length=_model_max_length(loaded), overrides=overrides
+            choice,
+            config=loaded.config_json,
+            tokens=facts,
+            st=loaded.st,
+            is_decoder=loaded.is_decoder,
+            model_max_length=_model_max_length(loaded),
+            overrides=overrides,
         )
         if settings.conversion != "none" and not loaded.is_decoder:
             raise InvalidInputError(
@@ -182,6 +214,15 @@ class Embedder:
                 field="attention_backend",
             )
         deterministic = bool(options.get("deterministic", False))
+        if loaded.remote_code:
+            # the checkpoint's own forward knows nothing of packed sequences
+            if batching == "packed" or deterministic:
+                raise InvalidInputError(
+                    "a checkpoint running its own modeling code (trust_remote_code) is embedded in padded "
+                    "batches; batching='packed' and deterministic mode need a built-in architecture",
+                    field="batching" if batching == "packed" else "deterministic",
+                )
+            batching = "padded"
         if deterministic and batching == "padded":
             raise InvalidInputError(
                 "deterministic mode packs sequences; batching='padded' cannot be combined with it",
@@ -221,13 +262,30 @@ class Embedder:
             engine,
             name=options.get("name") or loaded.source.name,
             dense=loaded.st.dense if loaded.st else (),
+            token_facts=facts,
         )
 
-    def _make_bidirectional(self) -> None:
-        # LLM2Vec style: the decoder's causal mask switched off in every attention layer
+    def _set_attention(self, mode: str) -> None:
+        """Causal or bidirectional attention in every layer of a decoder."""
+        config = self.model.config
+        native = bool(getattr(config, "use_bidirectional_attention", False))
+        if native and mode == "causal":
+            config.use_bidirectional_attention = False  # Gemma3 builds its masks from this flag
+        if native and mode == "bidirectional":
+            return  # transformers applies it, sliding windows included
+        causal = mode == "causal"
+        self._own_bidirectional = not causal
+        # converted decoders (GritLM, LLM2Vec, is_causal=false) attend over the whole input, as those
+        # families' reference code does: a causal model's sliding window does not carry over
+        config.embedsvc_full_attention = not causal
         for module in self.model.modules():
             if hasattr(module, "is_causal"):
-                module.is_causal = False  # type: ignore[assignment]
+                module.is_causal = causal  # type: ignore[assignment]
+
+    @property
+    def recipe(self) -> Recipe:
+        """The resolved recipe: every setting with its source, warnings, and what was loaded how."""
+        return describe_recipe(self)
 
     # ------------------------------------------------------------- properties
     @property
@@ -235,6 +293,10 @@ class Embedder:
         if self._dense_width is not None:
             return int(self._dense_width)
         return int(self.model.config.hidden_size)
+
+    @property
+    def quantization(self) -> str:
+        return self.options.quantize
 
     @property
     def max_length(self) -> int:
@@ -308,18 +370,41 @@ class Embedder:
                     "instruction_template (e.g. 'Instruct: {instruction}\\nQuery: ')",
                     field="instruction",
                 )
-            prompt = s.instruction_template.replace("{instruction}", instruction)
+            return self._template(s.instruction_template, instruction)
+        elif (
+            input_type == "query"
+            and not s.query_prompt_name
+            and s.instruction_template
+            and s.default_instruction
+        ):
+            return self._template(s.instruction_template, s.default_instruction)
         else:
             prompt = self._prompt_for_input_type(input_type)
-        return Template.build(prompt, CONVERSION_TEMPLATES.get(s.conversion))
+        return self._template(prompt, None)
+
+    def _template(self, prompt: str, instruction: str | None) -> Template:
+        """A prompt ("{text}" marks the input where it wraps it) with the instruction filled in."""
+        before, _, after = prompt.partition("{text}")
+        if instruction is not None:
+            examples = self._examples_prefix(instruction)
+            before, after = (
+                piece.replace("{examples}", examples).replace("{instruction}", instruction)
+                for piece in (before, after)
+            )
+        return Template.build(before, CONVERSION_TEMPLATES.get(self.settings.conversion), suffix=after)
+
+    def _examples_prefix(self, instruction: str) -> str:
+        # bge-en-icl: each example in the query format with its response, then a blank line
+        return "".join(
+            ICL_EXAMPLE_TEMPLATE.format(instruction=task or instruction, query=query, response=response)
+            + "\n\n"
+            for task, query, response in self.settings.examples
+        )
 
     def _prompt_for_input_type(self, input_type: str | None) -> str:
         s = self.settings
-        if input_type == "query":
-            if s.query_prompt_name:
-                return s.prompts[s.query_prompt_name]
-            if s.instruction_template and s.default_instruction:
-                return s.instruction_template.replace("{instruction}", s.default_instruction)
+        if input_type == "query" and s.query_prompt_name:
+            return s.prompts[s.query_prompt_name]
         if input_type == "document" and s.document_prompt_name:
             return s.prompts[s.document_prompt_name]
         if s.default_prompt_name:
@@ -388,13 +473,13 @@ class Embedder:
             mask[row, : len(seq.ids)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         model_mask: torch.Tensor = mask
-        if self.settings.conversion == "bidirectional":
-            # a 4D mask is used as given: padding hidden, no causal triangle
+        if self._own_bidirectional:
+            # a 4D mask is used as given: padding hidden, no causal triangle, no window
             model_mask = mask.bool()[:, None, None, :].expand(-1, 1, longest, -1)
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": model_mask}
         if self._takes_token_types:
             kwargs["token_type_ids"] = torch.zeros_like(ids)
-        hidden = self.model(**kwargs).last_hidden_state
+        hidden = _last_hidden_state(self.model(**kwargs))
         starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
         ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
         return pool_padded(hidden, mask, self.settings.pooling, starts, ends)
@@ -402,7 +487,7 @@ class Embedder:
     def _forward_packed(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
         lengths = [len(s.ids) for s in seqs]
         ids = torch.tensor([t for s in seqs for t in s.ids], dtype=torch.long, device=self.device)
-        positions = torch.cat([torch.arange(n) for n in lengths]).to(self.device)
+        positions = torch.cat([torch.arange(n) for n in lengths]).to(self.device) + self._position_offset
         cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
         cu[1:] = torch.tensor(lengths).cumsum(0)
         cu = cu.to(self.device)
@@ -423,6 +508,8 @@ class Embedder:
         if self._fused_pooling:
             from embedsvc.kernels.segment_pool import segment_pool
 
+            if self.settings.pooling == "mean_sqrt_len":
+                return sqrt_len_scale(segment_pool(hidden, cu, starts, ends, "mean"), starts, ends)
             return segment_pool(hidden, cu, starts, ends, self.settings.pooling)
         return pool_packed(
             hidden, cu, self.settings.pooling, starts, ends, per_sequence=self.options.deterministic
@@ -476,6 +563,32 @@ class Embedder:
             f"pooling={self.settings.pooling!r}, profile={self.settings.profile!r}, "
             f"device={self.device}, dtype={self.dtype})"
         )
+
+
+def _last_hidden_state(output: Any) -> torch.Tensor:
+    # custom modeling code (trust_remote_code) may return a plain tuple
+    hidden = getattr(output, "last_hidden_state", None)
+    return output[0] if hidden is None else hidden  # type: ignore[no-any-return]
+
+
+def _position_offset(model: Any) -> int:
+    """First position id of a sequence: padding_idx + 1 for fairseq-style embeddings (RoBERTa,
+    XLM-R, MPNet number positions from there), else 0. Probed, since each family words it its own way."""
+    embeddings = getattr(model, "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    if embeddings is None or padding_idx is None:
+        return 0
+    device = next(model.parameters()).device
+    token = (int(padding_idx) + 1) % int(model.config.vocab_size)
+    ids = torch.full((1, 3), token, dtype=torch.long, device=device)
+    offset = int(padding_idx) + 1
+    try:
+        with torch.inference_mode():
+            implicit = embeddings(input_ids=ids)
+            explicit = embeddings(input_ids=ids, position_ids=torch.arange(3, device=device)[None] + offset)
+    except (TypeError, RuntimeError):
+        return 0
+    return offset if torch.equal(implicit, explicit) else 0
 
 
 def _triton_available() -> bool:

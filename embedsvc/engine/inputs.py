@@ -10,6 +10,7 @@ only, never of the prompt, the template or the special tokens.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,13 +30,19 @@ class Template:
     pool_last_copy: bool = False  # echo: pool over the last copy of the input only
 
     @classmethod
-    def build(cls, prompt: str = "", method_template: str | None = None) -> Template:
+    def build(cls, prompt: str = "", method_template: str | None = None, suffix: str = "") -> Template:
+        """``prompt`` goes before the input and ``suffix`` after it (a chat wrapper's end);
+        ``method_template`` (a conversion's, with "{text}" once or twice) goes between them."""
         parts = (method_template or "{text}").split("{text}")
         return cls(
-            parts=(prompt + parts[0], *parts[1:]),
+            parts=(prompt + parts[0], *parts[1:-1], parts[-1] + suffix),
             prompt_chars=len(prompt),
             pool_last_copy=len(parts) > 2,
         )
+
+    @property
+    def prompt(self) -> str:
+        return self.parts[0][: self.prompt_chars]
 
     @property
     def copies(self) -> int:
@@ -78,14 +85,26 @@ class InputEncoder:
         *,
         append_eos: bool,
         exclude_prompt: bool,
+        prepend_bos: bool = False,
+        tokenizer_appends_special: bool = False,
+        prompt_token_skip: bool = False,
+        rstrip_input: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.append_eos = append_eos
+        # never a second end token: a tokenizer that appends one itself (Qwen3-Embedding) gets none
+        self.append_eos = append_eos and not tokenizer_appends_special
+        self.tokenizer_appends_special = tokenizer_appends_special
+        self.prepend_bos = prepend_bos
         self.exclude_prompt = exclude_prompt
+        self.prompt_token_skip = prompt_token_skip
+        self.rstrip_input = rstrip_input
         self.eos_id: int | None = tokenizer.eos_token_id
+        self.bos_id: int | None = tokenizer.bos_token_id
         if append_eos and self.eos_id is None:
             raise InvalidInputError("append_eos is set but the tokenizer has no eos_token_id")
+        if prepend_bos and self.bos_id is None:
+            raise InvalidInputError("prepend_bos is set but the tokenizer has no bos_token_id")
 
     def encode(
         self,
@@ -101,7 +120,7 @@ class InputEncoder:
                 f"unknown truncation {truncation!r}; choose one of {', '.join(TRUNCATIONS)}",
                 field="truncation",
             )
-        rendered = [template.render(t) for t in texts]
+        rendered = [template.render(t.rstrip() if self.rstrip_input else t) for t in texts]
         batch = self.tokenizer(
             [r[0] for r in rendered],
             add_special_tokens=True,
@@ -148,7 +167,8 @@ class InputEncoder:
         copy_regions = [2 * c + 1 for c in range(template.copies)]
         copy_tokens = {r: [i for i, reg in enumerate(regions) if reg == r] for r in copy_regions}
         needs_eos = self.append_eos and (not ids or ids[-1] != self.eos_id)
-        fixed = len(ids) - sum(len(v) for v in copy_tokens.values()) + int(needs_eos)
+        needs_bos = self.prepend_bos and (not ids or ids[0] != self.bos_id)
+        fixed = len(ids) - sum(len(v) for v in copy_tokens.values()) + int(needs_eos) + int(needs_bos)
         budget = (self.max_length - fixed) // max(template.copies, 1)
         longest = max((len(v) for v in copy_tokens.values()), default=0)
         if budget < 1 and longest > 0:
@@ -163,7 +183,7 @@ class InputEncoder:
         elif chunked:
             windows = [(s, min(s + budget, longest)) for s in range(0, longest, budget)]
         elif truncation == "none":
-            raise TextTooLongError(index, len(ids) + int(needs_eos), self.max_length)
+            raise TextTooLongError(index, len(ids) + int(needs_eos) + int(needs_bos), self.max_length)
         elif truncation == "end":
             windows = [(0, budget)]
         else:
@@ -183,6 +203,9 @@ class InputEncoder:
             if needs_eos:
                 new_ids.append(self.eos_id)  # type: ignore[arg-type]
                 new_regions.append(_SPECIAL)
+            if needs_bos:
+                new_ids.insert(0, self.bos_id)  # type: ignore[arg-type]
+                new_regions.insert(0, _SPECIAL)
             if not new_ids:
                 raise InvalidInputError(
                     f"input {index} is empty after tokenization and the model adds no special tokens",
@@ -193,6 +216,14 @@ class InputEncoder:
             encoded.append(EncodedInput(new_ids, start, end, text_tokens, index))
         return encoded
 
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - few prompts per model, encoder lives as long
+    def _prompt_tokens(self, prompt: str) -> int:
+        encoded = self.tokenizer(prompt, add_special_tokens=True, return_special_tokens_mask=True)
+        count = len(encoded["input_ids"])
+        if self.tokenizer_appends_special and count and encoded["special_tokens_mask"][-1]:
+            count -= 1  # an end token the tokenizer appends is not part of the prompt's prefix
+        return count
+
     def _pool_span(self, regions: list[int], template: Template, ids: list[int]) -> tuple[int, int]:
         if template.pool_last_copy:
             last_copy = 2 * template.copies - 1
@@ -200,6 +231,11 @@ class InputEncoder:
             if where:
                 return where[0], where[-1] + 1
             return 0, len(ids)
+        if self.prompt_token_skip and template.prompt_chars > 0:
+            # GritLM's library: skip as many leading positions as the prompt alone tokenizes to,
+            # its BOS included
+            skip = self._prompt_tokens(template.prompt)
+            return min(skip, len(ids) - 1), len(ids)
         if self.exclude_prompt and template.prompt_chars > 0:
             # like sentence-transformers: skip the leading special tokens and the prompt's tokens
             first_other = next(

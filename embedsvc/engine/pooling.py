@@ -27,6 +27,13 @@ def _positions_padded(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch
     return mask.cumsum(dim=1) - 1, mask.sum(dim=1)
 
 
+def sqrt_len_scale(mean: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """mean_sqrt_len pooling (sentence-transformers' mean_sqrt_len_tokens) from the mean:
+    sum / sqrt(n) = mean * sqrt(n)."""
+    counts = (ends - starts).to(device=mean.device, dtype=torch.float32).clamp(min=1)
+    return mean * counts.sqrt()[:, None]
+
+
 def pool_padded(
     hidden: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -39,6 +46,8 @@ def pool_padded(
     index, lengths = _positions_padded(attention_mask)
     starts = torch.zeros_like(lengths) if starts is None else starts.to(lengths)
     ends = lengths if ends is None else ends.to(lengths)
+    if mode == "mean_sqrt_len":
+        return sqrt_len_scale(pool_padded(hidden, attention_mask, "mean", starts, ends), starts, ends)
     real = attention_mask.bool()
     selected = real & (index >= starts[:, None]) & (index < ends[:, None])
 
@@ -69,6 +78,12 @@ def pool_packed(
 ) -> torch.Tensor:
     """``per_sequence``: one reduction per sequence in token order (batch-invariant, no atomics)."""
     check_pooling(mode)
+    if mode == "mean_sqrt_len":
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(hidden.device, torch.long)
+        lo = torch.zeros_like(lengths) if starts is None else starts.to(lengths)
+        hi = lengths if ends is None else ends.to(lengths)
+        mean = pool_packed(hidden, cu_seqlens, "mean", lo, hi, per_sequence=per_sequence)
+        return sqrt_len_scale(mean, lo, hi)
     if per_sequence and mode in ("mean", "weighted_mean", "max"):
         return _pool_each(hidden, cu_seqlens, mode, starts, ends)
     hidden = hidden.float()

@@ -8,8 +8,9 @@ safetensors file, never materialised.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,18 @@ from embedsvc.models.st_files import SentenceTransformersFiles, read_st_files
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_SOURCE = "sentence-transformers/all-MiniLM-L6-v2"
 
-_DECODER_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2"}
+_DECODER_TYPES = {
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "gpt2",
+}
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -50,6 +62,13 @@ class LoadedModel:
     st: SentenceTransformersFiles | None
     device: torch.device
     dtype: torch.dtype
+    # the raw files, as the recipe reads them
+    config_json: dict[str, Any] = field(default_factory=dict)
+    tokenizer_config_json: dict[str, Any] = field(default_factory=dict)
+    # custom modeling code from the checkpoint runs this model (trust_remote_code)
+    remote_code: bool = False
+    # what was loaded and how, for the recipe: e.g. "PEFT adapter merged into <base>"
+    notes: tuple[str, ...] = ()
 
 
 def default_model_path() -> Path:
@@ -134,12 +153,112 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _native_equivalent(config_json: dict[str, Any]) -> bool:
+    """auto_map code that only re-implements a built-in architecture, loaded natively with a warning.
+
+    gte-Qwen2-*-instruct ships modeling_qwen.Qwen2Model, the stock Qwen2 (causal) model; its recipe
+    is handled by the gte-qwen2 profile.
+    """
+    from embedsvc.models.profiles import GTE_QWEN2
+
+    return GTE_QWEN2.detect is not None and GTE_QWEN2.detect(config_json)
+
+
+def _check_remote_code(folder: Path, config_json: dict[str, Any], trust_remote_code: bool) -> bool:
+    """Whether the checkpoint's own code runs; refuses custom code unless the user allows it."""
+    auto_map = config_json.get("auto_map") or {}
+    if not auto_map:
+        return False
+    if trust_remote_code:
+        return True
+    if _native_equivalent(config_json):
+        return False
+    classes = ", ".join(f"{k} -> {v}" for k, v in sorted(auto_map.items()))
+    raise ModelLoadError(
+        f"{folder} ships its own model code (config.json auto_map: {classes}); embedsvc runs a "
+        "checkpoint's code only when you allow it: trust_remote_code=True, --trust-remote-code, or "
+        "trust_remote_code = true in the [[models]] table. Read the code first: it runs with the "
+        "server's rights."
+    )
+
+
+def _merge_adapter(
+    folder: Path,
+    *,
+    base_model: str | Path | None,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    attn_implementation: str,
+    trust_remote_code: bool,
+) -> tuple[LoadedModel, str]:
+    """Load the adapter's base, apply the PEFT adapter in ``folder`` and merge it into the weights."""
+    try:
+        import peft
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{folder} holds a PEFT adapter (adapter_config.json); merging it needs peft: "
+            "pip install 'embedsvc[peft]'"
+        ) from exc
+    adapter = peft.PeftConfig.from_pretrained(str(folder))
+    base_source = base_model or adapter.base_model_name_or_path
+    if not base_source:
+        raise ModelLoadError(f"{folder}/adapter_config.json names no base model; pass base_model=...")
+    base = load_model(
+        base_source,
+        device=device,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+    )
+    # the adapter was trained on the base model (LLM2Vec: MistralBiModel) or on the *ForCausalLM
+    # around it; key prefixes differ by one "model." level, which PEFT would skip silently
+    weights = peft.utils.load_peft_weights(str(folder), device="cpu")
+    wrapped = peft.get_peft_model(base.model, adapter)
+    result = peft.set_peft_model_state_dict(wrapped, _match_prefix(weights, wrapped))
+    lora_keys = [k for k in weights if "lora_" in k]
+    if getattr(result, "unexpected_keys", None) or not lora_keys:
+        raise ModelLoadError(
+            f"{folder}: the adapter's weights do not fit the base model {base_source} "
+            f"(e.g. {sorted(getattr(result, 'unexpected_keys', []) or weights)[:2]})"
+        )
+    base.model = wrapped.merge_and_unload().eval()
+    return base, f"PEFT adapter {folder.name} merged into {base_source}"
+
+
+def _match_prefix(weights: dict[str, Any], wrapped: Any) -> dict[str, Any]:
+    """Adapter keys saved from a *ForCausalLM carry a 'model.' level our base model lacks."""
+    own = {n for n, _ in wrapped.named_parameters()}
+    if any(_peft_name(k) in own for k in weights):
+        return weights
+    renamed = {k.replace("base_model.model.model.", "base_model.model.", 1): v for k, v in weights.items()}
+    return renamed
+
+
+def _peft_name(key: str) -> str:
+    # stored adapter keys omit the adapter name that live parameters carry
+    return key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+        ".lora_B.weight", ".lora_B.default.weight"
+    )
+
+
 def load_model(
     source: str | Path | None,
     *,
     device: str | torch.device | None,
     dtype: str | torch.dtype | None,
     attn_implementation: str,
+    trust_remote_code: bool = False,
+    base_model: str | Path | None = None,
 ) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -148,15 +267,47 @@ def load_model(
     folder = st.transformer_dir if st else resolved.folder
     torch_device = parse_device(device)
     torch_dtype = parse_dtype(dtype, torch_device)
-    if not (folder / "config.json").exists():
+    config_json = _read_json(folder / "config.json")
+    tokenizer_config_json = _read_json(folder / "tokenizer_config.json")
+    notes: list[str] = []
+    if (folder / "adapter_config.json").exists():
+        loaded, note = _merge_adapter(
+            folder,
+            base_model=base_model,
+            device=torch_device,
+            dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+        notes.append(note)
+        if (folder / "tokenizer.json").exists():
+            loaded.tokenizer = AutoTokenizer.from_pretrained(folder)
+            loaded.tokenizer_config_json = tokenizer_config_json
+        if config_json:
+            loaded.config_json = config_json  # e.g. LLM2Vec's _name_or_path
+        loaded.source = resolved
+        loaded.st = st
+        loaded.notes = (*loaded.notes, *notes)
+        return loaded
+    if not config_json:
         raise ModelLoadError(f"{folder} has no config.json: not a transformers checkpoint folder")
+    remote = _check_remote_code(folder, config_json, trust_remote_code)
+    if config_json.get("auto_map") and not remote:
+        notes.append(
+            f"config.json auto_map names custom code ({config_json['auto_map'].get('AutoModel')}); "
+            "its architecture is built into transformers and runs natively"
+        )
+    model_kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if remote:
+        model_kwargs["trust_remote_code"] = True
+        notes.append("the checkpoint's own modeling code runs (trust_remote_code)")
+    else:
+        model_kwargs["attn_implementation"] = attn_implementation
     try:
-        config = AutoConfig.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=remote)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
         with _quiet_transformers():
-            model = AutoModel.from_pretrained(
-                folder, dtype=torch_dtype, attn_implementation=attn_implementation
-            )
+            model = AutoModel.from_pretrained(folder, **model_kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load the checkpoint in {folder}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -172,4 +323,8 @@ def load_model(
         st=st,
         device=torch_device,
         dtype=torch_dtype,
+        config_json=config_json,
+        tokenizer_config_json=tokenizer_config_json,
+        remote_code=remote,
+        notes=tuple(notes),
     )

@@ -17,15 +17,29 @@ import torch
 
 from embedsvc.errors import ModelLoadError
 
-# pooling_mode_* keys of 1_Pooling/config.json -> our pooling names
+# pooling_mode_* keys of 1_Pooling/config.json (sentence-transformers < 5) -> our pooling names
 _ST_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_max_tokens": "max",
     "pooling_mode_weightedmean_tokens": "weighted_mean",
     "pooling_mode_lasttoken": "last",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
 }
-_UNSUPPORTED_POOLING_KEYS = ("pooling_mode_mean_sqrt_len_tokens",)
+# "pooling_mode" values (sentence-transformers >= 5) -> our pooling names
+_ST_POOLING_MODES = {
+    "cls": "cls",
+    "mean": "mean",
+    "max": "max",
+    "weightedmean": "weighted_mean",
+    "lasttoken": "last",
+    "mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+# module classes by their last dotted name; the package path moved between releases
+# (sentence_transformers.models.X, sentence_transformers.base.modules.x.X,
+# sentence_transformers.sentence_transformer.modules.x.X) but the class names did not
+_KNOWN_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout")
+_ST_PACKAGE = "sentence_transformers."
 
 
 @dataclass(frozen=True)
@@ -56,13 +70,24 @@ def _read_json(path: Path) -> Any:
 
 
 def _pooling_from_config(path: Path) -> tuple[str, bool]:
+    """Pooling mode and include_prompt from either on-disk format of 1_Pooling/config.json."""
     cfg = _read_json(path)
-    modes = [name for key, name in _ST_POOLING_KEYS.items() if cfg.get(key)]
-    bad = [key for key in _UNSUPPORTED_POOLING_KEYS if cfg.get(key)]
-    if bad or len(modes) != 1:
+    if "pooling_mode" in cfg:  # sentence-transformers >= 5: a name or a list of names
+        declared = cfg["pooling_mode"]
+        names = [declared] if isinstance(declared, str) else list(declared or [])
+        unknown = [n for n in names if n not in _ST_POOLING_MODES]
+        if unknown:
+            raise ModelLoadError(
+                f"{path}: unknown pooling_mode {unknown[0]!r}; known: {', '.join(_ST_POOLING_MODES)}"
+            )
+        modes = [_ST_POOLING_MODES[n] for n in names]
+    else:
+        modes = [name for key, name in _ST_POOLING_KEYS.items() if cfg.get(key)]
+    if len(modes) != 1:
         raise ModelLoadError(
-            f"{path}: embedsvc supports exactly one of {', '.join(_ST_POOLING_KEYS)}; "
-            f"found {modes + bad or 'none'}. Pass pooling=... explicitly to override."
+            f"{path}: embedsvc pools with exactly one mode; the file asks for "
+            f"{' + '.join(modes) if modes else 'none'} (concatenated modes are not supported). "
+            "Pass pooling=... explicitly to override."
         )
     return modes[0], bool(cfg.get("include_prompt", True))
 
@@ -94,19 +119,42 @@ def _load_dense(folder: Path) -> DenseLayer:
     return DenseLayer(linear=linear.eval(), activation=_activation(cfg.get("activation_function")))
 
 
+def _module_kind(modules_path: Path, module: dict[str, Any]) -> str:
+    dotted = str(module.get("type", ""))
+    kind = dotted.rsplit(".", 1)[-1]
+    if not dotted.startswith(_ST_PACKAGE):
+        raise ModelLoadError(
+            f"{modules_path}: module {module.get('name', '?')} has type {dotted!r}, which is custom code "
+            "shipped with the checkpoint, not a sentence-transformers module; embedsvc does not run it"
+        )
+    if kind not in _KNOWN_MODULES:
+        raise ModelLoadError(
+            f"{modules_path}: unsupported sentence-transformers module {kind!r} ({dotted}); embedsvc "
+            f"serves pipelines made of {', '.join(_KNOWN_MODULES)}"
+        )
+    return kind
+
+
 def read_st_files(root: Path) -> SentenceTransformersFiles | None:
-    """The folder's sentence-transformers settings, or None if it has no ``modules.json``."""
+    """The folder's sentence-transformers settings, or None if it has no ``modules.json``.
+
+    Reads the classic layout (``pooling_mode_*`` keys, ``sentence_transformers.models.*`` types,
+    the transformer at the root or in ``0_Transformer/``) and the layout sentence-transformers >= 5
+    writes (``"pooling_mode": "mean"``, ``sentence_transformers.base.modules.*`` types).
+    """
     modules_path = root / "modules.json"
     if not modules_path.exists():
         return None
     modules = _read_json(modules_path)
+    if not isinstance(modules, list):
+        raise ModelLoadError(f"{modules_path}: expected a list of modules")
     transformer_dir = root
     pooling: str | None = None
     include_prompt = True
     normalize = False
     dense: list[DenseLayer] = []
     for module in sorted(modules, key=lambda m: m.get("idx", 0)):
-        kind = module.get("type", "").rsplit(".", 1)[-1]
+        kind = _module_kind(modules_path, module)
         folder = root / module.get("path", "")
         if kind == "Transformer":
             transformer_dir = folder
@@ -116,8 +164,7 @@ def read_st_files(root: Path) -> SentenceTransformersFiles | None:
             normalize = True
         elif kind == "Dense":
             dense.append(_load_dense(folder))
-        else:
-            raise ModelLoadError(f"{modules_path}: unsupported sentence-transformers module {kind!r}")
+        # Dropout is the identity at inference
 
     prompts: dict[str, str] = {}
     default_prompt_name = None

@@ -275,7 +275,12 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
                         conversion=s.conversion,
                         is_decoder=e.is_decoder,
                         deterministic=e.options.deterministic,
-                        quantize=e.options.quantize,
+                        quantize=e.quantization,
+                        attention=s.attention,
+                        append_eos=s.append_eos,
+                        recipe_sources=s.sources,
+                        recipe_warnings=list(s.warnings),
+                        remote_code=e.loaded.remote_code,
                     )
                 )
             return pb.ListModelsResponse(models=infos, default_model=self.registry.default_name or "")
