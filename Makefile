@@ -10,8 +10,11 @@ SERVE_ARGS ?=
 # Infinity, the peer scripts/bench.py compares against, in its own environment: it pins numpy<2
 INFINITY_VENV ?= .venv-infinity
 INFINITY_SPEC ?= infinity-emb[server,torch]==0.0.78
+# sentence-transformers' ONNX / ONNX-int8 paths, the peer of quantize=int8: optimum pins an older transformers
+ST_ONNX_VENV ?= .venv-st-onnx
+ST_ONNX_SPEC ?= sentence-transformers[onnx]
 
-.PHONY: install install-dev serve test lint typecheck protos bench infinity-venv clean
+.PHONY: install install-dev serve test lint typecheck protos bench infinity-venv st-onnx-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +23,7 @@ $(BIN)/python:
 # runtime: the service, the index and the pipeline
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[index,pipeline]"
+	$(BIN)/pip install -q -e ".[index,pipeline,int8]"
 	touch $@
 
 # development: test, lint and type-check tools, triton (kernels run in its interpreter), ray
@@ -60,5 +63,14 @@ $(INFINITY_VENV)/.installed:
 # then `make bench` includes Infinity under the same load
 infinity-venv: $(INFINITY_VENV)/.installed
 
+$(ST_ONNX_VENV)/.installed:
+	$(PYTHON) -m venv $(ST_ONNX_VENV)
+	$(ST_ONNX_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(ST_ONNX_VENV)/bin/pip install -q "$(ST_ONNX_SPEC)" "$(TORCH_SPEC)"
+	touch $@
+
+# then `make bench` compares quantize=int8 with sentence-transformers' ONNX-int8 export
+st-onnx-venv: $(ST_ONNX_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) $(INFINITY_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INFINITY_VENV) $(ST_ONNX_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

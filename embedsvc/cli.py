@@ -127,8 +127,8 @@ def _serve_parser(sub: Any) -> None:
     g.add_argument("--max-batch-size", type=int, help="sequences per forward pass")
     g.add_argument(
         "--quantize",
-        choices=["none", "int8", "int8-fast"],
-        help="CPU: dynamic int8 linear layers (int8: per-channel, int8-fast: per-tensor)",
+        choices=["none", "int8"],
+        help="CPU: int8 linear layers through ONNX Runtime (pip install 'embedsvc[int8]')",
     )
     g.add_argument(
         "--deterministic",

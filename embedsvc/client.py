@@ -76,6 +76,7 @@ class ModelInfo:
     recipe_sources: dict[str, str] = field(default_factory=dict)
     recipe_warnings: tuple[str, ...] = ()
     remote_code: bool = False
+    quantization: str = "none"
 
 
 def _lookup(table: Mapping[Any, Any], value: Any, name: str) -> Any:
@@ -160,6 +161,7 @@ def _model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             recipe_sources=dict(m.recipe_sources),
             recipe_warnings=tuple(m.recipe_warnings),
             remote_code=m.remote_code,
+            quantization=m.quantization,
         )
         for m in response.models
     ]

@@ -64,26 +64,122 @@ def server_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-def stsb_spearman(emb: Embedder) -> float | None:
-    if not STSB_DEV.exists():
+def stsb_pairs() -> tuple[list[str], list[str], list[float]]:
+    """STS-B dev sentence pairs and gold scores; empty where the data is absent."""
+    s1: list[str] = []
+    s2: list[str] = []
+    gold: list[float] = []
+    if STSB_DEV.exists():
+        for line in STSB_DEV.read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 7:
+                gold.append(float(parts[4]))
+                s1.append(parts[5])
+                s2.append(parts[6])
+    return s1, s2, gold
+
+
+def spearman(a: np.ndarray, b: np.ndarray, gold: list[float]) -> float | None:
+    if not gold:
         return None
     from scipy.stats import spearmanr
 
-    s1, s2, gold = [], [], []
-    for line in STSB_DEV.read_text(encoding="utf-8").splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 7:
-            gold.append(float(parts[4]))
-            s1.append(parts[5])
-            s2.append(parts[6])
-    a, b = emb.embed(s1), emb.embed(s2)
-    return float(spearmanr((a * b).sum(1), gold).statistic) * 100
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(spearmanr(cos, gold).statistic) * 100
+
+
+def fidelity(reference: np.ndarray, vectors: np.ndarray, n_queries: int) -> dict[str, float]:
+    """Mean / min cosine to float32, and how many of each query's top-10 documents stay (the first
+    ``n_queries`` texts query the rest; queries and documents both embedded by the mode measured)."""
+    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    got = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cos = (ref * got).sum(1)
+    top_ref = np.argsort(-(ref[:n_queries] @ ref[n_queries:].T), axis=1)[:, :10]
+    top_got = np.argsort(-(got[:n_queries] @ got[n_queries:].T), axis=1)[:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_ref, top_got, strict=True)])
+    return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "top10_overlap": float(overlap)}
+
+
+def find_st_onnx_python(choice: str) -> str | None:
+    """The Python of an environment with sentence-transformers[onnx] (``make st-onnx-venv``)."""
+    if choice != "auto":
+        return None if choice == "none" else choice
+    for candidate in (os.environ.get("EMBEDSVC_ST_ONNX_PYTHON"), ROOT / ".venv-st-onnx" / "bin" / "python"):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    return None
+
+
+def run_st_onnx_peer(
+    python: str, folder: str, texts: list[str], extra: list[str], repeats: int
+) -> dict[str, Any]:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        texts_file = Path(scratch) / "texts.json"
+        texts_file.write_text(json.dumps({"texts": texts, "extra": extra}))
+        out = Path(scratch) / "out"
+        done = subprocess.run(
+            [python, str(ROOT / "scripts" / "st_onnx_peer.py"), folder, str(texts_file), str(out)]
+            + ["--repeats", str(repeats)],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+        )
+        if done.returncode != 0:
+            return {"skipped": f"st_onnx_peer failed: {done.stderr.strip().splitlines()[-1:]}"}
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        for name in [k for k in result if k.startswith("st_")]:
+            result[name]["vectors"] = np.load(out / f"{name}.npy")
+            extra_path = out / f"{name}.extra.npy"
+            result[name]["extra_vectors"] = np.load(extra_path) if extra_path.exists() else None
+        return result
 
 
 def bench_grpc(
     target: str, texts: list[str], clients: int, per_request: int
 ) -> tuple[np.ndarray, float, list[float]]:
     return closed_loop(lambda: EmbedClient(target, timeout=600), texts, clients, per_request)
+
+
+def bench_quantized(
+    args: Any, engine: Embedder, texts: list[str], fp32: np.ndarray, against_st: Any
+) -> dict[str, Any]:
+    """Every quantized mode next to sentence-transformers' ONNX paths: speed against ST float32, and
+    fidelity to float32 (cosines, top-10 neighbours, STS-B dev Spearman)."""
+    n_queries = max(1, len(texts) // 10)
+    s1, s2, gold = stsb_pairs()
+    out: dict[str, Any] = {
+        "queries_x_documents": [n_queries, len(texts) - n_queries],
+        "stsb_spearman_fp32": spearman(engine.embed(s1), engine.embed(s2), gold) if gold else None,
+    }
+    int8 = Embedder.from_pretrained(args.model, quantize="int8")
+    int8.embed(texts[:32])
+    vectors, entry = against_st(lambda: int8.embed(texts), args.repeats)
+    entry.update(fidelity(fp32, vectors, n_queries), what=int8.quantization)
+    entry["stsb_spearman"] = spearman(int8.embed(s1), int8.embed(s2), gold) if gold else None
+    out["embedsvc_int8"] = entry
+    python = find_st_onnx_python(args.st_onnx)
+    if python is None:
+        out["st_onnx"] = {"skipped": "no sentence-transformers[onnx] environment: make st-onnx-venv"}
+        return out
+    peer = run_st_onnx_peer(python, str(engine.loaded.source.folder), texts, s1 + s2, args.repeats)
+    if "skipped" in peer:
+        out["st_onnx"] = peer
+        return out
+    for name in [k for k in peer if k.startswith("st_onnx")]:
+        got = peer.pop(name)
+        extra = got.pop("extra_vectors")
+        vectors = got.pop("vectors")
+        got.update(fidelity(fp32, vectors, n_queries))
+        got["stsb_spearman"] = spearman(extra[: len(s1)], extra[len(s1) :], gold) if gold else None
+        out[name] = got
+    peer.pop("st_torch_fp32")
+    out["st_onnx_peer"] = peer
+    out["int8_speed_over_st_onnx_int8"] = entry["ratio_to_st"] / out["st_onnx_int8"]["ratio_to_st"]
+    return out
 
 
 def main() -> int:
@@ -99,6 +195,11 @@ def main() -> int:
         "--repeats", type=int, default=3, help="rounds of (ST, ours) per measurement; ratios are medians"
     )
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument(
+        "--quantized-only",
+        action="store_true",
+        help="in process and quantized modes only (no server, latency or Infinity runs)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "latest.json")
     parser.add_argument(
         "--infinity",
@@ -107,6 +208,12 @@ def main() -> int:
         "of an environment with infinity-emb, or the URL of a running Infinity serving the same model",
     )
     parser.add_argument("--infinity-model", default="bench", help="model name at --infinity URL")
+    parser.add_argument(
+        "--st-onnx",
+        default="auto",
+        help="sentence-transformers ONNX / ONNX-int8 peer: auto (.venv-st-onnx or $EMBEDSVC_ST_ONNX_PYTHON), "
+        "none, or the Python of an environment with sentence-transformers[onnx]",
+    )
     args = parser.parse_args()
 
     texts = load_corpus(args.corpus, args.texts)
@@ -170,6 +277,37 @@ def main() -> int:
     for _ in range(10):
         engine.forward(short)
 
+    if not args.quantized_only:
+        bench_serving(args, engine, texts, st_vectors, result, against_st, min_cosine, short, text)
+    if not args.no_int8 and engine.device.type == "cpu":
+        result["quantized"] = bench_quantized(args, engine, texts, ours, against_st)
+
+    best_st = min(st_times)
+    result["sentence_transformers"] = {
+        "texts_per_s": len(texts) / best_st,
+        "tokens_per_s": real_tokens / best_st,
+        "padding_waste": 1 - real_tokens / padded_tokens,
+        "runs": len(st_times),
+    }
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def bench_serving(
+    args: Any,
+    engine: Embedder,
+    texts: list[str],
+    st_vectors: np.ndarray,
+    result: dict[str, Any],
+    against_st: Any,
+    min_cosine: Any,
+    short: Any,
+    text: str,
+) -> None:
+    """The gRPC server under load, single-request latency at low load, and Infinity under the same load."""
     server_args = ["--model", f"bench={args.model}"] if args.model else []
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "embedsvc-bench-server.log"
     with ServerProcess(*server_args, "--max-inputs-per-request", "4096", log_path=log) as server:
@@ -239,34 +377,6 @@ def main() -> int:
             folder = str(engine.loaded.source.folder)
             with InfinityServer(python, folder, inf_log) as peer:
                 result["infinity"] = {"version": version(python), **bench_infinity(peer.url, peer.model)}
-
-    if not args.no_int8 and engine.device.type == "cpu":
-        fp32_rho = stsb_spearman(engine)
-        for mode in ("int8", "int8-fast"):
-            int8 = Embedder.from_pretrained(args.model, quantize=mode)
-            int8.embed(texts[:32])
-            _, entry = against_st(lambda int8=int8: int8.embed(texts), args.repeats)
-            int8_rho = stsb_spearman(int8)
-            if fp32_rho is not None and int8_rho is not None:
-                entry.update(
-                    stsb_spearman_fp32=fp32_rho,
-                    stsb_spearman_int8=int8_rho,
-                    spearman_drop_points=fp32_rho - int8_rho,
-                )
-            result[mode] = entry
-
-    best_st = min(st_times)
-    result["sentence_transformers"] = {
-        "texts_per_s": len(texts) / best_st,
-        "tokens_per_s": real_tokens / best_st,
-        "padding_waste": 1 - real_tokens / padded_tokens,
-        "runs": len(st_times),
-    }
-
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def describe_recipe(
         source=str(loaded.source.folder),
         profile=s.profile,
         profile_reason=s.sources.get("profile", ""),
-        architecture=type(embedder.model).__name__,
+        architecture=getattr(embedder.model, "architecture", type(embedder.model).__name__),
         model_type=str(loaded.config_json.get("model_type", "")),
         is_decoder=loaded.is_decoder,
         remote_code=loaded.remote_code,

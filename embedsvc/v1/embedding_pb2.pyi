@@ -159,7 +159,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "source", "dimension", "max_length", "pooling", "normalize", "prompts", "default_prompt_name", "query_prompt_name", "document_prompt_name", "instruction_template", "dtype", "device", "profile", "conversion", "is_decoder", "deterministic", "quantize", "attention", "append_eos", "recipe_sources", "recipe_warnings", "remote_code")
+    __slots__ = ("name", "source", "dimension", "max_length", "pooling", "normalize", "prompts", "default_prompt_name", "query_prompt_name", "document_prompt_name", "instruction_template", "dtype", "device", "profile", "conversion", "is_decoder", "deterministic", "quantize", "attention", "append_eos", "recipe_sources", "recipe_warnings", "remote_code", "quantization")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class ModelInfo(_message.Message):
     RECIPE_SOURCES_FIELD_NUMBER: _ClassVar[int]
     RECIPE_WARNINGS_FIELD_NUMBER: _ClassVar[int]
     REMOTE_CODE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     dimension: int
@@ -220,7 +221,8 @@ class ModelInfo(_message.Message):
     recipe_sources: _containers.ScalarMap[str, str]
     recipe_warnings: _containers.RepeatedScalarFieldContainer[str]
     remote_code: bool
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., instruction_template: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., profile: _Optional[str] = ..., conversion: _Optional[str] = ..., is_decoder: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., quantize: _Optional[str] = ..., attention: _Optional[str] = ..., append_eos: _Optional[bool] = ..., recipe_sources: _Optional[_Mapping[str, str]] = ..., recipe_warnings: _Optional[_Iterable[str]] = ..., remote_code: _Optional[bool] = ...) -> None: ...
+    quantization: str
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., instruction_template: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., profile: _Optional[str] = ..., conversion: _Optional[str] = ..., is_decoder: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., quantize: _Optional[str] = ..., attention: _Optional[str] = ..., append_eos: _Optional[bool] = ..., recipe_sources: _Optional[_Mapping[str, str]] = ..., recipe_warnings: _Optional[_Iterable[str]] = ..., remote_code: _Optional[bool] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")
