@@ -25,7 +25,8 @@ models:
 
 config file (--config FILE, TOML):
   [server]   host, port, metrics_port, api_keys, tls_cert, tls_key, max_inputs_per_request,
-             max_message_bytes, max_queue_requests, max_queue_tokens, batch_wait_ms,
+             max_message_bytes, max_text_bytes, max_request_bytes, max_queue_requests,
+             max_queue_tokens, max_queue_seconds, max_streams, batch_wait_ms,
              grace_period_s, tokenizer_threads, log_level, log_json, data_dir,
              index_fsync, snapshot_every, index_device
   [[models]] name, source, default, and any engine option: pooling, normalize, dtype, device,
@@ -89,6 +90,14 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument("--max-queue-tokens", type=int, help="tokens queued per model before RESOURCE_EXHAUSTED")
     p.add_argument(
+        "--max-queue-seconds",
+        type=float,
+        help="work admitted per model, in seconds of its measured throughput, before RESOURCE_EXHAUSTED "
+        "(default 20)",
+    )
+    p.add_argument("--max-text-bytes", type=int, help="bytes per input text (default 1 MiB)")
+    p.add_argument("--max-request-bytes", type=int, help="bytes of input text per request (default 8 MiB)")
+    p.add_argument(
         "--batch-wait-ms", type=float, help="wait this long for concurrent requests to join a batch"
     )
     p.add_argument(
@@ -143,9 +152,13 @@ def _serve(args: argparse.Namespace) -> int:
     from embedsvc.server.app import serve
 
     file_data = load_toml(args.config) if args.config else None
-    api_keys = args.api_keys
-    if not api_keys and os.environ.get("EMBEDSVC_API_KEYS"):
-        api_keys = [k.strip() for k in os.environ["EMBEDSVC_API_KEYS"].split(",") if k.strip()]
+    # keys from the command line and the environment add to the config file's, never replace them
+    api_keys = list(args.api_keys or [])
+    if os.environ.get("EMBEDSVC_API_KEYS"):
+        api_keys += [k.strip() for k in os.environ["EMBEDSVC_API_KEYS"].split(",") if k.strip()]
+    if api_keys:
+        from_file = (file_data or {}).get("server", {}).get("api_keys") or []
+        api_keys = list(dict.fromkeys([*from_file, *api_keys]))
     model_options = {
         k: getattr(args, k)
         for k in (
@@ -175,6 +188,9 @@ def _serve(args: argparse.Namespace) -> int:
         "max_message_bytes": args.max_message_bytes,
         "max_queue_requests": args.max_queue_requests,
         "max_queue_tokens": args.max_queue_tokens,
+        "max_queue_seconds": args.max_queue_seconds,
+        "max_text_bytes": args.max_text_bytes,
+        "max_request_bytes": args.max_request_bytes,
         "batch_wait_ms": args.batch_wait_ms,
         "grace_period_s": args.grace_period_s,
         "log_level": args.log_level,
@@ -348,10 +364,37 @@ def _index_parser(sub: Any) -> None:
         help="Ray cluster (e.g. ray://HEAD:10001; default: RAY_ADDRESS or a local instance)",
     )
     b.add_argument("--ray-actors", type=int, help="embedding actors (default: one per two CPU slots)")
+    r = isub.add_parser(
+        "repair",
+        help="salvage a damaged index in a data directory (offline)",
+        description="Recover what a damaged index still holds: its snapshot if readable, then its log "
+        "records in order up to the first damaged or missing one. Damaged files are moved aside "
+        "(*.damaged-TIME), never deleted; prints what was recovered and what was not. The server must "
+        "be stopped (it holds the directory).",
+    )
+    r.add_argument("name", help="index name")
+    r.add_argument("--data-dir", required=True, metavar="DIR")
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from embedsvc.index.manager import IndexManager
+
+    manager = IndexManager(Path(args.data_dir))
+    try:
+        report = manager.repair(args.name)
+    finally:
+        manager.close()
+    print(json.dumps(report, indent=2))
+    return 0
 
 
 def _index(args: argparse.Namespace) -> int:
     import logging
+
+    if args.index_command == "repair":
+        return _repair(args)
 
     from embedsvc.pipeline import BuildOptions, build_index
     from embedsvc.pipeline.readers import ReaderOptions

@@ -54,8 +54,14 @@ class ServerConfig:
     tls_key: str | None = None
     max_inputs_per_request: int = 2048
     max_message_bytes: int = 64 * 1024 * 1024
+    # bytes of one input text / of all input texts of a request; None: 1 MiB / 8 MiB, kept under
+    # half the message limit
+    max_text_bytes: int | None = None
+    max_request_bytes: int | None = None
     max_queue_requests: int = 1024
     max_queue_tokens: int = 2_000_000
+    max_queue_seconds: float = 20.0  # work queued per model, in seconds of its measured throughput
+    max_streams: int = 256  # EmbedStreams open at once
     batch_wait_ms: float = 2.0
     grace_period_s: float = 10.0
     tokenizer_threads: int = 2
@@ -68,11 +74,38 @@ class ServerConfig:
     models: tuple[ModelConfig, ...] = ()
 
     def __post_init__(self) -> None:
+        request_bytes = self.max_request_bytes or min(8 * 1024 * 1024, self.max_message_bytes // 2)
+        object.__setattr__(self, "max_request_bytes", request_bytes)
+        if self.max_text_bytes is None:
+            object.__setattr__(self, "max_text_bytes", min(1024 * 1024, request_bytes))
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidInputError("TLS needs both tls_cert and tls_key", field="tls_cert")
-        for name in ("max_inputs_per_request", "max_message_bytes", "max_queue_requests", "max_queue_tokens"):
+        for name in (
+            "max_inputs_per_request",
+            "max_message_bytes",
+            "max_text_bytes",
+            "max_request_bytes",
+            "max_queue_requests",
+            "max_queue_tokens",
+            "max_streams",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1", field=name)
+        if not self.max_queue_seconds > 0:
+            raise InvalidInputError("max_queue_seconds must be above 0", field="max_queue_seconds")
+        assert self.max_text_bytes is not None and self.max_request_bytes is not None
+        if self.max_text_bytes > self.max_request_bytes or self.max_request_bytes >= self.max_message_bytes:
+            raise InvalidInputError(
+                "limits must nest: max_text_bytes <= max_request_bytes < max_message_bytes",
+                field="max_request_bytes",
+            )
+        empty = [i for i, key in enumerate(self.api_keys) if not key or not key.strip()]
+        if empty:
+            raise InvalidInputError(
+                'an API key is empty (e.g. --api-key "$KEY" with KEY unset): that would let anyone in '
+                "with an empty key; set the key, or leave authentication off",
+                field="api_keys",
+            )
         check_device_setting(self.index_device)
         names = [m.name for m in self.models if m.name]
         duplicates = sorted({n for n in names if names.count(n) > 1})

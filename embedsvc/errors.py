@@ -46,7 +46,11 @@ class ModelNotFoundError(EmbedsvcError, LookupError):
 
 
 class OverloadedError(EmbedsvcError):
-    """A bounded queue is full (maps to RESOURCE_EXHAUSTED)."""
+    """A bounded queue is full, or a request is over a size limit (maps to RESOURCE_EXHAUSTED)."""
+
+
+class StorageFullError(EmbedsvcError):
+    """The disk holding an index is full; nothing was written (maps to RESOURCE_EXHAUSTED)."""
 
 
 class UnavailableError(EmbedsvcError):

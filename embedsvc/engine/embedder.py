@@ -114,6 +114,7 @@ class Embedder:
         if options.deterministic:
             make_batch_invariant(self.model, options.tile_rows)
             self._dense = [(FixedTileLinear(lin, options.tile_rows), act) for lin, act in self._dense]  # type: ignore[arg-type]
+        self.measured_tokens_per_second: float | None = None  # set by the server at load
         self.token_facts = token_facts or probe_tokenizer(self.tokenizer, loaded.tokenizer_config_json)
         self._encoder = InputEncoder(
             self.tokenizer,
@@ -211,6 +212,16 @@ class Embedder:
         if backend not in attention.BACKENDS:
             raise InvalidInputError(
                 f"unknown attention_backend {backend!r}; choose one of {', '.join(attention.BACKENDS)}",
+                field="attention_backend",
+            )
+        if backend != "auto" and backend not in attention.available_backends(loaded.device):
+            why = {
+                "flash_attn": "flash-attn needs CUDA and pip install 'embedsvc[flash]'",
+                "torch_varlen": "torch's varlen attention needs CUDA and torch >= 2.10",
+            }.get(backend, "it does not run here")
+            raise InvalidInputError(
+                f"attention_backend {backend!r} is not available on {loaded.device}: {why}; "
+                f"available here: {', '.join(attention.available_backends(loaded.device))}",
                 field="attention_backend",
             )
         if backend in attention.FLASH_BACKENDS and loaded.dtype not in attention.HALF_DTYPES:

@@ -189,17 +189,26 @@ class InputEncoder:
         else:
             windows = [(longest - budget, longest)]
 
+        # the sequence as runs of one region each (a copy of the input is one contiguous run):
+        # a window is then assembled from slices, in time linear in its own length
+        runs: list[tuple[int, int, int]] = []  # (region, start, stop)
+        for i, region in enumerate(regions):
+            if runs and runs[-1][0] == region:
+                runs[-1] = (region, runs[-1][1], i + 1)
+            else:
+                runs.append((region, i, i + 1))
         encoded = []
         for lo, hi in windows:
-            keep = set(range(len(ids)))
-            for tokens in copy_tokens.values():
-                # copies can tokenize to slightly different lengths: anchor "start" at each one's end
-                shift = len(tokens) - longest if truncation == "start" and not chunked else 0
-                kept = set(tokens[max(lo + shift, 0) : max(hi + shift, 0)])
-                keep -= set(tokens) - kept
-            order = sorted(keep)
-            new_ids = [ids[i] for i in order]
-            new_regions = [regions[i] for i in order]
+            new_ids, new_regions = [], []
+            for region, start, stop in runs:
+                if region in copy_tokens:
+                    # copies can tokenize to slightly different lengths: anchor "start" at each one's end
+                    n = stop - start
+                    shift = n - longest if truncation == "start" and not chunked else 0
+                    a, b = max(lo + shift, 0), max(hi + shift, 0)
+                    start, stop = start + min(a, n), start + min(b, n)
+                new_ids.extend(ids[start:stop])
+                new_regions.extend(regions[start:stop])
             if needs_eos:
                 new_ids.append(self.eos_id)  # type: ignore[arg-type]
                 new_regions.append(_SPECIAL)

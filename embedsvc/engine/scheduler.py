@@ -1,11 +1,19 @@
-"""Dynamic batching across concurrent callers of one model.
+"""Dynamic batching across concurrent callers of one model, with admission and fair shares.
 
-Callers ``submit`` already-tokenized sequences; one worker task per model
-gathers sequences from the queue (across requests, oldest first) into
-token-budget batches and runs each forward pass on a dedicated thread, off the
-event loop. A big request is thus split into batches by the server, and small
-concurrent ones share a batch. The queue is bounded in requests and tokens;
-cancelled or expired requests leave it and their unstarted work is skipped.
+Callers ``submit`` already-tokenized sequences; one worker task per model gathers sequences from
+the queue into token-budget batches and runs each forward pass on a dedicated thread, off the event
+loop. A big request is split into batches by the server; small concurrent ones share a batch.
+
+Overload is refused early and fairly:
+
+* ``admit`` runs when a request *arrives*, before it is tokenized, with an estimate of its tokens.
+  The queue is bounded in **seconds of work** on this machine (tokens / the measured forward
+  throughput), so a refusal (RESOURCE_EXHAUSTED) comes in microseconds instead of after minutes
+  in a queue. A caller (tenant: a connection or an API key) still under its fair share of the queue
+  is admitted even when the queue is full, so one heavy caller cannot lock light ones out.
+* batches are filled round-robin across tenants, one sequence each in turn: a light caller's
+  request rides in the next batch instead of waiting behind a flood.
+* deadlines and cancellations drop a request's remaining work, started or not.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,9 +31,11 @@ import torch
 from embedsvc.engine.inputs import EncodedInput
 from embedsvc.errors import EmbedsvcError, OverloadedError, UnavailableError
 
+DEFAULT_TENANT = "-"
+
 
 class DeadlineExceededError(EmbedsvcError, TimeoutError):
-    """The request's deadline passed before its work could start (maps to DEADLINE_EXCEEDED)."""
+    """The request's deadline passed before its work could finish (maps to DEADLINE_EXCEEDED)."""
 
 
 @dataclass
@@ -34,6 +44,7 @@ class _Pending:
     future: asyncio.Future[torch.Tensor]
     deadline: float | None
     enqueued_at: float
+    tenant: str
     results: list[torch.Tensor | None] = field(default_factory=list)
     next_seq: int = 0
     done: int = 0
@@ -71,7 +82,9 @@ class BatchScheduler:
         max_batch_size: int,
         max_queue_requests: int,
         max_queue_tokens: int,
+        max_queue_seconds: float = float("inf"),
         batch_wait_s: float = 0.002,
+        tokens_per_second: float | None = None,
         on_batch: Callable[[BatchRecord], None] | None = None,
     ) -> None:
         self._forward = forward
@@ -80,10 +93,16 @@ class BatchScheduler:
         self.max_batch_size = max_batch_size
         self.max_queue_requests = max_queue_requests
         self.max_queue_tokens = max_queue_tokens
+        self.max_queue_seconds = max_queue_seconds
         self.batch_wait_s = batch_wait_s
+        # forward throughput, tokens per second: measured at load, then a moving average of batches
+        self.tokens_per_second = tokens_per_second or 1000.0
         self._on_batch = on_batch
-        self._queue: collections.deque[_Pending] = collections.deque()
+        self._tenants: collections.OrderedDict[str, collections.deque[_Pending]] = collections.OrderedDict()
+        self._queued_requests = 0
         self._queued_tokens = 0
+        # admitted work (estimated tokens) per tenant: arrivals not yet finished, tokenizing included
+        self._admitted: collections.Counter[str] = collections.Counter()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
         self._worker: asyncio.Task[None] | None = None
@@ -95,17 +114,53 @@ class BatchScheduler:
     # ------------------------------------------------------------------ api
     @property
     def queued_requests(self) -> int:
-        return len(self._queue)
+        return self._queued_requests
 
     @property
     def queued_tokens(self) -> int:
         return self._queued_tokens
 
+    @property
+    def queued_seconds(self) -> float:
+        """Estimated seconds of work admitted and not yet done."""
+        return sum(self._admitted.values()) / self.tokens_per_second
+
     def start(self) -> None:
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"scheduler-{self.name}")
 
-    async def submit(self, seqs: Sequence[EncodedInput], *, timeout: float | None = None) -> torch.Tensor:
+    @contextlib.contextmanager
+    def admit(self, estimated_tokens: int, tenant: str = DEFAULT_TENANT) -> Iterator[None]:
+        """Reserve room for a request before it is tokenized; OverloadedError (at once) if there is none.
+
+        A tenant under its fair share (the queue bound divided among the tenants with work) is always
+        admitted; others only while the whole queue stays under ``max_queue_seconds``."""
+        if self._closed:
+            raise UnavailableError(f"model {self.name} is shutting down")
+        rate = self.tokens_per_second
+        total = sum(self._admitted.values())
+        active = len([t for t, n in self._admitted.items() if n > 0 and t != tenant]) + 1
+        fair_share = self.max_queue_seconds / active
+        own = (self._admitted[tenant] + estimated_tokens) / rate
+        if (total + estimated_tokens) / rate > self.max_queue_seconds and own > fair_share:
+            self.stats.rejected_requests += 1
+            held = self._admitted[tenant] / rate
+            raise OverloadedError(
+                f"model {self.name} has about {total / rate:.1f}s of work queued (max_queue_seconds="
+                f"{self.max_queue_seconds:g}) and this caller already holds {held:.1f}s of it; "
+                "retry with backoff, or send smaller requests"
+            )
+        self._admitted[tenant] += estimated_tokens
+        try:
+            yield
+        finally:
+            self._admitted[tenant] -= estimated_tokens
+            if self._admitted[tenant] <= 0:
+                del self._admitted[tenant]
+
+    async def submit(
+        self, seqs: Sequence[EncodedInput], *, timeout: float | None = None, tenant: str = DEFAULT_TENANT
+    ) -> torch.Tensor:
         """Pooled vectors ``[len(seqs), d]`` in order; raises OverloadedError when the queue is full."""
         if self._closed:
             raise UnavailableError(f"model {self.name} is shutting down")
@@ -113,13 +168,13 @@ class BatchScheduler:
         if not seqs:
             return torch.empty((0, 0))
         tokens = sum(len(s.ids) for s in seqs)
-        if len(self._queue) >= self.max_queue_requests:
+        if self._queued_requests >= self.max_queue_requests:
             self.stats.rejected_requests += 1
             raise OverloadedError(
-                f"model {self.name} has {len(self._queue)} requests queued, the limit "
+                f"model {self.name} has {self._queued_requests} requests queued, the limit "
                 f"(max_queue_requests={self.max_queue_requests}); retry with backoff"
             )
-        if self._queued_tokens + tokens > self.max_queue_tokens and self._queue:
+        if self._queued_tokens + tokens > self.max_queue_tokens and self._queued_requests:
             self.stats.rejected_requests += 1
             raise OverloadedError(
                 f"model {self.name} has {self._queued_tokens} tokens queued; this request's {tokens} "
@@ -127,16 +182,20 @@ class BatchScheduler:
                 "retry with backoff or send less"
             )
         now = loop.time()
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceededError("the deadline passed before the request reached the model")
         pending = _Pending(
             seqs=seqs,
             future=loop.create_future(),
             deadline=None if timeout is None else now + timeout,
             enqueued_at=now,
+            tenant=tenant,
             results=[None] * len(seqs),
         )
-        self._queue.append(pending)
+        self._tenants.setdefault(tenant, collections.deque()).append(pending)
+        self._queued_requests += 1
         self._queued_tokens += tokens
-        if self._forward_running or len(self._queue) > 1:
+        if self._forward_running or self._queued_requests > 1:
             self._contended = True
         self._wakeup.set()
         try:
@@ -151,45 +210,76 @@ class BatchScheduler:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(UnavailableError(f"model {self.name} is shutting down"))
-        self._queue.clear()
+        for queue in self._tenants.values():
+            for pending in queue:
+                if not pending.future.done():
+                    pending.future.set_exception(UnavailableError(f"model {self.name} is shutting down"))
+        self._tenants.clear()
+        self._queued_requests = self._queued_tokens = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --------------------------------------------------------------- worker
-    def _drop(self, pending: _Pending) -> None:
+    def _finish(self, pending: _Pending) -> None:
+        """Take a request out of the queue: its remaining work is skipped."""
         self.stats.skipped_sequences += len(pending.seqs) - pending.next_seq
         self._queued_tokens -= pending.remaining_tokens
         pending.next_seq = len(pending.seqs)
+        queue = self._tenants.get(pending.tenant)
+        if queue is not None and pending in queue:
+            queue.remove(pending)
+            self._queued_requests -= 1
+            if not queue:
+                del self._tenants[pending.tenant]
+
+    def _head(self, tenant: str, now: float) -> _Pending | None:
+        """The tenant's oldest request with work left; drops cancelled and expired ones on the way."""
+        queue = self._tenants.get(tenant)
+        while queue:
+            pending = queue[0]
+            if pending.future.done():  # cancelled by its caller
+                self._finish(pending)
+            elif pending.deadline is not None and now >= pending.deadline:
+                self._finish(pending)
+                where = "in the queue" if pending.started_at is None else "before its last batch"
+                pending.future.set_exception(
+                    DeadlineExceededError(f"deadline passed after {now - pending.enqueued_at:.3f}s {where}")
+                )
+            elif pending.next_seq >= len(pending.seqs):
+                queue.popleft()  # all of it is in flight; it completes when its batch returns
+                self._queued_requests -= 1
+            else:
+                return pending
+            queue = self._tenants.get(tenant)
+        self._tenants.pop(tenant, None)
+        return None
 
     def _take_batch(self, now: float) -> list[tuple[_Pending, int]]:
+        """Sequences round-robin across tenants, one each in turn, under the token budget."""
         batch: list[tuple[_Pending, int]] = []
         tokens = 0
-        for pending in list(self._queue):
-            if pending.future.done():  # cancelled by its caller
-                self._drop(pending)
-            elif pending.deadline is not None and now >= pending.deadline and pending.next_seq == 0:
-                self._drop(pending)
-                pending.future.set_exception(
-                    DeadlineExceededError(
-                        f"deadline passed after {now - pending.enqueued_at:.3f}s in the queue"
-                    )
-                )
-            while pending.next_seq < len(pending.seqs) and len(batch) < self.max_batch_size:
+        progress = True
+        while progress and len(batch) < self.max_batch_size and tokens < self.token_budget:
+            progress = False
+            for tenant in list(self._tenants):
+                pending = self._head(tenant, now)
+                if pending is None:
+                    continue
                 n = len(pending.seqs[pending.next_seq].ids)
                 if batch and tokens + n > self.token_budget:
-                    break
+                    continue
                 if pending.started_at is None:
                     pending.started_at = now
                 batch.append((pending, pending.next_seq))
                 pending.next_seq += 1
                 tokens += n
                 self._queued_tokens -= n
-            if pending.next_seq >= len(pending.seqs):
-                self._queue.remove(pending)
-            if len(batch) >= self.max_batch_size or tokens >= self.token_budget:
-                break
+                progress = True
+                if len(batch) >= self.max_batch_size:
+                    break
+        for tenant in list(self._tenants):  # next batch starts with the next tenant
+            self._head(tenant, now)
+        if self._tenants:
+            self._tenants.move_to_end(next(iter(self._tenants)))
         return batch
 
     async def _run(self) -> None:
@@ -202,7 +292,7 @@ class BatchScheduler:
                 await asyncio.sleep(self.batch_wait_s)  # let concurrent callers join this batch
             self._contended = False
             batch = self._take_batch(loop.time())
-            if not self._queue:
+            if not self._tenants:
                 self._wakeup.clear()
             if not batch:
                 continue
@@ -216,18 +306,21 @@ class BatchScheduler:
                 for pending in {id(p): p for p, _ in batch}.values():
                     if not pending.future.done():
                         pending.future.set_exception(exc)
-                    self._drop(pending)
-                    if pending in self._queue:
-                        self._queue.remove(pending)
+                    self._finish(pending)
                 continue
             self._forward_running = False
             elapsed = time.perf_counter() - started
-            self.stats.batches += 1
-            self.stats.forwarded_sequences += len(seqs)
-            if self._on_batch is not None:
-                self._on_batch(BatchRecord(len(seqs), sum(len(s.ids) for s in seqs), elapsed))
+            self._record(len(seqs), sum(len(s.ids) for s in seqs), elapsed)
             for row, (pending, index) in enumerate(batch):
                 pending.results[index] = pooled[row]
                 pending.done += 1
                 if pending.done == len(pending.seqs) and not pending.future.done():
                     pending.future.set_result(torch.stack(pending.results))  # type: ignore[arg-type]
+
+    def _record(self, sequences: int, tokens: int, seconds: float) -> None:
+        self.stats.batches += 1
+        self.stats.forwarded_sequences += sequences
+        if seconds > 0 and tokens >= 64:  # tiny batches measure overheads, not throughput
+            self.tokens_per_second = 0.8 * self.tokens_per_second + 0.2 * (tokens / seconds)
+        if self._on_batch is not None:
+            self._on_batch(BatchRecord(sequences, tokens, seconds))

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from embedsvc.errors import InvalidInputError
 from embedsvc.index.gpu import GPU_KINDS, GpuMirror
 
 log = logging.getLogger("embedsvc.index")
@@ -45,9 +46,41 @@ class AnnParams:
     pq_bits: int = 8
     rerank: int = 8  # approximate kinds fetch k * rerank candidates, then re-rank exactly
 
-    def train_size(self) -> int:
-        """Vectors needed before an IVF index is trained (faiss wants ~39 per centroid)."""
-        return 39 * self.ivf_nlist
+    def train_size(self, kind: str) -> int:
+        """Vectors needed before an IVF index is trained: faiss wants ~39 per coarse centroid, and
+        a PQ codebook at least as many vectors as its 2^pq_bits centroids."""
+        return max(39 * self.ivf_nlist, 2**self.pq_bits if kind == "ivf_pq" else 0)
+
+
+# accepted ranges, checked before anything is written: values faiss accepts without exhausting memory
+# or overflowing its 32-bit arguments (hnsw_m = 2^32 - 1 once made a spec that broke every start-up)
+PARAM_RANGES = {
+    "hnsw_m": (2, 256),
+    "hnsw_ef_construction": (1, 4096),
+    "hnsw_ef_search": (1, 32768),
+    "ivf_nlist": (1, 65536),
+    "ivf_nprobe": (1, 65536),
+    "pq_m": (0, 65536),
+    "pq_bits": (1, 16),
+    "rerank": (1, 100),
+}
+MAX_K = 10_000  # results per search
+MAX_EF_SEARCH = PARAM_RANGES["hnsw_ef_search"][1]
+
+
+def check_params(params: AnnParams, dimension: int, kind: str) -> None:
+    """Every parameter within what faiss accepts, with a message that names it; raises InvalidInputError."""
+    for name, (low, high) in PARAM_RANGES.items():
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            message = f"{name} must be an integer from {low} to {high}, got {value!r}"
+            raise InvalidInputError(message, field=name)
+    if kind == "ivf_pq" and params.pq_m and (params.pq_m > dimension or dimension % params.pq_m):
+        divisors = [m for m in range(1, dimension + 1) if dimension % m == 0]
+        raise InvalidInputError(
+            f"pq_m ({params.pq_m}) must divide the dimension {dimension}: one of {divisors} (0 = automatic)",
+            field="pq_m",
+        )
 
 
 def _pq_m(dimension: int, wanted: int) -> int:
@@ -131,7 +164,7 @@ class AnnIndex:
     def rebuild(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         """From scratch (start-up, HNSW compaction, IVF training once enough vectors exist)."""
         self.tombstones.clear()
-        if self.kind.startswith("ivf") and len(labels) < self.params.train_size():
+        if self.kind.startswith("ivf") and len(labels) < self.params.train_size(self.kind):
             self.index = None  # searched exactly until trained
             return
         self.index = self._new(vectors if self.kind.startswith("ivf") else None)

@@ -3,15 +3,26 @@
 Writes are serialized per collection; searches run concurrently with each other
 and see either all or none of a write (a readers-writer lock around apply/search).
 A write is appended to the log and fsynced *before* it is applied and acknowledged.
+
+On disk: ``spec.json`` (immutable), ``snapshot.bin`` (all items as of record ``seq``),
+``state.json`` (the ``seq`` of the last snapshot taken) and ``wal.log`` (records after it,
+numbered consecutively). Recovery checks that they fit together: a snapshot older than
+``state.json`` says, a log that starts after the snapshot ends or skips a number, or a damaged
+record with intact ones after it is corruption — the index is reported damaged (DATA_LOSS) and
+its files are left as they are, never served partially.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import math
 import os
+import shutil
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,13 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from embedsvc.errors import CorruptDataError, InvalidInputError
+from embedsvc.errors import CorruptDataError, InvalidInputError, StorageFullError
 from embedsvc.index import records
-from embedsvc.index.ann import KINDS, METRICS, AnnIndex, AnnParams
-from embedsvc.index.wal import WriteAheadLog, fsync_dir, read_log
+from embedsvc.index.ann import KINDS, MAX_EF_SEARCH, MAX_K, METRICS, AnnIndex, AnnParams, check_params
+from embedsvc.index.wal import LogContents, WriteAheadLog, cut_torn_tail, fsync_dir, scan_log
 
+log = logging.getLogger("embedsvc.index")
 MetadataValue = str | int | float | bool
-SPEC_FILE, SNAPSHOT_FILE, WAL_FILE = "spec.json", "snapshot.bin", "wal.log"
+SPEC_FILE, SNAPSHOT_FILE, WAL_FILE, STATE_FILE = "spec.json", "snapshot.bin", "wal.log", "state.json"
+# the largest vector norm whose square float32 still holds: beyond it l2 / inner-product scores overflow
+_FLOAT32_NORM_LIMIT = math.sqrt(float(np.finfo(np.float32).max))
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ class IndexSpec:
             raise InvalidInputError(
                 f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}", field="kind"
             )
+        check_params(self.params, self.dimension, self.kind)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,6 +77,35 @@ class Hit:
     id: str
     score: float
     metadata: dict[str, MetadataValue]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CorruptDataError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CorruptDataError(f"{path}: not a JSON object")
+    return data
+
+
+def read_spec(folder: Path) -> IndexSpec:
+    try:
+        return IndexSpec.from_json(json.loads((folder / SPEC_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as exc:  # InvalidInputError is a ValueError: bad parameters
+        raise CorruptDataError(f"{folder / SPEC_FILE}: unusable index spec ({exc})") from exc
 
 
 class _RWLock:
@@ -154,32 +198,91 @@ class Collection:
         self._ann = AnnIndex(spec.kind, spec.metric, spec.dimension, spec.params, gpu_device)
         self._wal: WriteAheadLog | None = None
         self._fsync = fsync
+        self._ann_error: str | None = None
+        self._ann_failed_at = 0
+        self._snapshot_retry_at = 0
 
     # ---------------------------------------------------------- persistence
     @classmethod
     def create(cls, spec: IndexSpec, folder: Path | None, **kwargs: Any) -> Collection:
-        if folder is not None:
-            folder.mkdir(parents=True)
-            tmp = folder / (SPEC_FILE + ".tmp")
-            tmp.write_text(json.dumps(spec.to_json(), indent=2))
-            os.replace(tmp, folder / SPEC_FILE)
-            fsync_dir(folder)
-            fsync_dir(folder.parent)
+        """A new collection; if anything fails, no file of it is left behind."""
         collection = cls(spec, folder, **kwargs)
         collection._ann.rebuild(np.zeros(0, np.int64), np.zeros((0, spec.dimension), np.float32))
+        if folder is None:
+            return collection
+        staging = folder.with_name(f".creating-{folder.name}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.mkdir(parents=True)
+            _write_json(staging / SPEC_FILE, spec.to_json())
+            fsync_dir(staging)
+            os.rename(staging, folder)  # the index appears whole or not at all
+            fsync_dir(folder.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         collection._open_wal()
         return collection
 
     @classmethod
     def open(cls, folder: Path, **kwargs: Any) -> Collection:
-        try:
-            spec = IndexSpec.from_json(json.loads((folder / SPEC_FILE).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise CorruptDataError(f"{folder / SPEC_FILE}: unreadable index spec ({exc})") from exc
-        collection = cls(spec, folder, **kwargs)
+        collection = cls(read_spec(folder), folder, **kwargs)
         collection._recover()
         collection._open_wal()
         return collection
+
+    @classmethod
+    def salvage(cls, folder: Path) -> dict[str, Any]:
+        """Recover what a damaged collection still holds, offline: a readable snapshot, then log
+        records in order up to the first damaged or missing one. Damaged files are moved aside
+        (``*.damaged-<time>``), a fresh snapshot is written, and the report says what was lost."""
+        spec = read_spec(folder)
+        collection = cls(spec, folder)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        report: dict[str, Any] = {"index": spec.name, "moved_aside": []}
+        snapshot_seq = 0
+        try:
+            snapshot_seq = collection._load_snapshot()
+        except CorruptDataError as exc:
+            report["snapshot"] = f"unusable: {exc}"
+            collection = cls(spec, folder)
+            if (folder / SNAPSHOT_FILE).exists():
+                aside = folder / f"{SNAPSHOT_FILE}.damaged-{stamp}"
+                os.replace(folder / SNAPSHOT_FILE, aside)
+                report["moved_aside"].append(str(aside))
+        contents = scan_log(folder / WAL_FILE)
+        replayed = 0
+        for payload in contents.payloads:
+            header, vectors = records.unpack(payload, spec.dimension)
+            seq = int(header["seq"])
+            if seq <= collection._seq:
+                continue
+            if seq != collection._seq + 1:
+                break  # a gap: what follows cannot be applied in order
+            collection._seq = seq
+            replayed += 1
+            if header["op"] == "upsert":
+                collection._apply_upsert(header["ids"], vectors, header["metadata"], index_now=False)
+            else:
+                collection._apply_delete(header["ids"])
+        seqs = [int(records.unpack(p, spec.dimension)[0]["seq"]) for p in contents.payloads]
+        later = sum(1 for seq in seqs if seq > collection._seq) + contents.records_after_damage
+        report.update(
+            snapshot_records=snapshot_seq,
+            records_replayed=replayed,
+            records_not_applied=later,
+            log_damage=contents.corruption,
+            items=collection.count(),
+            last_record=collection._seq,
+        )
+        if contents.corruption or later > 0 or contents.torn_bytes:
+            aside = folder / f"{WAL_FILE}.damaged-{stamp}"
+            os.replace(folder / WAL_FILE, aside)
+            report["moved_aside"].append(str(aside))
+        collection._open_wal()
+        collection.snapshot()  # what was recovered, durable; the log starts afresh
+        collection._wal.close()  # type: ignore[union-attr]
+        return report
 
     def _open_wal(self) -> None:
         if self.folder is not None:
@@ -187,30 +290,69 @@ class Collection:
 
     def _recover(self) -> None:
         assert self.folder is not None
+        snapshot_seq = self._load_snapshot()
+        contents = scan_log(self.folder / WAL_FILE)
+        if contents.corruption:
+            raise CorruptDataError(contents.corruption)
+        self._replay(contents, snapshot_seq)
+        cut_torn_tail(self.folder / WAL_FILE, contents)
+        self._rebuild_ann()
+
+    def _load_snapshot(self) -> int:
+        """Load snapshot.bin; its seq, checked against the one state.json recorded."""
+        assert self.folder is not None
         snapshot = self.folder / SNAPSHOT_FILE
+        recorded = int(_read_json(self.folder / STATE_FILE).get("snapshot_seq", 0))
+        seq = 0
         if snapshot.exists():
             header, vectors = records.read_snapshot(snapshot, self.spec.dimension)
-            self._seq = int(header["seq"])
+            seq = int(header["seq"])
             self._apply_upsert(header["ids"], vectors, header["metadata"], index_now=False)
-        payloads, good_end, torn = read_log(self.folder / WAL_FILE)
-        if torn:
-            WriteAheadLog.truncate(self.folder / WAL_FILE, good_end)
-        for payload in payloads:
+        if seq < recorded:
+            what = "is missing" if not snapshot.exists() else f"holds records up to {seq} only"
+            raise CorruptDataError(
+                f"{snapshot} {what}, but {STATE_FILE} says a snapshot of records up to {recorded} was "
+                "taken: items written before it would be lost; the files were left untouched"
+            )
+        self._seq = seq
+        return seq
+
+    def _replay(self, contents: LogContents, snapshot_seq: int) -> None:
+        """Apply the log's records after the snapshot; their numbers must follow on without a gap."""
+        assert self.folder is not None
+        expected = snapshot_seq + 1
+        for payload in contents.payloads:
             header, vectors = records.unpack(payload, self.spec.dimension)
-            if header["seq"] <= self._seq:
-                continue  # already in the snapshot
-            self._seq = header["seq"]
+            seq = int(header["seq"])
+            if seq <= snapshot_seq:
+                continue  # already in the snapshot (a crash between snapshot and log reset)
+            if seq != expected:
+                where = "the snapshot ends" if expected == snapshot_seq + 1 else "the previous record"
+                raise CorruptDataError(
+                    f"{self.folder / WAL_FILE}: record {seq} follows record {expected - 1} ({where}); "
+                    f"records {expected}..{seq - 1} are missing (a lost or replaced snapshot.bin?); "
+                    "the files were left untouched"
+                )
+            expected = seq + 1
+            self._seq = seq
             if header["op"] == "upsert":
                 self._apply_upsert(header["ids"], vectors, header["metadata"], index_now=False)
             else:
                 self._apply_delete(header["ids"])
-        self._rebuild_ann()
 
     def _log(self, header: dict[str, Any], vectors: np.ndarray | None) -> None:
-        self._seq += 1
-        header["seq"] = self._seq
+        header["seq"] = self._seq + 1
         if self._wal is not None:
-            self._wal.append(records.pack(header, vectors))
+            try:
+                self._wal.append(records.pack(header, vectors))
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StorageFullError(
+                        f"the disk holding index {self.spec.name!r} is full ({exc.strerror}); nothing was "
+                        "written: free space and retry"
+                    ) from exc
+                raise
+        self._seq += 1  # only once the record is durable
 
     def snapshot(self) -> None:
         """Write all live items to a new snapshot (atomic rename), then empty the log."""
@@ -223,13 +365,28 @@ class Collection:
             "metadata": [self._metadata[x] for x in labels],
         }
         records.write_snapshot(self.folder / SNAPSHOT_FILE, header, self._matrix[labels])
+        # recorded before the log is emptied: a later start can tell a lost snapshot from no snapshot
+        _write_json(self.folder / STATE_FILE, {"snapshot_seq": self._seq})
         self._wal.reset()
+
+    def _try_snapshot(self) -> None:
+        """A snapshot that fails (a full disk) leaves the log in charge: nothing is lost, it is retried."""
+        try:
+            self.snapshot()
+        except OSError as exc:
+            assert self.folder is not None
+            (self.folder / (SNAPSHOT_FILE + ".tmp")).unlink(missing_ok=True)
+            log.error(
+                "snapshot failed; the write-ahead log still holds every write",
+                extra={"index": self.spec.name, "error": str(exc)},
+            )
+            self._snapshot_retry_at = (self._wal.records_since_open if self._wal else 0) + self.snapshot_every
 
     def close(self) -> None:
         with self._lock.write():
             if self._wal is not None:
                 if self._wal.records_since_open:
-                    self.snapshot()
+                    self._try_snapshot()
                 self._wal.close()
                 self._wal = None
 
@@ -239,19 +396,41 @@ class Collection:
         return labels, self._matrix[labels]
 
     def _rebuild_ann(self) -> None:
-        labels, vectors = self._labels_and_vectors()
-        self._ann.rebuild(labels, vectors)
+        """Rebuild the FAISS structure; if faiss fails, searches stay exact and the status says why.
 
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        The items themselves are logged and applied before this runs: a derived structure that
+        cannot be built never loses or refuses a write, nor stops a start-up."""
+        labels, vectors = self._labels_and_vectors()
+        try:
+            self._ann.rebuild(labels, vectors)
+            self._ann_error = None
+        except (RuntimeError, MemoryError, ValueError) as exc:
+            self._ann.index = None
+            self._ann_error = f"{self.spec.kind} structure could not be built ({exc})"
+            self._ann_failed_at = len(labels)
+            log.error(
+                "index searched exactly: faiss failed", extra={"index": self.spec.name, "error": str(exc)}
+            )
+
+    def _prepare(self, vectors: np.ndarray, field_name: str = "vectors") -> np.ndarray:
+        # norms in float64: float32 squares overflow from about 1.8e19 and underflow below 1e-19
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
         if self.spec.metric != "cosine":
+            too_large = norms[:, 0] >= _FLOAT32_NORM_LIMIT
+            if too_large.any():
+                i = int(np.argmax(too_large))
+                raise InvalidInputError(
+                    f"vector {i} has norm {norms[i, 0]:.3g}: its {self.spec.metric} scores overflow float32 "
+                    f"(norms must stay below {_FLOAT32_NORM_LIMIT:.3g}); scale the vectors down",
+                    field=field_name,
+                )
             return vectors
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         if (norms == 0).any():
             raise InvalidInputError(
                 f"vector {int(np.argmax(norms[:, 0] == 0))} is all zeros: it has no direction for cosine",
-                field="vectors",
+                field=field_name,
             )
-        return (vectors / norms).astype(np.float32)
+        return (vectors.astype(np.float64) / norms).astype(np.float32)
 
     def _apply_upsert(
         self,
@@ -279,10 +458,14 @@ class Collection:
             self._metadata[label] = dict(meta)
         self._next_label = needed
         if index_now:
-            if not self._ann.trained and len(self._id_of) >= self.spec.params.train_size():
+            if not self._ann.trained and len(self._id_of) >= self._next_training_size():
                 self._rebuild_ann()  # enough vectors now: train the IVF index
             else:
                 self._ann.add(labels, vectors)
+
+    def _next_training_size(self) -> int:
+        # after a failed build, retry once the collection has doubled rather than on every write
+        return max(self.spec.params.train_size(self.spec.kind), 2 * self._ann_failed_at)
 
     def _forget(self, labels: list[int]) -> None:
         for label in labels:
@@ -332,8 +515,10 @@ class Collection:
     def _maintain(self) -> None:
         if self._ann.tombstones and len(self._ann.tombstones) > max(64, len(self._id_of) // 4):
             self._rebuild_ann()  # compact HNSW tombstones
-        if self._wal is not None and self._wal.records_since_open >= self.snapshot_every:
-            self.snapshot()
+        if self._wal is not None and self._wal.records_since_open >= max(
+            self.snapshot_every, self._snapshot_retry_at
+        ):
+            self._try_snapshot()
 
     # -------------------------------------------------------------- reading
     def count(self) -> int:
@@ -362,9 +547,19 @@ class Collection:
         nprobe: int | None = None,
     ) -> list[Hit]:
         """Top ``k`` by score (higher is closer: similarity, or minus squared L2 distance)."""
-        if k < 1:
-            raise InvalidInputError("k must be at least 1", field="k")
-        (vector,) = self._prepare(check_vectors(np.asarray(query)[None, :], self.spec.dimension, "vector"))
+        if not 1 <= k <= MAX_K:
+            raise InvalidInputError(f"k must be from 1 to {MAX_K}, got {k}", field="k")
+        if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
+            raise InvalidInputError(
+                f"ef_search must be from 1 to {MAX_EF_SEARCH}, got {ef_search}", field="ef_search"
+            )
+        if nprobe is not None and not 1 <= nprobe <= self.spec.params.ivf_nlist:
+            raise InvalidInputError(
+                f"nprobe must be from 1 to ivf_nlist ({self.spec.params.ivf_nlist}), got {nprobe}",
+                field="nprobe",
+            )
+        query = check_vectors(np.asarray(query)[None, :], self.spec.dimension, "vector")
+        (vector,) = self._prepare(query, "vector")
         wanted = check_metadata(filter or {}, "filter")
         with self._lock.read():
             if not self._id_of:
@@ -404,10 +599,12 @@ class Collection:
 
     def describe(self) -> dict[str, Any]:
         trained = self._ann.trained
-        if trained:
+        if self._ann_error:
+            status = f"degraded: {self._ann_error}; searched exactly (every item is there)"
+        elif trained:
             status = "ready"
         else:
-            needed = self.spec.params.train_size()
+            needed = self.spec.params.train_size(self.spec.kind)
             status = f"training: needs {needed} vectors, has {self.count()}; searched exactly"
         return {
             "trained": trained,

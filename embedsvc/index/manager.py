@@ -1,7 +1,15 @@
 """All collections of a server: create, delete, list, and open them from a data directory.
 
-Layout: ``DATA_DIR/indexes/<name>/{spec.json, snapshot.bin, wal.log}``. Without a
+Layout: ``DATA_DIR/indexes/<name>/{spec.json, snapshot.bin, state.json, wal.log}``. Without a
 data directory collections live in memory only (and say so: ``durable = false``).
+
+One process owns a data directory at a time (``DATA_DIR/.lock``, an flock held while open): a
+second server or a local ``embedsvc index build`` on the same directory is refused with the
+holder's pid and command, instead of both writing and one overwriting the other's work.
+
+An index that cannot be opened (damaged files, a spec faiss cannot build) is kept aside as
+*broken*: listed with ``status: error: ...``, DATA_LOSS for its data calls, its files untouched,
+while the server and every other index keep serving.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from embedsvc.errors import CorruptDataError, IndexExistsError, IndexNotFoundErr
 from embedsvc.index.ann import faiss_module
 from embedsvc.index.collection import Collection, IndexSpec
 from embedsvc.index.gpu import check_device_setting, resolve_device
+from embedsvc.index.lock import DataDirLock
 
 log = logging.getLogger("embedsvc.index")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would accept a final newline
 
 
 class IndexManager:
@@ -43,9 +52,15 @@ class IndexManager:
         self.collections: dict[str, Collection] = {}
         self.broken: dict[str, CorruptDataError] = {}
         self._lock = threading.Lock()  # guards the name -> collection maps
+        self._dir_lock: DataDirLock | None = None
         if data_dir is not None:
             (data_dir / "indexes").mkdir(parents=True, exist_ok=True)
-            self._open_all()
+            self._dir_lock = DataDirLock.acquire(data_dir)
+            try:
+                self._open_all()
+            except BaseException:
+                self._dir_lock.release()
+                raise
 
     @functools.cached_property
     def gpu_device(self) -> int | None:
@@ -64,8 +79,8 @@ class IndexManager:
     def _open_all(self) -> None:
         assert self.data_dir is not None
         for folder in sorted((self.data_dir / "indexes").iterdir()):
-            if folder.name.startswith(".deleted-"):
-                shutil.rmtree(folder, ignore_errors=True)  # a delete interrupted by a crash
+            if folder.name.startswith((".deleted-", ".creating-")):
+                shutil.rmtree(folder, ignore_errors=True)  # a delete or create interrupted by a crash
                 continue
             if not folder.is_dir():
                 continue
@@ -75,12 +90,23 @@ class IndexManager:
                     "index opened",
                     extra={"index": folder.name, "count": self.collections[folder.name].count()},
                 )
-            except CorruptDataError as exc:
-                self.broken[folder.name] = exc
-                log.error("index not loaded: corrupted", extra={"index": folder.name, "error": str(exc)})
+            except Exception as exc:  # one bad index must not stop the others, nor start-up
+                damage = (
+                    exc
+                    if isinstance(exc, CorruptDataError)
+                    else CorruptDataError(
+                        f"index {folder.name!r} could not be opened: {type(exc).__name__}: {exc}"
+                    )
+                )
+                self.broken[folder.name] = damage
+                log.error(
+                    "index not loaded: damaged; its files were left untouched "
+                    "(embedsvc index repair salvages it, DeleteIndex removes it)",
+                    extra={"index": folder.name, "error": str(damage)},
+                )
 
     def create(self, spec: IndexSpec) -> Collection:
-        if not _NAME.match(spec.name):
+        if not _NAME.fullmatch(spec.name):
             raise InvalidInputError(
                 f"index name {spec.name!r} must be 1-64 letters, digits, '_', '.', '-' "
                 "(starting with a letter "
@@ -117,6 +143,24 @@ class IndexManager:
                 os.replace(folder, trash)  # atomic: a crash leaves the index either whole or gone
                 shutil.rmtree(trash, ignore_errors=True)
 
+    def repair(self, name: str) -> dict[str, Any]:
+        """Salvage a broken index (see Collection.salvage) and serve what it recovered."""
+        with self._lock:
+            if name not in self.broken:
+                if name in self.collections:
+                    raise InvalidInputError(f"index {name!r} is not damaged; nothing to repair", field="name")
+                raise IndexNotFoundError(f"no index named {name!r}")
+            folder = self._folder(name)
+            assert folder is not None
+            report = Collection.salvage(folder)
+            self.collections[name] = Collection.open(folder, **self._options)
+            del self.broken[name]
+            log.warning("index repaired", extra={"index": name, **{k: str(v) for k, v in report.items()}})
+            return report
+
     def close(self) -> None:
         for collection in self.collections.values():
             collection.close()
+        if self._dir_lock is not None:
+            self._dir_lock.release()
+            self._dir_lock = None

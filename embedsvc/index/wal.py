@@ -2,20 +2,30 @@
 
 Record layout: ``b"EWAL" | u32 payload length | u32 crc32(payload) | payload``.
 
-Reading stops cleanly at a *torn* final record (a crash mid-append: short header,
-short payload, or a bad checksum on the very last record) and truncates it away.
-A bad record followed by more data is corruption, reported, never skipped.
+Recovery tells a *torn tail* from *corruption* by looking at what follows a bad record:
+
+* torn tail — the last append never finished: a short header, a payload cut short by the end of
+  the file, a checksum mismatch on the very last record, or nothing but zero bytes after the last
+  good record (a file system that extended the file before writing it). It held no acknowledged
+  write, so it is cut off — logged, with the cut bytes kept beside the log for inspection;
+* corruption — anything bad with a well-formed record after it (a flipped byte in a middle
+  record's length used to look like a torn tail and silently dropped every later record). The log
+  is left untouched and the index is reported damaged; ``embedsvc index repair`` salvages it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
+import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from embedsvc.errors import CorruptDataError
 
+log = logging.getLogger("embedsvc.index")
 MAGIC = b"EWAL"
 _HEADER = struct.Struct("<4sII")
 
@@ -28,33 +38,93 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def read_log(path: Path) -> tuple[list[bytes], int, bool]:
-    """All intact payloads, the byte offset after the last one, and whether a torn tail was found."""
+@dataclass(frozen=True)
+class LogContents:
+    payloads: list[bytes]
+    good_end: int  # byte offset after the last intact record
+    torn_bytes: int  # bytes after it that belong to an unfinished append (0: none)
+    corruption: str | None = None  # what is wrong, where, when records follow a bad one
+    records_after_damage: int = 0  # well-formed records found beyond the damage
+
+
+def _record_at(data: bytes, offset: int) -> int | None:
+    """End offset of a well-formed record (magic, length within the file, checksum) at ``offset``."""
+    if len(data) - offset < _HEADER.size:
+        return None
+    magic, length, crc = _HEADER.unpack_from(data, offset)
+    end = offset + _HEADER.size + length
+    if magic != MAGIC or end > len(data) or zlib.crc32(data[offset + _HEADER.size : end]) != crc:
+        return None
+    return end
+
+
+def _next_record(data: bytes, start: int) -> int | None:
+    """Offset of the first well-formed record at or after ``start``, if any."""
+    found = data.find(MAGIC, start)
+    while found != -1:
+        if _record_at(data, found) is not None:
+            return found
+        found = data.find(MAGIC, found + 1)
+    return None
+
+
+def scan_log(path: Path) -> LogContents:
+    """Every intact record, and whether what follows the last one is a torn tail or corruption."""
     if not path.exists():
-        return [], 0, False
+        return LogContents([], 0, 0)
     data = path.read_bytes()
     payloads: list[bytes] = []
     offset = 0
     while offset < len(data):
-        if len(data) - offset < _HEADER.size:
-            return payloads, offset, True
-        magic, length, crc = _HEADER.unpack_from(data, offset)
-        end = offset + _HEADER.size + length
-        if magic != MAGIC:
-            raise CorruptDataError(f"{path}: bad record marker at byte {offset}; the log is corrupted")
-        if end > len(data):
-            return payloads, offset, True
-        payload = data[offset + _HEADER.size : end]
-        if zlib.crc32(payload) != crc:
-            if end == len(data):
-                return payloads, offset, True  # the last append never finished
-            raise CorruptDataError(
-                f"{path}: checksum mismatch in the record at byte {offset} with more records after it; "
-                "the log is corrupted (restore from a backup or delete the index)"
+        end = _record_at(data, offset)
+        if end is None:
+            rest = data[offset:]
+            later = _next_record(data, offset + 1)
+            if later is None or not rest.strip(b"\0"):
+                return LogContents(payloads, offset, len(rest))
+            after = 0
+            cursor: int | None = later
+            while cursor is not None:
+                after += 1
+                cursor = _next_record(data, _record_at(data, cursor) or cursor + 1)
+            return LogContents(
+                payloads,
+                offset,
+                0,
+                corruption=f"{path}: record {len(payloads) + 1} at byte {offset} is damaged and "
+                f"{after} well-formed record(s) follow from byte {later} (the log is {len(data)} bytes); "
+                "the log was left untouched",
+                records_after_damage=after,
             )
-        payloads.append(payload)
+        payloads.append(data[offset + _HEADER.size : end])
         offset = end
-    return payloads, offset, False
+    return LogContents(payloads, offset, 0)
+
+
+def cut_torn_tail(path: Path, contents: LogContents) -> None:
+    """Cut an unfinished last append off the log, keeping its bytes beside it and saying so."""
+    if not contents.torn_bytes:
+        return
+    with open(path, "rb") as handle:
+        handle.seek(contents.good_end)
+        torn = handle.read()
+    aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+    aside.write_bytes(torn)
+    WriteAheadLog.truncate(path, contents.good_end)
+    log.warning(
+        "write-ahead log: cut an unfinished last record (a crash during an append, never acknowledged)",
+        extra={"log": str(path), "bytes": len(torn), "kept_at": str(aside), "kept": len(contents.payloads)},
+    )
+
+
+def read_log(path: Path) -> tuple[list[bytes], int, bool]:
+    """All intact payloads, the offset after the last one, and whether a torn tail follows it.
+
+    Raises CorruptDataError where a damaged record has intact records after it."""
+    contents = scan_log(path)
+    if contents.corruption:
+        raise CorruptDataError(contents.corruption)
+    return contents.payloads, contents.good_end, contents.torn_bytes > 0
 
 
 class WriteAheadLog:
@@ -65,12 +135,25 @@ class WriteAheadLog:
         self.records_since_open = 0
 
     def append(self, payload: bytes) -> None:
-        """Durable once this returns (when fsync is on)."""
-        self._file.write(_HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload)
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        """Durable once this returns (when fsync is on). If it raises (a full disk), the log is cut
+        back to where it was: a half-written record must not sit before the next one."""
+        start = self._file.tell()
+        try:
+            self._file.write(_HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload)
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+        except OSError:
+            self._rollback(start)
+            raise
         self.records_since_open += 1
+
+    def _rollback(self, offset: int) -> None:
+        self._file.close()
+        try:
+            self.truncate(self.path, offset)
+        finally:
+            self._file = open(self.path, "ab")  # noqa: SIM115
 
     def size(self) -> int:
         return self._file.tell()

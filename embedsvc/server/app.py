@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -15,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from embedsvc.config import ServerConfig
 from embedsvc.index.manager import IndexManager
 from embedsvc.server.auth import ApiKeyInterceptor
-from embedsvc.server.embedding import EmbeddingServicer
+from embedsvc.server.embedding import EmbeddingServicer, Tokenizers
 from embedsvc.server.index import IndexServicer
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry
@@ -35,6 +34,8 @@ class EmbedServer:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self.indexes: IndexManager | None = None  # set by start(), which may fail before it
+        self._embedding: EmbeddingServicer | None = None
+        self._tokenizers: Tokenizers | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -50,16 +51,17 @@ class EmbedServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        tokenizers = ThreadPoolExecutor(self.config.tokenizer_threads, thread_name_prefix="tokenize")
-        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-            EmbeddingServicer(self.registry, self.config, self.metrics, tokenizers), server
-        )
+        tokenizers = self._tokenizers = Tokenizers(self.config.tokenizer_threads)
+        self._embedding = EmbeddingServicer(self.registry, self.config, self.metrics, tokenizers)
+        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(self._embedding, server)
         self.indexes = IndexManager(
             Path(self.config.data_dir) if self.config.data_dir else None,
             fsync=self.config.index_fsync,
             snapshot_every=self.config.snapshot_every,
             index_device=self.config.index_device,
         )
+        for name in self.indexes.broken:
+            self.metrics.index_damaged.labels(name).set(1)
         index_pb2_grpc.add_IndexServiceServicer_to_server(
             IndexServicer(self.registry, self.indexes, self.config, self.metrics, tokenizers), server
         )
@@ -117,6 +119,8 @@ class EmbedServer:
         self._stopped.set()
         log.info("draining", extra={"grace_period_s": self.config.grace_period_s})
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._embedding is not None:
+            self._embedding.draining.set()  # open streams finish what they hold and close
         if self._server is not None:
             stopping = asyncio.create_task(
                 self._server.stop(self.config.grace_period_s if grace is None else grace)
@@ -125,6 +129,8 @@ class EmbedServer:
             self.registry.state = "draining"
             await stopping
         await self.registry.close()
+        if self._tokenizers is not None:
+            self._tokenizers.shutdown()
         if self.indexes is not None:
             await asyncio.to_thread(self.indexes.close)  # snapshots: a fast restart
         log.info("stopped")

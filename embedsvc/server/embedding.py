@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -15,7 +15,14 @@ import numpy as np
 from embedsvc import codecs
 from embedsvc.config import ServerConfig
 from embedsvc.engine.inputs import EncodedInput
-from embedsvc.errors import InvalidInputError
+from embedsvc.errors import InvalidInputError, OverloadedError
+from embedsvc.server.admission import (
+    INLINE_TOKENIZE_CHARS,
+    INLINE_TOKENIZE_TEXTS,
+    SMALL_REQUEST_BYTES,
+    request_estimate,
+    tenant_of,
+)
 from embedsvc.server.errors import message_for, status_for
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry, ServedModel
@@ -44,8 +51,8 @@ _ENCODINGS = {
     pb.ENCODING_INT8,
     pb.ENCODING_BINARY,
 }
-STREAM_WINDOW = 32  # requests of one stream processed concurrently
-INLINE_TOKENIZE_CHARS = 2048  # requests this small are tokenized on the event loop (well under 1 ms)
+STREAM_WINDOW = 32  # requests of one stream processed concurrently (and responses held unread)
+STREAM_BACKOFF_S = 1.0  # a stream whose request was refused for overload reads nothing for this long
 
 
 def _enum(value: int, table: Mapping[Any, Any], field: str) -> Any:
@@ -55,33 +62,64 @@ def _enum(value: int, table: Mapping[Any, Any], field: str) -> Any:
         raise InvalidInputError(f"unknown {field} enum value {value}", field=field) from None
 
 
+class Tokenizers:
+    """Where tokenizing runs: on the event loop for tiny requests, on a thread of its own for small
+    ones (never behind a big request), on a pool for the rest."""
+
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="tokenize")
+        self.small = ThreadPoolExecutor(1, thread_name_prefix="tokenize-small")
+
+    async def run(self, texts: Sequence[str], size: int, work: Callable[[], T]) -> T:
+        if size <= INLINE_TOKENIZE_CHARS and len(texts) <= INLINE_TOKENIZE_TEXTS:
+            return work()  # a thread hop would cost more than tokenizing here
+        lane = self.small if size <= SMALL_REQUEST_BYTES else self.pool
+        return await asyncio.get_running_loop().run_in_executor(lane, work)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.small.shutdown(wait=False, cancel_futures=True)
+
+
 async def embed_texts(
     served: ServedModel,
-    pool: ThreadPoolExecutor,
+    tokenizers: Tokenizers,
+    config: ServerConfig,
     texts: list[str],
     *,
     input_type: str | None,
     instruction: str | None = None,
     timeout: float | None = None,
+    tenant: str = "-",
 ) -> np.ndarray:
-    """Tokenize on ``pool``, batch through the model's scheduler, return float32 vectors."""
+    """Admit, tokenize, batch through the model's scheduler; float32 vectors."""
     embedder = served.embedder
-    encoded = await asyncio.get_running_loop().run_in_executor(
-        pool, lambda: embedder.prepare(texts, input_type=input_type, instruction=instruction)
-    )
-    pooled = await served.scheduler.submit(encoded, timeout=timeout)
+    size, estimate = request_estimate(texts, config, max_length=embedder.max_length, chunked=False)
+    with served.scheduler.admit(estimate, tenant):
+        encoded = await tokenizers.run(
+            texts, size, lambda: embedder.prepare(texts, input_type=input_type, instruction=instruction)
+        )
+        pooled = await served.scheduler.submit(encoded, timeout=_remaining(timeout), tenant=tenant)
     return embedder.combine(pooled, encoded, len(texts))
+
+
+def _remaining(deadline_seconds: float | None, started: float | None = None) -> float | None:
+    if deadline_seconds is None or started is None:
+        return deadline_seconds
+    return deadline_seconds - (time.perf_counter() - started)
 
 
 class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
     def __init__(
-        self, registry: ModelRegistry, config: ServerConfig, metrics: Metrics, tokenizers: ThreadPoolExecutor
+        self, registry: ModelRegistry, config: ServerConfig, metrics: Metrics, tokenizers: Tokenizers
     ) -> None:
         super().__init__(metrics)
         self.registry = registry
         self.config = config
         # tokenization runs here, off both the event loop and the forward threads
         self._tokenizers = tokenizers
+        self.draining = asyncio.Event()  # set on shutdown: open streams stop taking requests
+        self._open_streams = 0
 
     def _model(self, name: str, method: str) -> ServedModel:
         served = self.registry.get(name)
@@ -99,7 +137,8 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
             )
 
     # ---------------------------------------------------------------- Embed
-    async def _embed(self, request: pb.EmbedRequest, timeout: float | None) -> pb.EmbedResponse:
+    async def _embed(self, request: pb.EmbedRequest, timeout: float | None, tenant: str) -> pb.EmbedResponse:
+        started = time.perf_counter()
         served = self._model(request.model, "Embed")
         embedder = served.embedder
         self._check_inputs(request.inputs)
@@ -108,6 +147,26 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         dimensions = request.dimensions if request.HasField("dimensions") else None
         embedder.check_dimensions(dimensions)
         texts = list(request.inputs)
+        size, estimate = request_estimate(
+            texts, self.config, max_length=embedder.max_length, chunked=request.chunked
+        )
+        with served.scheduler.admit(estimate, tenant):  # before any tokenizing: refusals come at once
+            return await self._embed_admitted(
+                request, served, texts, size, dimensions, timeout, tenant, started
+            )
+
+    async def _embed_admitted(
+        self,
+        request: pb.EmbedRequest,
+        served: ServedModel,
+        texts: list[str],
+        size: int,
+        dimensions: int | None,
+        timeout: float | None,
+        tenant: str,
+        started: float,
+    ) -> pb.EmbedResponse:
+        embedder = served.embedder
 
         def tokenize() -> list[EncodedInput]:
             return embedder.prepare(
@@ -119,12 +178,9 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
                 chunked=request.chunked,
             )
 
-        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-            encoded = tokenize()  # tiny request: a thread hop would cost more than tokenizing here
-        else:
-            encoded = await asyncio.get_running_loop().run_in_executor(self._tokenizers, tokenize)
+        encoded = await self._tokenizers.run(texts, size, tokenize)
         arrived = time.perf_counter()
-        pooled = await served.scheduler.submit(encoded, timeout=timeout)
+        pooled = await served.scheduler.submit(encoded, timeout=_remaining(timeout, started), tenant=tenant)
         self.metrics.queue_seconds.labels(served.name).observe(time.perf_counter() - arrived)
         vectors = embedder.combine(
             pooled,
@@ -165,22 +221,49 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        tenant = tenant_of(context)
         return await self._guard(
-            "Embed", request.model, context, lambda: self._embed(request, context.time_remaining())
+            "Embed", request.model, context, lambda: self._embed(request, context.time_remaining(), tenant)
         )
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedStreamResponse]:
-        results: asyncio.Queue[pb.EmbedStreamResponse | None] = asyncio.Queue()
+        if self._open_streams >= self.config.max_streams:
+            self.metrics.errors.labels("EmbedStream", "RESOURCE_EXHAUSTED").inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._open_streams} streams are open, the limit (max_streams={self.config.max_streams}); "
+                "reuse a stream or retry later",
+            )
+        self._open_streams += 1
+        try:
+            async for item in self._stream(request_iterator, context):
+                yield item
+        finally:
+            self._open_streams -= 1
+
+    async def _stream(
+        self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EmbedStreamResponse]:
+        # bounded: a client that stops reading stops this stream from taking more requests
+        results: asyncio.Queue[pb.EmbedStreamResponse | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
         window = asyncio.Semaphore(STREAM_WINDOW)
         tasks: set[asyncio.Task[None]] = set()
+        tenant = tenant_of(context)
+        cut_by_drain = False
+        # a flooding stream is refused at once, request after request: without a pause its refusals
+        # alone kept the event loop and the GIL busy (444 000 in 15 s from 40 streams)
+        resume_at = 0.0
 
         async def one(request: pb.EmbedRequest) -> None:
+            nonlocal resume_at
             try:
-                response = await self._embed(request, context.time_remaining())
+                response = await self._embed(request, context.time_remaining(), tenant)
                 await results.put(pb.EmbedStreamResponse(id=request.id, response=response))
             except Exception as exc:
+                if isinstance(exc, OverloadedError):
+                    resume_at = time.monotonic() + STREAM_BACKOFF_S
                 code = status_for(exc)
                 if code is None:
                     log.exception("internal error in stream", extra={"id": request.id})
@@ -196,9 +279,32 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
             finally:
                 window.release()
 
+        async def next_request(iterator: AsyncIterator[pb.EmbedRequest]) -> pb.EmbedRequest | None:
+            """The next request, or None at the end of the stream or when the server starts draining."""
+            receive = asyncio.ensure_future(iterator.__anext__())
+            drain = asyncio.ensure_future(self.draining.wait())
+            try:
+                await asyncio.wait({receive, drain}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                drain.cancel()
+            if not receive.done():
+                receive.cancel()
+                nonlocal cut_by_drain
+                cut_by_drain = True
+                return None
+            try:
+                return receive.result()
+            except StopAsyncIteration:
+                return None
+
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                iterator = request_iterator.__aiter__()
+                while True:
+                    if (pause := resume_at - time.monotonic()) > 0:
+                        await asyncio.sleep(pause)
+                    if (request := await next_request(iterator)) is None:
+                        break
                     await window.acquire()
                     task = asyncio.create_task(one(request))
                     tasks.add(task)
@@ -217,6 +323,12 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
+        if cut_by_drain:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is shutting down: requests sent after the last response were not taken; "
+                "resend them to another replica",
+            )
 
     # ------------------------------------------------------------- Tokenize
     async def Tokenize(
@@ -226,8 +338,11 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
             served = self._model(request.model, "Tokenize")
             self._check_inputs(request.inputs)
             embedder = served.embedder
-            encoded = await asyncio.get_running_loop().run_in_executor(
-                self._tokenizers,
+            texts = list(request.inputs)
+            size, _ = request_estimate(texts, self.config, max_length=embedder.max_length, chunked=False)
+            encoded = await self._tokenizers.run(
+                texts,
+                size,
                 lambda: embedder.prepare(
                     list(request.inputs),
                     input_type=_enum(request.input_type, _INPUT_TYPES, "input_type"),

@@ -14,6 +14,7 @@ from embedsvc.errors import (
     ModelLoadError,
     ModelNotFoundError,
     OverloadedError,
+    StorageFullError,
     UnavailableError,
 )
 
@@ -21,6 +22,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StorageFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -18,7 +17,8 @@ from embedsvc.index.manager import IndexManager
 from embedsvc.index_client import KINDS as KINDS_BY_NAME
 from embedsvc.index_client import METRICS as METRICS_BY_NAME
 from embedsvc.index_client import to_metadata
-from embedsvc.server.embedding import embed_texts
+from embedsvc.server.admission import tenant_of
+from embedsvc.server.embedding import Tokenizers, embed_texts
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry, ServedModel
 from embedsvc.server.rpc import GuardedServicer
@@ -62,6 +62,10 @@ def metadata_from_pb(values: Mapping[str, pb.MetadataValue]) -> dict[str, Any]:
     return out
 
 
+def _damaged(metrics: Metrics) -> set[str]:
+    return {sample.labels["index"] for family in metrics.index_damaged.collect() for sample in family.samples}
+
+
 def _enum(value: int, table: Mapping[Any, str], field: str) -> str:
     if value not in table:
         raise InvalidInputError(f"unknown {field} enum value {value}", field=field)
@@ -75,7 +79,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
         manager: IndexManager,
         config: ServerConfig,
         metrics: Metrics,
-        tokenizers: ThreadPoolExecutor,
+        tokenizers: Tokenizers,
     ) -> None:
         super().__init__(metrics)
         self.registry = registry
@@ -155,6 +159,8 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
     async def DeleteIndex(self, request: pb.DeleteIndexRequest, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> pb.DeleteIndexResponse:
             await asyncio.to_thread(self.manager.delete, request.name)
+            if request.name in _damaged(self.metrics):
+                self.metrics.index_damaged.remove(request.name)
             return pb.DeleteIndexResponse()
 
         return await self._guard("DeleteIndex", "", context, work)
@@ -172,6 +178,9 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
 
     async def DescribeIndex(self, request: pb.DescribeIndexRequest, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> pb.IndexInfo:
+            damage = self.manager.broken.get(request.name)
+            if damage is not None:  # described, not raised: the caller learns what is wrong
+                return pb.IndexInfo(name=request.name, status=f"error: {damage}")
             return self._info(self.manager.get(request.name))
 
         return await self._guard("DescribeIndex", "", context, work)
@@ -206,9 +215,11 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 embedded = await embed_texts(
                     served,
                     self._tokenizers,
+                    self.config,
                     [t for _, t in texts],
                     input_type="document",
                     timeout=context.time_remaining(),
+                    tenant=tenant_of(context),
                 )
                 vectors[[i for i, _ in texts]] = embedded
             count = await asyncio.to_thread(collection.upsert, ids, vectors, metadata)
@@ -246,10 +257,12 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 (query,) = await embed_texts(
                     served,
                     self._tokenizers,
+                    self.config,
                     [request.text],
                     input_type="query",
                     instruction=request.instruction if request.HasField("instruction") else None,
                     timeout=context.time_remaining(),
+                    tenant=tenant_of(context),
                 )
             else:
                 if len(request.vector.values) != collection.spec.dimension:

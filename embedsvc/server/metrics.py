@@ -47,6 +47,12 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
+        self.index_damaged = Gauge(
+            "embedsvc_index_damaged",
+            "1 for an index whose files failed their checks at start-up (not served; see ListIndexes)",
+            ["index"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "embedsvc_request_seconds",
             "Whole RPC time",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from embedsvc.config import ModelConfig, ServerConfig
@@ -20,6 +21,16 @@ class ServedModel:
     config: ModelConfig
     embedder: Embedder
     scheduler: BatchScheduler
+
+
+def _measure_throughput(embedder: Embedder) -> float:
+    """Tokens per second of one full forward pass, the unit the queue bound is measured in."""
+    words = max(8, min(embedder.max_length, 128) // 2)
+    encoded = embedder.prepare(["the quick brown fox jumps over the lazy dog " * (words // 9 + 1)] * 8)
+    embedder.forward(encoded)  # warm-up: first calls allocate
+    started = time.perf_counter()
+    embedder.forward(encoded)
+    return sum(len(e.ids) for e in encoded) / max(time.perf_counter() - started, 1e-6)
 
 
 class ModelRegistry:
@@ -43,6 +54,7 @@ class ModelRegistry:
                 extra={"source": model_config.source or "bundled", "model": model_config.name},
             )
             embedder = Embedder.from_pretrained(model_config.source, **options)
+            embedder.measured_tokens_per_second = _measure_throughput(embedder)
             log.info(
                 "model loaded",
                 extra={
@@ -50,6 +62,7 @@ class ModelRegistry:
                     "dimension": embedder.dimension,
                     "device": str(embedder.device),
                     "dtype": str(embedder.dtype),
+                    "tokens_per_second": round(embedder.measured_tokens_per_second),
                 },
             )
             loaded.append((model_config, embedder))
@@ -69,6 +82,8 @@ class ModelRegistry:
                 max_batch_size=embedder.options.max_batch_size,
                 max_queue_requests=self.config.max_queue_requests,
                 max_queue_tokens=self.config.max_queue_tokens,
+                max_queue_seconds=self.config.max_queue_seconds,
+                tokens_per_second=embedder.measured_tokens_per_second,
                 batch_wait_s=self.config.batch_wait_ms / 1000,
                 on_batch=self._batch_recorder(embedder.name),
             )
