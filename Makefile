@@ -23,7 +23,7 @@ $(BIN)/python:
 # runtime: the service, the index and the pipeline
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[index,pipeline,int8]"
+	$(BIN)/pip install -q -e ".[index,pipeline,int8,http]"
 	touch $@
 
 # development: test, lint and type-check tools, triton (kernels run in its interpreter), ray

@@ -24,7 +24,7 @@ models:
   empty name means the default model (the first, or the one with default = true).
 
 config file (--config FILE, TOML):
-  [server]   host, port, metrics_port, api_keys, tls_cert, tls_key, max_inputs_per_request,
+  [server]   host, port, http_port, metrics_port, api_keys, tls_cert, tls_key, max_inputs_per_request,
              max_message_bytes, max_text_bytes, max_request_bytes, max_queue_requests,
              max_queue_tokens, max_queue_seconds, max_streams, batch_wait_ms,
              grace_period_s, tokenizer_threads, log_level, log_json, data_dir,
@@ -74,6 +74,12 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--host", help="address to bind (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics HTTP port (default: off)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        help="also serve OpenAI- (/v1/embeddings) and TEI-compatible (/embed) HTTP on this port "
+        "(default: off; 0 = any free port)",
+    )
     p.add_argument(
         "--api-key",
         action="append",
@@ -181,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "metrics_port": args.metrics_port,
+        "http_port": args.http_port,
         "api_keys": api_keys,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,

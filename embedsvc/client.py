@@ -9,34 +9,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import numpy as np
 
-from embedsvc import codecs
+from embedsvc import codecs, wire
 from embedsvc import index_client as ic
 from embedsvc.index_client import Hit, IndexInfo
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 from embedsvc.v1 import index_pb2 as ipb
 from embedsvc.v1 import index_pb2_grpc as ipb_grpc
+from embedsvc.wire import ModelInfo
 
 __all__ = ["AsyncEmbedClient", "EmbedClient", "EmbedServiceError", "Hit", "IndexInfo", "ModelInfo"]
 
-_INPUT_TYPES = {
-    None: pb.INPUT_TYPE_UNSPECIFIED,
-    "query": pb.INPUT_TYPE_QUERY,
-    "document": pb.INPUT_TYPE_DOCUMENT,
-}
-_TRUNCATIONS = {"end": pb.TRUNCATION_END, "start": pb.TRUNCATION_START, "none": pb.TRUNCATION_NONE}
-_ENCODINGS = {
-    "float32": pb.ENCODING_FLOAT32,
-    "float16": pb.ENCODING_FLOAT16,
-    "int8": pb.ENCODING_INT8,
-    "binary": pb.ENCODING_BINARY,
-}
 DEFAULT_CHUNK = 256  # inputs per request the client sends
 IN_FLIGHT = 4  # requests of one call in flight at once
 
@@ -52,38 +40,6 @@ class EmbedServiceError(Exception):
     @classmethod
     def from_rpc(cls, error: grpc.RpcError) -> EmbedServiceError:
         return cls(error.code(), error.details() or "")  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    source: str
-    dimension: int
-    max_length: int
-    pooling: str
-    normalize: bool
-    prompts: dict[str, str]
-    dtype: str
-    device: str
-    profile: str
-    conversion: str
-    is_decoder: bool
-    deterministic: bool
-    quantize: str
-    default: bool
-    attention: str = "causal"
-    append_eos: bool = False
-    recipe_sources: dict[str, str] = field(default_factory=dict)
-    recipe_warnings: tuple[str, ...] = ()
-    remote_code: bool = False
-    quantization: str = "none"
-
-
-def _lookup(table: Mapping[Any, Any], value: Any, name: str) -> Any:
-    try:
-        return table[value]
-    except KeyError:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, table))}") from None
 
 
 def build_requests(
@@ -102,21 +58,17 @@ def build_requests(
 ) -> list[pb.EmbedRequest]:
     if isinstance(texts, str):
         raise ValueError("texts must be a list of strings, not a single string")
-    base: dict[str, Any] = {
-        "model": model or "",
-        "input_type": _lookup(_INPUT_TYPES, input_type, "input_type"),
-        "truncation": _lookup(_TRUNCATIONS, truncation, "truncation"),
-        "encoding": _lookup(_ENCODINGS, encoding, "encoding"),
-        "chunked": chunked,
-    }
-    for key, value in (
-        ("prompt_name", prompt_name),
-        ("instruction", instruction),
-        ("dimensions", dimensions),
-        ("normalize", normalize),
-    ):
-        if value is not None:
-            base[key] = value
+    base = wire.embed_request_fields(
+        input_type=input_type,
+        prompt_name=prompt_name,
+        instruction=instruction,
+        dimensions=dimensions,
+        normalize=normalize,
+        truncation=truncation,
+        chunked=chunked,
+        encoding=encoding,
+    )
+    base["model"] = model or ""
     items = list(texts)
     return [
         pb.EmbedRequest(id=str(i), inputs=items[i : i + chunk], **base) for i in range(0, len(items), chunk)
@@ -138,35 +90,6 @@ def decode_response(response: pb.EmbedResponse) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, dims), dtype=np.float32)
 
 
-def _model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
-    return [
-        ModelInfo(
-            name=m.name,
-            source=m.source,
-            dimension=m.dimension,
-            max_length=m.max_length,
-            pooling=m.pooling,
-            normalize=m.normalize,
-            prompts=dict(m.prompts),
-            dtype=m.dtype,
-            device=m.device,
-            profile=m.profile,
-            conversion=m.conversion,
-            is_decoder=m.is_decoder,
-            deterministic=m.deterministic,
-            quantize=m.quantize,
-            default=m.name == response.default_model,
-            attention=m.attention,
-            append_eos=m.append_eos,
-            recipe_sources=dict(m.recipe_sources),
-            recipe_warnings=tuple(m.recipe_warnings),
-            remote_code=m.remote_code,
-            quantization=m.quantization,
-        )
-        for m in response.models
-    ]
-
-
 def _credentials(api_key: str | None, tls: bool, root_certificates: bytes | None) -> tuple[Any, ...]:
     metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
     creds = grpc.ssl_channel_credentials(root_certificates) if (tls or root_certificates) else None
@@ -176,6 +99,9 @@ def _credentials(api_key: str | None, tls: bool, root_certificates: bytes | None
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    # a connection of its own: the server shares its queue fairly per connection (or API key), and
+    # gRPC would otherwise let every channel of this process to the same server share one
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
@@ -326,8 +252,8 @@ class EmbedClient:
         request = pb.TokenizeRequest(
             model=model or "",
             inputs=list(texts),
-            input_type=_lookup(_INPUT_TYPES, input_type, "input_type"),
-            truncation=_lookup(_TRUNCATIONS, truncation, "truncation"),
+            input_type=wire.lookup(wire.INPUT_TYPES, input_type, "input_type"),
+            truncation=wire.lookup(wire.TRUNCATIONS, truncation, "truncation"),
         )
         try:
             response = self._stub.Tokenize(request, timeout=self.timeout, metadata=self._metadata)
@@ -342,7 +268,7 @@ class EmbedClient:
             )
         except grpc.RpcError as exc:
             raise EmbedServiceError.from_rpc(exc) from None
-        return _model_infos(response)
+        return wire.model_infos(response)
 
     def close(self) -> None:
         self._channel.close()
@@ -504,8 +430,8 @@ class AsyncEmbedClient:
         request = pb.TokenizeRequest(
             model=model or "",
             inputs=list(texts),
-            input_type=_lookup(_INPUT_TYPES, input_type, "input_type"),
-            truncation=_lookup(_TRUNCATIONS, truncation, "truncation"),
+            input_type=wire.lookup(wire.INPUT_TYPES, input_type, "input_type"),
+            truncation=wire.lookup(wire.TRUNCATIONS, truncation, "truncation"),
         )
         try:
             response = await self._stub.Tokenize(request, timeout=self.timeout, metadata=self._metadata)
@@ -520,7 +446,7 @@ class AsyncEmbedClient:
             )
         except grpc.RpcError as exc:
             raise EmbedServiceError.from_rpc(exc) from None
-        return _model_infos(response)
+        return wire.model_infos(response)
 
     async def close(self) -> None:
         await self._channel.close(None)

@@ -49,6 +49,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 0
+    http_port: int | None = None  # OpenAI- and TEI-compatible HTTP; None = off, 0 = any free port
     api_keys: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -9,14 +9,8 @@ from typing import Any
 import numpy as np
 
 from embedsvc.v1 import index_pb2 as ipb
+from embedsvc.wire import KINDS, METRICS, to_metadata
 
-METRICS = {"cosine": ipb.METRIC_COSINE, "inner_product": ipb.METRIC_INNER_PRODUCT, "l2": ipb.METRIC_L2}
-KINDS = {
-    "flat": ipb.INDEX_KIND_FLAT,
-    "hnsw": ipb.INDEX_KIND_HNSW,
-    "ivf_flat": ipb.INDEX_KIND_IVF_FLAT,
-    "ivf_pq": ipb.INDEX_KIND_IVF_PQ,
-}
 _METRIC_NAMES = {v: k for k, v in METRICS.items()}
 _KIND_NAMES = {v: k for k, v in KINDS.items()}
 
@@ -41,22 +35,6 @@ class IndexInfo:
     status: str
     durable: bool
     params: dict[str, int]
-
-
-def _value(value: Any) -> ipb.MetadataValue:
-    if isinstance(value, bool):
-        return ipb.MetadataValue(bool_value=value)
-    if isinstance(value, int):
-        return ipb.MetadataValue(int_value=value)
-    if isinstance(value, float):
-        return ipb.MetadataValue(double_value=value)
-    if isinstance(value, str):
-        return ipb.MetadataValue(string_value=value)
-    raise ValueError(f"metadata values must be str, int, float or bool, got {type(value).__name__}")
-
-
-def to_metadata(values: Mapping[str, Any] | None) -> dict[str, ipb.MetadataValue]:
-    return {k: _value(v) for k, v in (values or {}).items()}
 
 
 def from_metadata(values: Mapping[str, ipb.MetadataValue]) -> dict[str, Any]:

@@ -310,7 +310,9 @@ def bench_serving(
     """The gRPC server under load, single-request latency at low load, and Infinity under the same load."""
     server_args = ["--model", f"bench={args.model}"] if args.model else []
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "embedsvc-bench-server.log"
-    with ServerProcess(*server_args, "--max-inputs-per-request", "4096", log_path=log) as server:
+    with ServerProcess(
+        *server_args, "--max-inputs-per-request", "4096", "--http-port", "0", log_path=log
+    ) as server:
         bench_grpc(server.target, texts[: args.clients * args.per_request], args.clients, args.per_request)
         latencies: list[float] = []
 
@@ -324,6 +326,23 @@ def bench_serving(
             p50_ms=percentile(latencies, 50) * 1000,
             p99_ms=percentile(latencies, 99) * 1000,
             min_cosine_to_st=min_cosine(grpc_vectors, st_vectors),
+        )
+        # the same load through the OpenAI-compatible HTTP front door of the same server
+        http_url = server.http_url() + "/v1"
+        bench_http(http_url, "", texts[: args.clients * args.per_request], args.clients, args.per_request)
+        http_latencies: list[float] = []
+
+        def http_run() -> np.ndarray:
+            vectors, _, request_seconds = bench_http(http_url, "", texts, args.clients, args.per_request)
+            http_latencies.extend(request_seconds)
+            return vectors
+
+        http_vectors, result["http"] = against_st(http_run, args.repeats)
+        result["http"].update(
+            p50_ms=percentile(http_latencies, 50) * 1000,
+            p99_ms=percentile(http_latencies, 99) * 1000,
+            min_cosine_to_st=min_cosine(http_vectors, st_vectors),
+            http_over_grpc=result["http"]["ratio_to_st"] / result["grpc"]["ratio_to_st"],
         )
         # low load: one text per request, one at a time; bare forwards in blocks between them, so both
         # see the same machine (blocks, since each side's idle OpenMP threads spin for a while)
@@ -357,6 +376,7 @@ def bench_serving(
         single = single_latencies(url, model, text, 200)
         entry.update(
             grpc_speedup_over_infinity=result["grpc"]["texts_per_s"] / entry["texts_per_s"],
+            http_speedup_over_infinity=result["http"]["texts_per_s"] / entry["texts_per_s"],
             p50_ms=percentile(latencies, 50) * 1000,
             p99_ms=percentile(latencies, 99) * 1000,
             low_load_single_p50_ms=percentile(single, 50) * 1000,

@@ -69,6 +69,18 @@ class ServerProcess:
                 return None
             return int(reply.status)
 
+    def http_url(self) -> str:
+        """The base URL of the server's HTTP front door (started with --http-port), from its log."""
+        import json
+
+        for line in self.log().splitlines():
+            if '"msg": "listening"' in line:
+                address = json.loads(line)["http"]
+                if address == "off":
+                    raise RuntimeError("the server was started without --http-port")
+                return f"http://{address}"
+        raise RuntimeError(f"no 'listening' line in the log:\n{self.log()}")
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")

@@ -204,7 +204,20 @@ def test_proto_only_client_through_reflection(limits_server):
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path):
-    server = ServerProcess("--grace-period", "30", "--token-budget", "256", log_path=tmp_path / "server.log")
+    import urllib.request
+
+    from tests.server_utils import free_port
+
+    metrics_port = free_port()
+    server = ServerProcess(
+        "--grace-period",
+        "30",
+        "--token-budget",
+        "256",
+        "--metrics-port",
+        str(metrics_port),
+        log_path=tmp_path / "server.log",
+    )
     texts = corpus(400, seed=6)[:400]
     outcome: dict[str, object] = {}
     client = EmbedClient(server.target, timeout=120, chunk_size=400)
@@ -216,9 +229,17 @@ def test_sigterm_drains_in_flight_requests(tmp_path):
         except EmbedServiceError as exc:
             outcome["error"] = exc
 
+    def batches() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+        lines = [line for line in text.splitlines() if line.startswith("embedsvc_batch_sequences_count")]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    before = batches()
     thread = threading.Thread(target=slow_call)
     thread.start()
-    time.sleep(1.5)  # the request is in flight
+    deadline = time.monotonic() + 60
+    while batches() < before + 2 and time.monotonic() < deadline:  # its batches are running: in flight
+        time.sleep(0.05)
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with EmbedClient(server.target, timeout=10) as c, pytest.raises(EmbedServiceError) as info:

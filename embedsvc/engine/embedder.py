@@ -114,7 +114,6 @@ class Embedder:
         if options.deterministic:
             make_batch_invariant(self.model, options.tile_rows)
             self._dense = [(FixedTileLinear(lin, options.tile_rows), act) for lin, act in self._dense]  # type: ignore[arg-type]
-        self.measured_tokens_per_second: float | None = None  # set by the server at load
         self.token_facts = token_facts or probe_tokenizer(self.tokenizer, loaded.tokenizer_config_json)
         self._encoder = InputEncoder(
             self.tokenizer,

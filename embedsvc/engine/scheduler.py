@@ -134,7 +134,8 @@ class BatchScheduler:
         """Reserve room for a request before it is tokenized; OverloadedError (at once) if there is none.
 
         A tenant under its fair share (the queue bound divided among the tenants with work) is always
-        admitted; others only while the whole queue stays under ``max_queue_seconds``."""
+        admitted, and so is anything while nothing else is admitted; others only while the whole queue
+        stays under ``max_queue_seconds``."""
         if self._closed:
             raise UnavailableError(f"model {self.name} is shutting down")
         rate = self.tokens_per_second
@@ -142,7 +143,8 @@ class BatchScheduler:
         active = len([t for t, n in self._admitted.items() if n > 0 and t != tenant]) + 1
         fair_share = self.max_queue_seconds / active
         own = (self._admitted[tenant] + estimated_tokens) / rate
-        if (total + estimated_tokens) / rate > self.max_queue_seconds and own > fair_share:
+        # an idle model takes any request, however big: the bound is on waiting, not on size
+        if total and (total + estimated_tokens) / rate > self.max_queue_seconds and own > fair_share:
             self.stats.rejected_requests += 1
             held = self._admitted[tenant] / rate
             raise OverloadedError(

@@ -19,6 +19,7 @@ import numpy as np
 from embedsvc.pipeline.chunking import Chunker
 from embedsvc.pipeline.readers import expand_inputs, read_records
 from embedsvc.pipeline.runner import BuildOptions, Summary, _add, _Batch, make_sink
+from embedsvc.pipeline.sinks import DOCUMENTS
 
 
 def _tokenizer_for(options: BuildOptions) -> Any:
@@ -73,12 +74,13 @@ class _EmbedActor:
         self.options = options
         if options.data_dir:
             from embedsvc import Embedder
+            from embedsvc.engine.service import ModelService
 
-            self.embedder: Any = Embedder.from_pretrained(options.model)
+            self.model = ModelService.in_process(Embedder.from_pretrained(options.model))
         else:
             from embedsvc import EmbedClient
 
-            self.embedder = EmbedClient(str(options.target), api_key=options.api_key, timeout=300)
+            self.client = EmbedClient(str(options.target), api_key=options.api_key, timeout=300)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         good = [i for i, reject in enumerate(batch["reject"]) if not reject]
@@ -87,9 +89,9 @@ class _EmbedActor:
         vectors = np.zeros((len(batch["id"]), 1), dtype=np.float32)
         if texts:
             if self.options.data_dir:
-                embedded = self.embedder.embed(texts, input_type="document")
+                embedded = self.model.embed_now(texts, DOCUMENTS).vectors
             else:
-                embedded = self.embedder.embed(texts, model=self.options.model, input_type="document")
+                embedded = self.client.embed(texts, model=self.options.model, input_type="document")
             dimension = embedded.shape[1]
             vectors = np.zeros((len(batch["id"]), dimension), dtype=np.float32)
             vectors[good] = embedded

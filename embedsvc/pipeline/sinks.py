@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from embedsvc.engine.options import EmbedOptions
+
+DOCUMENTS = EmbedOptions(input_type="document")
 log = logging.getLogger("embedsvc.pipeline")
 
 
@@ -29,21 +32,22 @@ class LocalSink:
         model_options: dict[str, Any] | None = None,
     ) -> None:
         from embedsvc import Embedder
+        from embedsvc.engine.service import ModelService
         from embedsvc.index.collection import IndexSpec
         from embedsvc.index.manager import IndexManager
 
-        self.embedder = Embedder.from_pretrained(model, **(model_options or {}))
-        self.manager = IndexManager(data_dir)
+        self.manager = IndexManager(data_dir)  # first: a directory in use is refused before a model loads
+        self.model = ModelService.in_process(Embedder.from_pretrained(model, **(model_options or {})))
         self.index = index
         self._spec = IndexSpec(
             name=index,
-            model=self.embedder.name,
-            model_source=self.embedder.loaded.source.source_name,
-            dimension=self.embedder.dimension,
+            model=self.model.name,
+            model_source=self.model.source,
+            dimension=self.model.dimension,
             metric=metric,
             kind=kind,
         )
-        self.tokenizer = self.embedder.tokenizer
+        self.tokenizer = self.model.tokenizer
 
     def open(self, restart: bool) -> None:
         if restart and index_exists(self.manager, self.index):
@@ -59,7 +63,7 @@ class LocalSink:
             )
 
     def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
-        vectors = self.embedder.embed(list(texts), input_type="document")
+        vectors = self.model.embed_now(list(texts), DOCUMENTS).vectors
         self.manager.get(self.index).upsert(list(ids), vectors, list(metadata))
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -12,9 +13,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from embedsvc.config import ServerConfig
+from embedsvc.engine.service import Tokenizers
+from embedsvc.errors import FailedPreconditionError
 from embedsvc.index.manager import IndexManager
 from embedsvc.server.auth import ApiKeyInterceptor
-from embedsvc.server.embedding import EmbeddingServicer, Tokenizers
+from embedsvc.server.embedding import EmbeddingServicer
 from embedsvc.server.index import IndexServicer
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry
@@ -29,13 +32,15 @@ class EmbedServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.registry = ModelRegistry(config, self.metrics)
+        self._tokenizers = Tokenizers(config.tokenizer_threads)
+        self.registry = ModelRegistry(config, self.metrics, self._tokenizers)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self.indexes: IndexManager | None = None  # set by start(), which may fail before it
         self._embedding: EmbeddingServicer | None = None
-        self._tokenizers: Tokenizers | None = None
+        self.http_port: int | None = None
+        self._http = contextlib.AsyncExitStack()
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -51,8 +56,7 @@ class EmbedServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        tokenizers = self._tokenizers = Tokenizers(self.config.tokenizer_threads)
-        self._embedding = EmbeddingServicer(self.registry, self.config, self.metrics, tokenizers)
+        self._embedding = EmbeddingServicer(self.registry, self.config, self.metrics)
         embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(self._embedding, server)
         self.indexes = IndexManager(
             Path(self.config.data_dir) if self.config.data_dir else None,
@@ -63,7 +67,7 @@ class EmbedServer:
         for name in self.indexes.broken:
             self.metrics.index_damaged.labels(name).set(1)
         index_pb2_grpc.add_IndexServiceServicer_to_server(
-            IndexServicer(self.registry, self.indexes, self.config, self.metrics, tokenizers), server
+            IndexServicer(self.registry, self.indexes, self.config, self.metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -86,11 +90,27 @@ class EmbedServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self._server = server
+        if self.config.http_port is not None:
+            try:
+                from embedsvc.server.http import HttpFrontDoor, serve_http
+            except ImportError as exc:
+                raise FailedPreconditionError(
+                    f"--http-port needs the HTTP extra ({exc.name} is missing): pip install 'embedsvc[http]'"
+                ) from exc
+
+            app = HttpFrontDoor(self.registry, self.config, self.metrics).app()
+            self.http_port = await self._http.enter_async_context(
+                serve_http(app, self.config.host, self.config.http_port)
+            )
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.host)
         log.info(
             "listening",
-            extra={"address": f"{self.config.host}:{self.port}", "tls": bool(self.config.tls_cert)},
+            extra={
+                "address": f"{self.config.host}:{self.port}",
+                "tls": bool(self.config.tls_cert),
+                "http": f"{self.config.host}:{self.http_port}" if self.http_port is not None else "off",
+            },
         )
         loaded = await asyncio.to_thread(ModelRegistry.load_embedders, self.config)
         self.registry.install(loaded)
@@ -128,9 +148,9 @@ class EmbedServer:
             await asyncio.sleep(0)  # grpc now refuses new RPCs; in-flight ones go on
             self.registry.state = "draining"
             await stopping
+        await self._http.aclose()  # in-flight HTTP requests finish first
         await self.registry.close()
-        if self._tokenizers is not None:
-            self._tokenizers.shutdown()
+        self._tokenizers.shutdown()
         if self.indexes is not None:
             await asyncio.to_thread(self.indexes.close)  # snapshots: a fast restart
         log.info("stopped")

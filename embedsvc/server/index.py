@@ -3,41 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import numpy as np
 
+from embedsvc import wire
 from embedsvc.config import ServerConfig
+from embedsvc.engine.options import EmbedOptions
+from embedsvc.engine.service import ModelService
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.index.ann import AnnParams
 from embedsvc.index.collection import Collection, IndexSpec
 from embedsvc.index.manager import IndexManager
-from embedsvc.index_client import KINDS as KINDS_BY_NAME
-from embedsvc.index_client import METRICS as METRICS_BY_NAME
-from embedsvc.index_client import to_metadata
-from embedsvc.server.admission import tenant_of
-from embedsvc.server.embedding import Tokenizers, embed_texts
 from embedsvc.server.metrics import Metrics
-from embedsvc.server.registry import ModelRegistry, ServedModel
+from embedsvc.server.registry import ModelRegistry
 from embedsvc.server.rpc import GuardedServicer
+from embedsvc.server.tenants import tenant_of
 from embedsvc.v1 import index_pb2 as pb
 from embedsvc.v1 import index_pb2_grpc as pb_grpc
 
-METRICS = {
-    pb.METRIC_UNSPECIFIED: "cosine",
-    pb.METRIC_COSINE: "cosine",
-    pb.METRIC_INNER_PRODUCT: "inner_product",
-    pb.METRIC_L2: "l2",
-}
-KINDS = {
-    pb.INDEX_KIND_UNSPECIFIED: "flat",
-    pb.INDEX_KIND_FLAT: "flat",
-    pb.INDEX_KIND_HNSW: "hnsw",
-    pb.INDEX_KIND_IVF_FLAT: "ivf_flat",
-    pb.INDEX_KIND_IVF_PQ: "ivf_pq",
-}
 _PARAM_FIELDS = (
     "hnsw_m",
     "hnsw_ef_construction",
@@ -50,26 +35,8 @@ _PARAM_FIELDS = (
 )
 
 
-def metadata_from_pb(values: Mapping[str, pb.MetadataValue]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        which = value.WhichOneof("kind")
-        if which is None:
-            raise InvalidInputError(
-                f"metadata value of {key!r} is empty: set one of its fields", field="metadata"
-            )
-        out[key] = getattr(value, which)
-    return out
-
-
 def _damaged(metrics: Metrics) -> set[str]:
     return {sample.labels["index"] for family in metrics.index_damaged.collect() for sample in family.samples}
-
-
-def _enum(value: int, table: Mapping[Any, str], field: str) -> str:
-    if value not in table:
-        raise InvalidInputError(f"unknown {field} enum value {value}", field=field)
-    return table[value]
 
 
 class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
@@ -79,22 +46,17 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
         manager: IndexManager,
         config: ServerConfig,
         metrics: Metrics,
-        tokenizers: Tokenizers,
     ) -> None:
         super().__init__(metrics)
         self.registry = registry
         self.manager = manager
         self.config = config
-        self._tokenizers = tokenizers
 
     # ------------------------------------------------------------- helpers
-    def _model_for(self, collection: Collection) -> ServedModel | None:
-        for served in self.registry.models.values():
-            if served.embedder.loaded.source.source_name == collection.spec.model_source:
-                return served
-        return None
+    def _model_for(self, collection: Collection) -> ModelService | None:
+        return self.registry.serving(collection.spec.model_source)
 
-    def _require_model(self, collection: Collection) -> ServedModel:
+    def _require_model(self, collection: Collection) -> ModelService:
         served = self._model_for(collection)
         if served is None:
             raise FailedPreconditionError(
@@ -116,8 +78,8 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             model=served.name if served else "",
             model_source=spec.model_source,
             dimension=spec.dimension,
-            metric=METRICS_BY_NAME[spec.metric],
-            kind=KINDS_BY_NAME[spec.kind],
+            metric=wire.METRICS[spec.metric],
+            kind=wire.KINDS[spec.kind],
             params=pb.IndexParams(**{f: getattr(spec.params, f) for f in _PARAM_FIELDS}),
             count=state["count"],
             trained=state["trained"],
@@ -146,10 +108,10 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             spec = IndexSpec(
                 name=request.name,
                 model=served.name,
-                model_source=served.embedder.loaded.source.source_name,
-                dimension=served.embedder.dimension,
-                metric=_enum(request.metric, METRICS, "metric"),
-                kind=_enum(request.kind, KINDS, "kind"),
+                model_source=served.source,
+                dimension=served.dimension,
+                metric=wire.lookup(wire.METRIC_NAMES, request.metric, "metric"),
+                kind=wire.lookup(wire.KIND_NAMES, request.kind, "kind"),
                 params=AnnParams(**given),
             )
             return self._info(await asyncio.to_thread(self.manager.create, spec))
@@ -208,20 +170,17 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                     vectors[i] = item.vector
                 else:
                     texts.append((i, item.text))
-            metadata = [metadata_from_pb(item.metadata) for item in request.items]
+            metadata = [wire.from_metadata(item.metadata) for item in request.items]
             ids = [item.id for item in request.items]
             if texts:
                 served = self._require_model(collection)
-                embedded = await embed_texts(
-                    served,
-                    self._tokenizers,
-                    self.config,
+                embedded = await served.embed(
                     [t for _, t in texts],
-                    input_type="document",
+                    EmbedOptions(input_type="document"),
                     timeout=context.time_remaining(),
                     tenant=tenant_of(context),
                 )
-                vectors[[i for i, _ in texts]] = embedded
+                vectors[[i for i, _ in texts]] = embedded.vectors
             count = await asyncio.to_thread(collection.upsert, ids, vectors, metadata)
             return pb.UpsertResponse(upserted=len(ids), count=count)
 
@@ -241,7 +200,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             collection = self.manager.get(request.index)
             self._check_batch(len(request.ids), "ids")
             found, missing = await asyncio.to_thread(collection.get, list(request.ids))
-            items = [pb.Item(id=i, vector=v.tolist(), metadata=to_metadata(m)) for i, v, m in found]
+            items = [pb.Item(id=i, vector=v.tolist(), metadata=wire.to_metadata(m)) for i, v, m in found]
             return pb.GetResponse(items=items, missing=missing)
 
         return await self._guard("Get", "", context, work)
@@ -254,16 +213,14 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 raise InvalidInputError("set exactly one of text or vector", field="query")
             if which == "text":
                 served = self._require_model(collection)
-                (query,) = await embed_texts(
-                    served,
-                    self._tokenizers,
-                    self.config,
-                    [request.text],
+                options = EmbedOptions(
                     input_type="query",
                     instruction=request.instruction if request.HasField("instruction") else None,
-                    timeout=context.time_remaining(),
-                    tenant=tenant_of(context),
                 )
+                embedded = await served.embed(
+                    [request.text], options, timeout=context.time_remaining(), tenant=tenant_of(context)
+                )
+                query = embedded.vectors[0]
             else:
                 if len(request.vector.values) != collection.spec.dimension:
                     raise InvalidInputError(
@@ -276,12 +233,12 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 collection.search,
                 query,
                 request.k or 10,
-                filter=metadata_from_pb(request.filter),
+                filter=wire.from_metadata(request.filter),
                 ef_search=request.ef_search if request.HasField("ef_search") else None,
                 nprobe=request.nprobe if request.HasField("nprobe") else None,
             )
             return pb.SearchResponse(
-                hits=[pb.Hit(id=h.id, score=h.score, metadata=to_metadata(h.metadata)) for h in hits]
+                hits=[pb.Hit(id=h.id, score=h.score, metadata=wire.to_metadata(h.metadata)) for h in hits]
             )
 
         return await self._guard("Search", "", context, work)

@@ -1,49 +1,37 @@
-"""The served models: one embedder and one batch scheduler each."""
+"""The served models: one ModelService each (embedder, batch scheduler, shared tokenizer threads)."""
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 
 from embedsvc.config import ModelConfig, ServerConfig
 from embedsvc.engine.embedder import Embedder
-from embedsvc.engine.scheduler import BatchRecord, BatchScheduler
+from embedsvc.engine.options import Limits
+from embedsvc.engine.scheduler import BatchRecord
+from embedsvc.engine.service import ModelService, Tokenizers, measure_throughput
 from embedsvc.errors import ModelNotFoundError, UnavailableError
 from embedsvc.server.metrics import Metrics
 
 log = logging.getLogger("embedsvc.registry")
 
 
-@dataclass
-class ServedModel:
-    name: str
-    config: ModelConfig
-    embedder: Embedder
-    scheduler: BatchScheduler
-
-
-def _measure_throughput(embedder: Embedder) -> float:
-    """Tokens per second of one full forward pass, the unit the queue bound is measured in."""
-    words = max(8, min(embedder.max_length, 128) // 2)
-    encoded = embedder.prepare(["the quick brown fox jumps over the lazy dog " * (words // 9 + 1)] * 8)
-    embedder.forward(encoded)  # warm-up: first calls allocate
-    started = time.perf_counter()
-    embedder.forward(encoded)
-    return sum(len(e.ids) for e in encoded) / max(time.perf_counter() - started, 1e-6)
-
-
 class ModelRegistry:
-    def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, config: ServerConfig, metrics: Metrics, tokenizers: Tokenizers) -> None:
         self.config = config
         self.metrics = metrics
-        self.models: dict[str, ServedModel] = {}
+        self.tokenizers = tokenizers
+        self.limits = Limits(
+            max_inputs=config.max_inputs_per_request,
+            max_text_bytes=config.max_text_bytes or Limits.max_text_bytes,
+            max_request_bytes=config.max_request_bytes or Limits.max_request_bytes,
+        )
+        self.models: dict[str, ModelService] = {}
         self.default_name: str | None = None
         self.state = "loading"  # loading -> serving -> draining
 
     @staticmethod
-    def load_embedders(config: ServerConfig) -> list[tuple[ModelConfig, Embedder]]:
-        """Load every configured model (blocking; run it off the event loop)."""
+    def load_embedders(config: ServerConfig) -> list[tuple[ModelConfig, Embedder, float]]:
+        """Load every configured model and measure its throughput (blocking; run it off the event loop)."""
         loaded = []
         for model_config in config.models:
             options = dict(model_config.options)
@@ -54,7 +42,7 @@ class ModelRegistry:
                 extra={"source": model_config.source or "bundled", "model": model_config.name},
             )
             embedder = Embedder.from_pretrained(model_config.source, **options)
-            embedder.measured_tokens_per_second = _measure_throughput(embedder)
+            throughput = measure_throughput(embedder)
             log.info(
                 "model loaded",
                 extra={
@@ -62,35 +50,34 @@ class ModelRegistry:
                     "dimension": embedder.dimension,
                     "device": str(embedder.device),
                     "dtype": str(embedder.dtype),
-                    "tokens_per_second": round(embedder.measured_tokens_per_second),
+                    "tokens_per_second": round(throughput),
                 },
             )
-            loaded.append((model_config, embedder))
+            loaded.append((model_config, embedder, throughput))
         return loaded
 
-    def install(self, loaded: list[tuple[ModelConfig, Embedder]]) -> None:
-        """Create schedulers (on the running loop) and start serving."""
-        for model_config, embedder in loaded:
+    def install(self, loaded: list[tuple[ModelConfig, Embedder, float]]) -> None:
+        """Start each model's service (on the running loop) and start serving."""
+        for model_config, embedder, throughput in loaded:
             if embedder.name in self.models:
                 raise ValueError(
                     f"two served models are both named {embedder.name!r}; give them distinct names"
                 )
-            scheduler = BatchScheduler(
-                embedder.forward,
-                name=embedder.name,
-                token_budget=embedder.options.token_budget,
-                max_batch_size=embedder.options.max_batch_size,
+            self.models[embedder.name] = ModelService.start(
+                embedder,
+                self.tokenizers,
+                self.limits,
+                tokens_per_second=throughput,
                 max_queue_requests=self.config.max_queue_requests,
                 max_queue_tokens=self.config.max_queue_tokens,
                 max_queue_seconds=self.config.max_queue_seconds,
-                tokens_per_second=embedder.measured_tokens_per_second,
                 batch_wait_s=self.config.batch_wait_ms / 1000,
                 on_batch=self._batch_recorder(embedder.name),
+                default=model_config.default,
             )
-            scheduler.start()
-            self.models[embedder.name] = ServedModel(embedder.name, model_config, embedder, scheduler)
-        defaults = [m.name for m in self.models.values() if m.config.default]
+        defaults = [m.name for m in self.models.values() if m.default]
         self.default_name = defaults[0] if defaults else next(iter(self.models))
+        self.models[self.default_name].default = True
         self.state = "serving"
 
     def _batch_recorder(self, name: str):  # type: ignore[no-untyped-def]
@@ -101,7 +88,7 @@ class ModelRegistry:
 
         return record
 
-    def get(self, name: str) -> ServedModel:
+    def get(self, name: str) -> ModelService:
         if self.state == "loading":
             raise UnavailableError(
                 "models are still loading; retry shortly (health reports SERVING when ready)"
@@ -116,6 +103,10 @@ class ModelRegistry:
                 f"model {name!r} is not served here; served models: {', '.join(self.models)}"
             ) from None
 
+    def serving(self, source: str) -> ModelService | None:
+        """The served model an index built with ``source`` embeds with, if it is served."""
+        return next((m for m in self.models.values() if m.source == source), None)
+
     async def close(self) -> None:
         for model in self.models.values():
-            await model.scheduler.close()
+            await model.close()

@@ -1,0 +1,60 @@
+"""The plain values front doors exchange with the engine (no torch: the clients import them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How to embed, spelled once for every front door."""
+
+    input_type: str | None = None  # "query" | "document" | None
+    prompt_name: str | None = None
+    instruction: str | None = None
+    dimensions: int | None = None
+    normalize: bool | None = None  # None: the model's default
+    truncation: str = "end"  # "end" | "start" | "none"
+    chunked: bool = False
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: np.ndarray  # float32 [n, dimensions]
+    token_counts: list[int]  # per text, as the model saw it (chunks summed)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_inputs: int = 2048
+    max_text_bytes: int = 1024 * 1024
+    max_request_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a caller may know about a served model (ListModels, /v1/models, /info, IndexInfo)."""
+
+    name: str
+    source: str  # what binds an index to this model across renames
+    dimension: int
+    max_length: int
+    is_decoder: bool
+    dtype: str
+    device: str
+    deterministic: bool
+    quantize: str
+    quantization: str
+    remote_code: bool
+    settings: Any  # ModelSettings: pooling, prompts, recipe sources, warnings
+    token_budget: int
+    max_batch_size: int
+    default: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)

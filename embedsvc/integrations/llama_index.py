@@ -1,0 +1,68 @@
+"""LlamaIndex ``BaseEmbedding`` over an embedsvc server (gRPC).
+
+from embedsvc.integrations.llama_index import EmbedsvcEmbedding
+Settings.embed_model = EmbedsvcEmbedding(target="127.0.0.1:50051", model_name="e5")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+    from pydantic import PrivateAttr
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "EmbedsvcEmbedding needs llama-index-core: pip install 'embedsvc[llama-index]'"
+    ) from exc
+
+from embedsvc.integrations._clients import ClientPair
+
+
+class EmbedsvcEmbedding(BaseEmbedding):
+    """Texts (nodes) embedded as ``input_type="document"``, queries as ``"query"``."""
+
+    target: str = "127.0.0.1:50051"
+    api_key: str | None = None
+    tls: bool = False
+    timeout: float | None = None
+    dimensions: int | None = None
+    instruction: str | None = None
+    _clients: ClientPair = PrivateAttr()
+
+    def __init__(self, **data: Any) -> None:
+        data.setdefault("model_name", "")  # "" = the server's default model
+        super().__init__(**data)
+        self._clients = ClientPair(self.target, self.api_key, self.tls, self.timeout)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "EmbedsvcEmbedding"
+
+    def _options(self, input_type: str) -> dict[str, Any]:
+        return self._clients.options(
+            model=self.model_name or None,
+            dimensions=self.dimensions,
+            input_type=input_type,
+            instruction=self.instruction if input_type == "query" else None,
+        )
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._clients.sync().embed([query], **self._options("query"))[0].tolist()  # type: ignore[no-any-return]
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._clients.sync().embed(texts, **self._options("document")).tolist()  # type: ignore[no-any-return]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        vectors = await self._clients.aio().embed([query], **self._options("query"))
+        return vectors[0].tolist()  # type: ignore[no-any-return]
+
+    async def _aget_text_embedding(self, text: str) -> list[float]:
+        return (await self._aget_text_embeddings([text]))[0]
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        vectors = await self._clients.aio().embed(texts, **self._options("document"))
+        return vectors.tolist()  # type: ignore[no-any-return]

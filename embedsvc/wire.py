@@ -1,0 +1,216 @@
+"""Every protobuf <-> plain conversion, shared by the server and the clients.
+
+Enum tables (input types, truncations, encodings, metrics, index kinds) in both directions,
+metadata values, embed options, model and index infos. Nothing else converts protobuf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from embedsvc.engine.options import EmbedOptions, ModelFacts
+from embedsvc.errors import InvalidInputError
+from embedsvc.v1 import embedding_pb2 as pb
+from embedsvc.v1 import index_pb2 as ipb
+
+INPUT_TYPES: dict[str | None, int] = {
+    None: pb.INPUT_TYPE_UNSPECIFIED,
+    "query": pb.INPUT_TYPE_QUERY,
+    "document": pb.INPUT_TYPE_DOCUMENT,
+}
+TRUNCATIONS = {"end": pb.TRUNCATION_END, "start": pb.TRUNCATION_START, "none": pb.TRUNCATION_NONE}
+ENCODINGS = {
+    "float32": pb.ENCODING_FLOAT32,
+    "float16": pb.ENCODING_FLOAT16,
+    "int8": pb.ENCODING_INT8,
+    "binary": pb.ENCODING_BINARY,
+}
+METRICS = {"cosine": ipb.METRIC_COSINE, "inner_product": ipb.METRIC_INNER_PRODUCT, "l2": ipb.METRIC_L2}
+KINDS = {
+    "flat": ipb.INDEX_KIND_FLAT,
+    "hnsw": ipb.INDEX_KIND_HNSW,
+    "ivf_flat": ipb.INDEX_KIND_IVF_FLAT,
+    "ivf_pq": ipb.INDEX_KIND_IVF_PQ,
+}
+_INPUT_TYPE_NAMES = {v: k for k, v in INPUT_TYPES.items()}
+_TRUNCATION_NAMES = {pb.TRUNCATION_UNSPECIFIED: "end", **{v: k for k, v in TRUNCATIONS.items()}}
+METRIC_NAMES = {ipb.METRIC_UNSPECIFIED: "cosine", **{v: k for k, v in METRICS.items()}}
+KIND_NAMES = {ipb.INDEX_KIND_UNSPECIFIED: "flat", **{v: k for k, v in KINDS.items()}}
+ENCODING_VALUES = {pb.ENCODING_UNSPECIFIED, *ENCODINGS.values()}
+
+
+def lookup(table: Mapping[Any, Any], value: Any, field: str) -> Any:
+    """``table[value]``, or InvalidInputError naming the field and the choices."""
+    try:
+        return table[value]
+    except KeyError:
+        choices = ", ".join(str(k) for k in table)
+        raise InvalidInputError(f"unknown {field} {value!r}; choose one of {choices}", field=field) from None
+
+
+# ------------------------------------------------------------------- embedding
+
+
+def embed_options(request: Any) -> EmbedOptions:
+    """EmbedOptions of an EmbedRequest or TokenizeRequest (fields it lacks keep their defaults)."""
+
+    def optional(name: str) -> Any:
+        return getattr(request, name) if request.HasField(name) else None
+
+    fields = {f.name for f in request.DESCRIPTOR.fields}
+    return EmbedOptions(
+        input_type=lookup(_INPUT_TYPE_NAMES, request.input_type, "input_type"),
+        prompt_name=optional("prompt_name"),
+        instruction=optional("instruction"),
+        dimensions=optional("dimensions") if "dimensions" in fields else None,
+        normalize=optional("normalize") if "normalize" in fields else None,
+        truncation=lookup(_TRUNCATION_NAMES, request.truncation, "truncation"),
+        chunked=bool(getattr(request, "chunked", False)),
+    )
+
+
+def embed_request_fields(
+    *,
+    input_type: str | None,
+    prompt_name: str | None,
+    instruction: str | None,
+    dimensions: int | None,
+    normalize: bool | None,
+    truncation: str,
+    chunked: bool,
+    encoding: str,
+) -> dict[str, Any]:
+    """Keyword arguments of an EmbedRequest, from the clients' plain options."""
+    fields: dict[str, Any] = {
+        "input_type": lookup(INPUT_TYPES, input_type, "input_type"),
+        "truncation": lookup(TRUNCATIONS, truncation, "truncation"),
+        "chunked": chunked,
+        "encoding": lookup(ENCODINGS, encoding, "encoding"),
+    }
+    for name, value in (
+        ("prompt_name", prompt_name),
+        ("instruction", instruction),
+        ("dimensions", dimensions),
+        ("normalize", normalize),
+    ):
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    dimension: int
+    max_length: int
+    pooling: str
+    normalize: bool
+    prompts: dict[str, str]
+    dtype: str
+    device: str
+    profile: str
+    conversion: str
+    is_decoder: bool
+    deterministic: bool
+    quantize: str
+    default: bool
+    attention: str = "causal"
+    append_eos: bool = False
+    recipe_sources: dict[str, str] = field(default_factory=dict)
+    recipe_warnings: tuple[str, ...] = ()
+    remote_code: bool = False
+    quantization: str = "none"
+
+
+def model_info(facts: ModelFacts) -> pb.ModelInfo:
+    s = facts.settings
+    return pb.ModelInfo(
+        name=facts.name,
+        source=facts.source,
+        dimension=facts.dimension,
+        max_length=facts.max_length,
+        pooling=s.pooling,
+        normalize=s.normalize,
+        prompts=s.prompts,
+        default_prompt_name=s.default_prompt_name or "",
+        query_prompt_name=s.query_prompt_name or "",
+        document_prompt_name=s.document_prompt_name or "",
+        instruction_template=s.instruction_template or "",
+        dtype=facts.dtype,
+        device=facts.device,
+        profile=s.profile,
+        conversion=s.conversion,
+        is_decoder=facts.is_decoder,
+        deterministic=facts.deterministic,
+        quantize=facts.quantize,
+        quantization=facts.quantization,
+        attention=s.attention,
+        append_eos=s.append_eos,
+        recipe_sources=s.sources,
+        recipe_warnings=list(s.warnings),
+        remote_code=facts.remote_code,
+    )
+
+
+def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
+    return [
+        ModelInfo(
+            name=m.name,
+            source=m.source,
+            dimension=m.dimension,
+            max_length=m.max_length,
+            pooling=m.pooling,
+            normalize=m.normalize,
+            prompts=dict(m.prompts),
+            dtype=m.dtype,
+            device=m.device,
+            profile=m.profile,
+            conversion=m.conversion,
+            is_decoder=m.is_decoder,
+            deterministic=m.deterministic,
+            quantize=m.quantize,
+            default=m.name == response.default_model,
+            attention=m.attention,
+            append_eos=m.append_eos,
+            recipe_sources=dict(m.recipe_sources),
+            recipe_warnings=tuple(m.recipe_warnings),
+            remote_code=m.remote_code,
+            quantization=m.quantization,
+        )
+        for m in response.models
+    ]
+
+
+# ---------------------------------------------------------------------- index
+
+
+def to_metadata_value(value: Any) -> ipb.MetadataValue:
+    if isinstance(value, bool):
+        return ipb.MetadataValue(bool_value=value)
+    if isinstance(value, int):
+        return ipb.MetadataValue(int_value=value)
+    if isinstance(value, float):
+        return ipb.MetadataValue(double_value=value)
+    if isinstance(value, str):
+        return ipb.MetadataValue(string_value=value)
+    raise ValueError(f"metadata values must be str, int, float or bool, got {type(value).__name__}")
+
+
+def to_metadata(values: Mapping[str, Any] | None) -> dict[str, ipb.MetadataValue]:
+    return {k: to_metadata_value(v) for k, v in (values or {}).items()}
+
+
+def from_metadata(values: Mapping[str, ipb.MetadataValue]) -> dict[str, Any]:
+    """Plain metadata; an empty value (no field set) is InvalidInputError naming its key."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        which = value.WhichOneof("kind")
+        if which is None:
+            raise InvalidInputError(
+                f"metadata value of {key!r} is empty: set one of its fields", field="metadata"
+            )
+        out[key] = getattr(value, which)
+    return out
