@@ -37,6 +37,14 @@ class TextTooLongError(InvalidInputError):
         self.limit = limit
 
 
+class PayloadTooLargeError(InvalidInputError):
+    """A request body over the message limit (HTTP 413; gRPC refuses such messages itself)."""
+
+
+class UnauthenticatedError(EmbedsvcError):
+    """No valid API key (maps to UNAUTHENTICATED / HTTP 401)."""
+
+
 class ModelLoadError(EmbedsvcError):
     """A model source could not be found or loaded."""
 

@@ -19,7 +19,7 @@ from embedsvc.engine.embedder import Embedder
 from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput
 from embedsvc.engine.options import Embedded, EmbedOptions, Limits, ModelFacts
 from embedsvc.engine.scheduler import DEFAULT_TENANT, BatchRecord, BatchScheduler
-from embedsvc.errors import InvalidInputError
+from embedsvc.errors import InvalidInputError, PayloadTooLargeError
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ def check_inputs(texts: Any, limits: Limits, *, max_length: int, chunked: bool) 
             )
         size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         if size > limits.max_text_bytes:
-            raise InvalidInputError(
+            raise PayloadTooLargeError(
                 f"input {i} is {size} bytes; the limit is {limits.max_text_bytes} bytes per text "
                 "(max_text_bytes): split it into several inputs, or raise the limit",
                 field="inputs",
@@ -83,7 +83,7 @@ def check_inputs(texts: Any, limits: Limits, *, max_length: int, chunked: bool) 
         estimate = size // 3 + 2
         tokens += estimate if chunked else min(estimate, max_length)
     if total_bytes > limits.max_request_bytes:
-        raise InvalidInputError(
+        raise PayloadTooLargeError(
             f"the request's texts are {total_bytes} bytes; the limit is {limits.max_request_bytes} bytes "
             "per request (max_request_bytes): send them in several requests",
             field="inputs",

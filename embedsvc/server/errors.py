@@ -15,12 +15,14 @@ from embedsvc.errors import (
     ModelNotFoundError,
     OverloadedError,
     StorageFullError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StorageFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),

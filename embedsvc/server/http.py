@@ -38,8 +38,10 @@ from embedsvc.errors import (
     InvalidInputError,
     ModelNotFoundError,
     OverloadedError,
+    PayloadTooLargeError,
     StorageFullError,
     TextTooLongError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from embedsvc.server.metrics import Metrics
@@ -47,14 +49,6 @@ from embedsvc.server.registry import ModelRegistry
 from embedsvc.server.tenants import tenant_of_http
 
 log = logging.getLogger("embedsvc.http")
-
-
-class _HttpError(Exception):
-    """A request problem found while reading it (body too large, not JSON, not an object)."""
-
-    def __init__(self, status: int, message: str, kind: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.param = status, kind, param
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -67,15 +61,14 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def _status(exc: BaseException, *, tei: bool) -> tuple[int, str]:
     """HTTP status and error type of an exception, as OpenAI's or TEI's API words it."""
-    if isinstance(exc, _HttpError):
-        return exc.status, exc.kind
+    if isinstance(exc, UnauthenticatedError):
+        return 401, ("Unauthorized" if tei else "invalid_api_key")
+    if isinstance(exc, PayloadTooLargeError):
+        return 413, ("Validation" if tei else "request_too_large")
     if isinstance(exc, TextTooLongError):
         return (413, "Validation") if tei else (400, "context_length_exceeded")
     if isinstance(exc, InvalidInputError):
-        too_big = "max_text_bytes" in str(exc) or "max_request_bytes" in str(exc)
-        if tei:
-            return 413, "Validation"
-        return (413 if too_big else 400), "invalid_request_error"
+        return (413, "Validation") if tei else (400, "invalid_request_error")
     if isinstance(exc, ModelNotFoundError):
         return 404, ("Validation" if tei else "model_not_found")
     if isinstance(exc, OverloadedError | StorageFullError):
@@ -99,7 +92,7 @@ def _error_response(exc: BaseException, *, tei: bool, request_id: str, retry_aft
         headers["Retry-After"] = str(retry_after)
     if tei:
         return _json({"error": message, "error_type": kind}, status, headers)
-    param = getattr(exc, "param", None) or getattr(exc, "field", None)
+    param = getattr(exc, "field", None)
     code = kind if kind not in ("invalid_request_error", "server_error") else None
     error_type = "invalid_request_error" if status in (400, 404, 413) else kind
     return _json(
@@ -162,10 +155,8 @@ class HttpFrontDoor:
             key = offered.removeprefix("Bearer ").strip().encode()
             if any(hmac.compare_digest(key, k) for k in self._keys):
                 return
-        raise _HttpError(
-            401,
-            "missing or invalid API key: send the header 'Authorization: Bearer <key>'",
-            "invalid_api_key",
+        raise UnauthenticatedError(
+            "missing or invalid API key: send the header 'Authorization: Bearer <key>'"
         )
 
     def _retry_after(self) -> int:
@@ -177,29 +168,23 @@ class HttpFrontDoor:
         limit = self.config.max_message_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise _HttpError(
-                413,
-                f"request body is {declared} bytes; the limit is {limit} (max_message_bytes)",
-                "request_too_large",
+            raise PayloadTooLargeError(
+                f"request body is {declared} bytes; the limit is {limit} (max_message_bytes)", field="body"
             )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _HttpError(
-                    413,
-                    f"request body is over the limit of {limit} bytes (max_message_bytes)",
-                    "request_too_large",
+                raise PayloadTooLargeError(
+                    f"request body is over the limit of {limit} bytes (max_message_bytes)", field="body"
                 )
             chunks.append(chunk)
         try:
             data = orjson.loads(b"".join(chunks))
         except orjson.JSONDecodeError as exc:
-            raise _HttpError(
-                400, f"the request body is not valid JSON: {exc}", "invalid_request_error"
-            ) from None
+            raise InvalidInputError(f"the request body is not valid JSON: {exc}", field="body") from None
         if not isinstance(data, dict):
-            raise _HttpError(400, "the request body must be a JSON object", "invalid_request_error")
+            raise InvalidInputError("the request body must be a JSON object", field="body")
         return data
 
     def _tenant(self, request: Request) -> str:
@@ -217,11 +202,8 @@ class HttpFrontDoor:
         texts = _openai_input(body.get("input"))
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
-            raise _HttpError(
-                400,
-                f"encoding_format must be 'float' or 'base64', got {encoding!r}",
-                "invalid_request_error",
-                "encoding_format",
+            raise InvalidInputError(
+                f"encoding_format must be 'float' or 'base64', got {encoding!r}", field="encoding_format"
             )
         served = self._model(_optional_str(body, "model"), "http:/v1/embeddings")
         options = EmbedOptions(
