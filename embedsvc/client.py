@@ -195,6 +195,28 @@ class EmbedClient:
         request = ic.search_request(index, text, vector, k, filter, ef_search, nprobe, instruction)
         return ic.hits(self._call(self._index.Search, request))
 
+    def search_batch(
+        self,
+        index: str,
+        texts: Sequence[str] | None = None,
+        vectors: Any = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        instruction: str | None = None,
+    ) -> list[list[Hit]]:
+        """Top ``k`` for each of many queries (texts or a [queries, dim] array), in order; sent
+        ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index."""
+        requests = ic.search_batch_requests(
+            index, texts, vectors, k, filter, ef_search, nprobe, instruction, self.chunk_size
+        )
+        results: list[list[Hit]] = []
+        for request in requests:
+            results += ic.batch_hits(self._call(self._index.SearchBatch, request))
+        return results
+
     def count(self, index: str) -> int:
         return int(self._call(self._index.Count, ipb.CountRequest(index=index)).count)
 
@@ -369,6 +391,28 @@ class AsyncEmbedClient:
     ) -> list[Hit]:
         request = ic.search_request(index, text, vector, k, filter, ef_search, nprobe, instruction)
         return ic.hits(await self._call(self._index.Search, request))
+
+    async def search_batch(
+        self,
+        index: str,
+        texts: Sequence[str] | None = None,
+        vectors: Any = None,
+        k: int = 10,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        instruction: str | None = None,
+    ) -> list[list[Hit]]:
+        """Top ``k`` for each of many queries (texts or a [queries, dim] array), in order; sent
+        ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index."""
+        requests = ic.search_batch_requests(
+            index, texts, vectors, k, filter, ef_search, nprobe, instruction, self.chunk_size
+        )
+        results: list[list[Hit]] = []
+        for request in requests:
+            results += ic.batch_hits(await self._call(self._index.SearchBatch, request))
+        return results
 
     async def count(self, index: str) -> int:
         return int((await self._call(self._index.Count, ipb.CountRequest(index=index))).count)

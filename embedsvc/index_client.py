@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from embedsvc.index.filters import parse_filter
 from embedsvc.v1 import index_pb2 as ipb
-from embedsvc.wire import KINDS, METRICS, to_metadata
+from embedsvc.wire import KINDS, MAX_BATCH_HITS, METRICS, filter_to_proto, to_metadata
 
 _METRIC_NAMES = {v: k for k, v in METRICS.items()}
 _KIND_NAMES = {v: k for k, v in KINDS.items()}
@@ -99,6 +100,31 @@ def upsert_requests(
     return [ipb.UpsertRequest(index=index, items=items[i : i + chunk]) for i in range(0, n, chunk)]
 
 
+def _set_filter(request: Any, filter: Mapping[str, Any] | None) -> None:
+    """Plain equality goes in the `filter` map (which every server version reads); anything richer is
+    parsed here, so mistakes fail before sending, and sent as `where`."""
+    if not filter:
+        return
+    if all(not isinstance(v, Mapping) and not k.startswith("$") for k, v in filter.items()):
+        for key, value in to_metadata(filter).items():
+            request.filter[key].CopyFrom(value)
+        return
+    condition = parse_filter(filter)
+    if condition is not None:
+        request.where.CopyFrom(filter_to_proto(condition))
+
+
+def _set_search_options(
+    request: Any, ef_search: int | None, nprobe: int | None, instruction: str | None
+) -> None:
+    if ef_search is not None:
+        request.ef_search = ef_search
+    if nprobe is not None:
+        request.nprobe = nprobe
+    if instruction is not None:
+        request.instruction = instruction
+
+
 def search_request(
     index: str,
     text: str | None,
@@ -111,22 +137,57 @@ def search_request(
 ) -> Any:
     if (text is None) == (vector is None):
         raise ValueError("pass exactly one of text or vector")
-    request = ipb.SearchRequest(index=index, k=k, filter=to_metadata(filter))
+    request = ipb.SearchRequest(index=index, k=k)
+    _set_filter(request, filter)
     if text is not None:
         request.text = text
     else:
         request.vector.values.extend(np.asarray(vector, dtype=np.float32).ravel().tolist())
-    if ef_search is not None:
-        request.ef_search = ef_search
-    if nprobe is not None:
-        request.nprobe = nprobe
-    if instruction is not None:
-        request.instruction = instruction
+    _set_search_options(request, ef_search, nprobe, instruction)
     return request
+
+
+def search_batch_requests(
+    index: str,
+    texts: Sequence[str] | None,
+    vectors: Any,
+    k: int,
+    filter: Mapping[str, Any] | None,
+    ef_search: int | None,
+    nprobe: int | None,
+    instruction: str | None,
+    chunk: int,
+) -> list[Any]:
+    """One request per ``chunk`` queries (fewer when k is large: a response holds at most MAX_BATCH_HITS)."""
+    if (texts is None) == (vectors is None):
+        raise ValueError("pass exactly one of texts or vectors")
+    if isinstance(texts, str):
+        raise ValueError("texts is a list of strings; for one text use search()")
+    array = None if vectors is None else np.asarray(vectors, dtype=np.float32)
+    if array is not None and array.ndim != 2:
+        raise ValueError(f"vectors must be a [queries, dim] array, got shape {array.shape}")
+    n = len(texts) if texts is not None else len(array)  # type: ignore[arg-type]
+    per_request = max(1, min(chunk, MAX_BATCH_HITS // max(k, 1)))
+    requests = []
+    for start in range(0, n, per_request):
+        request = ipb.SearchBatchRequest(index=index, k=k)
+        _set_filter(request, filter)
+        if texts is not None:
+            request.texts.extend(texts[start : start + per_request])
+        else:
+            rows = array[start : start + per_request]  # type: ignore[index]
+            request.vectors.extend(ipb.Vector(values=row.tolist()) for row in rows)
+        _set_search_options(request, ef_search, nprobe, instruction)
+        requests.append(request)
+    return requests
 
 
 def hits(response: ipb.SearchResponse) -> list[Hit]:
     return [Hit(h.id, h.score, from_metadata(h.metadata)) for h in response.hits]
+
+
+def batch_hits(response: ipb.SearchBatchResponse) -> list[list[Hit]]:
+    return [hits(result) for result in response.results]
 
 
 def got(response: ipb.GetResponse) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:

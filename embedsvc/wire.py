@@ -1,7 +1,7 @@
 """Every protobuf <-> plain conversion, shared by the server and the clients.
 
 Enum tables (input types, truncations, encodings, metrics, index kinds) in both directions,
-metadata values, embed options, model and index infos. Nothing else converts protobuf.
+metadata values, filters, embed options, model and index infos. Nothing else converts protobuf.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 
 from embedsvc.engine.options import EmbedOptions, ModelFacts
 from embedsvc.errors import InvalidInputError
+from embedsvc.index.filters import MAX_DEPTH as MAX_FILTER_DEPTH
+from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import index_pb2 as ipb
 
@@ -39,6 +41,7 @@ _TRUNCATION_NAMES = {pb.TRUNCATION_UNSPECIFIED: "end", **{v: k for k, v in TRUNC
 METRIC_NAMES = {ipb.METRIC_UNSPECIFIED: "cosine", **{v: k for k, v in METRICS.items()}}
 KIND_NAMES = {ipb.INDEX_KIND_UNSPECIFIED: "flat", **{v: k for k, v in KINDS.items()}}
 ENCODING_VALUES = {pb.ENCODING_UNSPECIFIED, *ENCODINGS.values()}
+MAX_BATCH_HITS = 100_000  # queries x k in one SearchBatch: bounds the response's size
 
 
 def lookup(table: Mapping[Any, Any], value: Any, field: str) -> Any:
@@ -214,3 +217,77 @@ def from_metadata(values: Mapping[str, ipb.MetadataValue]) -> dict[str, Any]:
             )
         out[key] = getattr(value, which)
     return out
+
+
+# --------------------------------------------------------------------- filters
+
+
+def filter_to_proto(condition: Condition) -> ipb.Filter:
+    """A parsed filter (embedsvc.index.filters) as the proto Filter."""
+    if isinstance(condition, Eq):
+        return ipb.Filter(field=ipb.FieldCondition(key=condition.key, eq=to_metadata_value(condition.value)))
+    if isinstance(condition, In):
+        field_condition = ipb.FieldCondition(key=condition.key)
+        getattr(field_condition, "in").SetInParent()  # set even when the list is empty
+        getattr(field_condition, "in").values.extend(to_metadata_value(v) for v in condition.values)
+        return ipb.Filter(field=field_condition)  # `in` is a Python keyword: no keyword argument
+    if isinstance(condition, Range):
+        bounds = {b: getattr(condition, b) for b in RANGE_BOUNDS if getattr(condition, b) is not None}
+        return ipb.Filter(field=ipb.FieldCondition(key=condition.key, range=ipb.Range(**bounds)))
+    if isinstance(condition, Exists):
+        return ipb.Filter(field=ipb.FieldCondition(key=condition.key, exists=condition.present))
+    if isinstance(condition, Not):
+        inner = condition.inner
+        if isinstance(inner, Eq):
+            return ipb.Filter(field=ipb.FieldCondition(key=inner.key, ne=to_metadata_value(inner.value)))
+        if isinstance(inner, In):
+            values = ipb.MetadataValueList(values=[to_metadata_value(v) for v in inner.values])
+            return ipb.Filter(field=ipb.FieldCondition(key=inner.key, not_in=values))
+        return ipb.Filter(none=ipb.FilterList(filters=[filter_to_proto(inner)]))
+    parts = ipb.FilterList(filters=[filter_to_proto(c) for c in condition.parts])
+    return ipb.Filter(all=parts) if isinstance(condition, All) else ipb.Filter(any=parts)
+
+
+def _plain_value(value: ipb.MetadataValue, key: str) -> Any:
+    which = value.WhichOneof("kind")
+    if which is None:
+        raise InvalidInputError(f"filter on {key!r}: a value is empty: set one of its fields", field="filter")
+    return getattr(value, which)
+
+
+def filter_from_proto(message: ipb.Filter, depth: int = 0) -> dict[str, Any]:
+    """The proto Filter in the plain form embedsvc.index.filters.parse_filter validates and parses."""
+    if depth > MAX_FILTER_DEPTH:
+        raise InvalidInputError(f"filters nest at most {MAX_FILTER_DEPTH} levels", field="filter")
+    which = message.WhichOneof("condition")
+    if which is None:
+        raise InvalidInputError(
+            "a filter (or one nested in it) is empty: set one of its fields", field="filter"
+        )
+    if which != "field":
+        inner = [filter_from_proto(f, depth + 1) for f in getattr(message, which).filters]
+        if not inner:
+            raise InvalidInputError(f"filter {which} needs at least one filter in it", field="filter")
+        if which == "all":
+            return {"$and": inner}
+        if which == "any":
+            return {"$or": inner}
+        return {"$not": inner[0] if len(inner) == 1 else {"$or": inner}}
+    field_condition = message.field
+    key = field_condition.key
+    match = field_condition.WhichOneof("match")
+    if match is None:
+        raise InvalidInputError(f"filter on {key!r} sets no condition (eq, in, range, ...)", field="filter")
+    if match in ("eq", "ne"):
+        spec: Any = _plain_value(getattr(field_condition, match), key)
+    elif match in ("in", "not_in"):
+        spec = [_plain_value(v, key) for v in getattr(field_condition, match).values]
+    elif match == "range":
+        bounds = field_condition.range
+        spec = {b: getattr(bounds, b) for b in RANGE_BOUNDS if bounds.HasField(b)}
+        if not spec:
+            raise InvalidInputError(f"filter on {key!r}: a range needs at least one bound", field="filter")
+        return {key: spec}
+    else:
+        spec = field_condition.exists
+    return {key: {match: spec}}

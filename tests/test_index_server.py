@@ -94,6 +94,136 @@ def test_vectors_filters_replace_delete_get(client):
     assert {"docs", "vecs"} <= set(names) and names["vecs"].kind == "hnsw"
 
 
+def test_rich_filters_over_grpc(client, server):
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((300, 384)).astype(np.float32)
+    metadata = [
+        {"price": i % 40, "lang": ["en", "de", "fr"][i % 3], **({"author": f"a{i % 7}"} if i % 5 else {})}
+        for i in range(300)
+    ]
+    client.create_index("shop", kind="hnsw")
+    client.upsert("shop", [f"p{i}" for i in range(300)], vectors=vectors, metadata=metadata)
+
+    def wanted(meta):  # written out: 10 <= price < 20, and (lang de or no author), and lang not fr
+        return (
+            10 <= meta["price"] < 20
+            and (meta["lang"] == "de" or "author" not in meta)
+            and meta["lang"] != "fr"
+        )
+
+    where = {
+        "price": {"gte": 10, "lt": 20},
+        "$or": [{"lang": "de"}, {"author": {"exists": False}}],
+        "lang": {"not_in": ["fr"]},
+    }
+    expected = {f"p{i}" for i, m in enumerate(metadata) if wanted(m)}
+    hits = client.search("shop", vector=vectors[0], k=300, filter=where)
+    assert {h.id for h in hits} == expected and len(expected) > 10
+    # the wire form of the same filter, from a stub generated from protos/
+    from embedsvc.v1 import index_pb2 as ipb
+    from embedsvc.v1 import index_pb2_grpc as ipb_grpc
+
+    def field(key, **match):
+        return ipb.Filter(field=ipb.FieldCondition(key=key, **match))
+
+    proto = ipb.Filter(
+        all=ipb.FilterList(
+            filters=[
+                field("price", range=ipb.Range(gte=10, lt=20)),
+                ipb.Filter(
+                    any=ipb.FilterList(
+                        filters=[
+                            field("lang", eq=ipb.MetadataValue(string_value="de")),
+                            field("author", exists=False),
+                        ]
+                    )
+                ),
+                ipb.Filter(
+                    none=ipb.FilterList(filters=[field("lang", eq=ipb.MetadataValue(string_value="fr"))])
+                ),
+            ]
+        )
+    )
+    with grpc.insecure_channel(server.target) as channel:
+        stub = ipb_grpc.IndexServiceStub(channel)
+        request = ipb.SearchRequest(index="shop", k=300, where=proto)
+        request.vector.values.extend(vectors[0].tolist())
+        assert {h.id for h in stub.Search(request).hits} == expected
+        # the equality map and `where` together: both must hold
+        request.filter["lang"].string_value = "en"
+        assert {h.id for h in stub.Search(request).hits} == {
+            f"p{i}" for i, m in enumerate(metadata) if wanted(m) and m["lang"] == "en"
+        }
+        for bad, message in [
+            (ipb.Filter(), "a filter (or one nested in it) is empty"),
+            (field("price", range=ipb.Range()), "filter on 'price': a range needs at least one bound"),
+            (field("lang"), "filter on 'lang' sets no condition"),
+            (field("", exists=True), "metadata keys are non-empty strings"),
+            (field("lang", eq=ipb.MetadataValue()), "filter on 'lang': a value is empty"),
+            (ipb.Filter(all=ipb.FilterList()), "filter all needs at least one filter"),
+        ]:
+            request = ipb.SearchRequest(index="shop", k=3, where=bad)
+            request.vector.values.extend(vectors[0].tolist())
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Search(request)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+            assert message in info.value.details()
+    # mistakes are caught by the client before anything is sent
+    with pytest.raises(ValueError, match="filter on 'price': gt takes a finite number"):
+        client.search("shop", vector=vectors[0], filter={"price": {"gt": "10"}})
+
+
+def test_search_batch_equals_one_by_one(client, server):
+    rng = np.random.default_rng(4)
+    queries = rng.standard_normal((7, 384)).astype(np.float32)
+    for filter_spec in (None, {"price": {"lt": 5}}):
+        batch = client.search_batch("shop", vectors=queries, k=4, filter=filter_spec)
+        single = [client.search("shop", vector=q, k=4, filter=filter_spec) for q in queries]
+        assert [[h.id for h in hits] for hits in batch] == [[h.id for h in hits] for hits in single]
+    texts = ["a man plays music", "a cat sits", "stock markets fell"]
+    by_text = client.search_batch("docs", texts=texts, k=3)
+    assert [[h.id for h in hits] for hits in by_text] == [
+        [h.id for h in client.search("docs", text=t, k=3)] for t in texts
+    ]
+    # chunked by the client: 1200 queries, max 500 per request on this server
+    many = np.repeat(queries, 172, axis=0)[:1200]
+    with EmbedClient(server.target, timeout=120, chunk_size=500) as c:
+        results = c.search_batch("shop", vectors=many, k=2)
+    top2 = [[h.id for h in hits] for hits in client.search_batch("shop", vectors=queries, k=2)]
+    assert [[h.id for h in hits] for hits in results] == [top2[i // 172] for i in range(1200)]
+
+    async def run() -> list:
+        async with AsyncEmbedClient(server.target, timeout=120) as c:
+            return await c.search_batch("shop", vectors=queries, k=4)
+
+    assert [[h.id for h in hits] for hits in asyncio.run(run())] == [
+        [h.id for h in hits] for hits in client.search_batch("shop", vectors=queries, k=4)
+    ]
+
+
+def test_search_batch_refusals(server):
+    from embedsvc.v1 import index_pb2 as ipb
+    from embedsvc.v1 import index_pb2_grpc as ipb_grpc
+
+    vector = ipb.Vector(values=[0.1] * 384)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = ipb_grpc.IndexServiceStub(channel)
+        for request, message in [
+            (ipb.SearchBatchRequest(index="shop", texts=["x"], vectors=[vector]), "set texts or vectors"),
+            (ipb.SearchBatchRequest(index="shop"), "set texts or vectors"),
+            (ipb.SearchBatchRequest(index="shop", vectors=[vector] * 300, k=400), "asks for 120000 hits"),
+            (ipb.SearchBatchRequest(index="shop", vectors=[vector] * 501), "limit is 500"),
+            (
+                ipb.SearchBatchRequest(index="shop", vectors=[vector, ipb.Vector(values=[1.0] * 3)]),
+                "vector 1 has 3 dimensions, the index 384",
+            ),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.SearchBatch(request)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in info.value.details()
+
+
 def test_ivf_reports_training(client):
     info = client.create_index("ivf", kind="ivf_flat", ivf_nlist=8)
     rng = np.random.default_rng(1)

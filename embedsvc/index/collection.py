@@ -34,13 +34,22 @@ import numpy as np
 from embedsvc.errors import CorruptDataError, InvalidInputError, StorageFullError
 from embedsvc.index import records
 from embedsvc.index.ann import KINDS, MAX_EF_SEARCH, MAX_K, METRICS, AnnIndex, AnnParams, check_params
+from embedsvc.index.filters import Condition, MetadataValue, both, parse_filter
+from embedsvc.index.metadata import MetadataIndex, labels_array
 from embedsvc.index.wal import LogContents, WriteAheadLog, cut_torn_tail, fsync_dir, scan_log
 
 log = logging.getLogger("embedsvc.index")
-MetadataValue = str | int | float | bool
 SPEC_FILE, SNAPSHOT_FILE, WAL_FILE, STATE_FILE = "spec.json", "snapshot.bin", "wal.log", "state.json"
 # the largest vector norm whose square float32 still holds: beyond it l2 / inner-product scores overflow
 _FLOAT32_NORM_LIMIT = math.sqrt(float(np.finfo(np.float32).max))
+# a filter matching at most this many items is searched exactly over them (a gather and one matrix
+# product beat faiss walking a graph or every list for the few that pass); larger ones go to faiss
+EXACT_SCAN_MAX = 20_000
+EXACT_BLOCK = 16_384  # rows scored at once by exact search
+IN_PLACE_QUERIES = 4  # exact search for up to this many queries reads rows in place (see _exact_top_in_place)
+# writes reach faiss in blocks of at least this many vectors: HNSW takes 64-vector blocks at ~60 % of its
+# bulk rate (1 973 vs 3 326 vectors/s at 384 dimensions); until then they are searched exactly
+BULK_BLOCK = 2048
 
 
 @dataclass(frozen=True)
@@ -168,13 +177,6 @@ def check_metadata(metadata: Mapping[str, Any], where: str) -> dict[str, Metadat
     return out
 
 
-def _matches(metadata: Mapping[str, MetadataValue], wanted: Mapping[str, MetadataValue]) -> bool:
-    # strict types: True must not match 1
-    return all(
-        key in metadata and type(metadata[key]) is type(v) and metadata[key] == v for key, v in wanted.items()
-    )
-
-
 class Collection:
     def __init__(
         self,
@@ -192,8 +194,11 @@ class Collection:
         self._label_of: dict[str, int] = {}
         self._id_of: dict[int, str] = {}
         self._metadata: dict[int, dict[str, MetadataValue]] = {}
+        self._filters = MetadataIndex()  # inverted indexes over _metadata, for filtered search
         self._matrix = np.zeros((1024, spec.dimension), dtype=np.float32)
+        self._alive = np.zeros(len(self._matrix), dtype=bool)  # by label
         self._next_label = 0
+        self._pending: set[int] = set()  # live labels not yet added to faiss (see BULK_BLOCK)
         self._seq = 0
         self._ann = AnnIndex(spec.kind, spec.metric, spec.dimension, spec.params, gpu_device)
         self._wal: WriteAheadLog | None = None
@@ -401,6 +406,7 @@ class Collection:
         The items themselves are logged and applied before this runs: a derived structure that
         cannot be built never loses or refuses a write, nor stops a start-up."""
         labels, vectors = self._labels_and_vectors()
+        self._pending.clear()  # every live item goes in
         try:
             self._ann.rebuild(labels, vectors)
             self._ann_error = None
@@ -444,24 +450,41 @@ class Collection:
         if replaced:
             self._forget(replaced)
             if index_now:
-                self._ann.remove(replaced)
+                self._unindex(replaced)
         needed = self._next_label + len(ids)
         if needed > len(self._matrix):
             grown = np.zeros((max(needed, 2 * len(self._matrix)), self.spec.dimension), dtype=np.float32)
             grown[: len(self._matrix)] = self._matrix
             self._matrix = grown
+            self._alive = np.concatenate([self._alive, np.zeros(len(grown) - len(self._alive), dtype=bool)])
         labels = np.arange(self._next_label, needed, dtype=np.int64)
         self._matrix[labels] = vectors
+        self._alive[labels] = True
         for label, item_id, meta in zip(labels.tolist(), ids, metadata, strict=True):
             self._label_of[item_id] = label
             self._id_of[label] = item_id
-            self._metadata[label] = dict(meta)
+            self._metadata[label] = meta = dict(meta)
+            self._filters.add(label, meta)
         self._next_label = needed
         if index_now:
             if not self._ann.trained and len(self._id_of) >= self._next_training_size():
                 self._rebuild_ann()  # enough vectors now: train the IVF index
-            else:
-                self._ann.add(labels, vectors)
+            elif self._ann.trained:
+                self._pending.update(labels.tolist())
+                if len(self._pending) >= BULK_BLOCK:
+                    self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        labels = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
+        labels.sort()
+        self._pending.clear()
+        self._ann.add(labels, self._matrix[labels])  # pending labels are live: removals take them out
+
+    def _unindex(self, labels: list[int]) -> None:
+        """Take removed labels out of faiss, or out of the pending block if they never reached it."""
+        indexed = [label for label in labels if label not in self._pending]
+        self._pending.difference_update(labels)
+        self._ann.remove(indexed)
 
     def _next_training_size(self) -> int:
         # after a failed build, retry once the collection has doubled rather than on every write
@@ -470,7 +493,8 @@ class Collection:
     def _forget(self, labels: list[int]) -> None:
         for label in labels:
             del self._label_of[self._id_of.pop(label)]
-            self._metadata.pop(label, None)
+            self._filters.remove(label, self._metadata.pop(label))
+            self._alive[label] = False
 
     def _apply_delete(self, ids: Sequence[str]) -> list[int]:
         labels = [self._label_of[i] for i in ids if i in self._label_of]
@@ -508,7 +532,7 @@ class Collection:
             present = [i for i in dict.fromkeys(ids) if i in self._label_of]
             if present:
                 self._log({"op": "delete", "ids": present}, None)
-                self._ann.remove(self._apply_delete(present))
+                self._unindex(self._apply_delete(present))
                 self._maintain()
             return len(present), len(self._id_of)
 
@@ -537,16 +561,7 @@ class Collection:
                     found.append((item_id, self._matrix[label].copy(), dict(self._metadata[label])))
             return found, missing
 
-    def search(
-        self,
-        query: np.ndarray,
-        k: int,
-        *,
-        filter: Mapping[str, Any] | None = None,
-        ef_search: int | None = None,
-        nprobe: int | None = None,
-    ) -> list[Hit]:
-        """Top ``k`` by score (higher is closer: similarity, or minus squared L2 distance)."""
+    def _check_search(self, k: int, ef_search: int | None, nprobe: int | None) -> None:
         if not 1 <= k <= MAX_K:
             raise InvalidInputError(f"k must be from 1 to {MAX_K}, got {k}", field="k")
         if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
@@ -558,44 +573,186 @@ class Collection:
                 f"nprobe must be from 1 to ivf_nlist ({self.spec.params.ivf_nlist}), got {nprobe}",
                 field="nprobe",
             )
-        query = check_vectors(np.asarray(query)[None, :], self.spec.dimension, "vector")
-        (vector,) = self._prepare(query, "vector")
-        wanted = check_metadata(filter or {}, "filter")
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        where: Condition | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> list[Hit]:
+        """Top ``k`` by score (higher is closer: similarity, or minus squared L2 distance).
+
+        ``filter`` is a plain filter (embedsvc.index.filters), ``where`` a parsed one; both must hold."""
+        query = np.asarray(query)
+        if query.ndim != 1:
+            raise InvalidInputError(f"a query is one vector, got shape {query.shape}", field="vector")
+        return self.search_many(
+            query[None, :], k, filter=filter, where=where, ef_search=ef_search, nprobe=nprobe
+        )[0]
+
+    def search_many(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        where: Condition | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[Hit]]:
+        """``search`` for many queries with one k and filter: one faiss call for all of them."""
+        self._check_search(k, ef_search, nprobe)
+        field_name = "vector" if np.ndim(queries) == 2 and len(queries) == 1 else "vectors"
+        queries = self._prepare(check_vectors(queries, self.spec.dimension, field_name), field_name)
+        condition = both(parse_filter(filter), where)
         with self._lock.read():
             if not self._id_of:
-                return []
+                return [[] for _ in queries]
             allowed = None
-            if wanted:
-                allowed = np.fromiter(
-                    (x for x, m in self._metadata.items() if _matches(m, wanted)), dtype=np.int64
-                )
+            if condition is not None:
+                allowed = labels_array(self._filters.evaluate(condition))
                 if not len(allowed):
-                    return []
-            if self._ann.trained:
-                fetch = k if self.spec.kind == "flat" else k * max(self.spec.params.rerank, 1)
-                candidates = self._ann.search(
-                    vector, min(fetch, len(self._id_of)), allowed=allowed, ef_search=ef_search, nprobe=nprobe
-                )
-                candidates = candidates[candidates >= 0]
-            else:
-                candidates = allowed if allowed is not None else np.fromiter(self._id_of, dtype=np.int64)
-            candidates = np.array([c for c in candidates.tolist() if c in self._id_of], dtype=np.int64)
-            if not len(candidates):
-                return []
-            vectors = self._matrix[candidates]
-            if self.spec.metric == "l2":
-                scores = -((vectors - vector) ** 2).sum(axis=1)
-            else:
-                scores = vectors @ vector
-            order = np.argsort(-scores, kind="stable")[:k]
+                    return [[] for _ in queries]
+            if not self._ann.trained or (allowed is not None and len(allowed) <= EXACT_SCAN_MAX):
+                candidates = allowed if allowed is not None else self._live_labels()
+                return self._hits(*self._exact_top(candidates, queries, k))
+            bitmap = bits = None
+            if allowed is not None:
+                bits = np.zeros(self._next_label, dtype=bool)
+                bits[allowed] = True
+                bitmap = np.packbits(bits, bitorder="little")
+            size = len(self._id_of) if allowed is None else len(allowed)
+            # faiss's own scores are exact for every kind but IVF-PQ, whose codes are re-ranked
+            reranked = self.spec.kind == "ivf_pq"
+            fetch = k * max(self.spec.params.rerank, 1) if reranked else k
+            distances, found = self._ann.search(
+                queries,
+                min(fetch, size),
+                allowed=bitmap,
+                ef_search=ef_search,
+                nprobe=nprobe,
+                share=size / len(self._id_of),
+            )
+            pending = self._pending_candidates(None if allowed is None else bits)
+            if reranked:
+                return [
+                    self._rerank(np.concatenate([row, pending]), query, k)
+                    for row, query in zip(found, queries, strict=True)
+                ]
+            scores = -distances if self.spec.metric == "l2" else distances
             return [
-                Hit(
-                    self._id_of[int(candidates[i])],
-                    float(scores[i]),
-                    dict(self._metadata[int(candidates[i])]),
-                )
-                for i in order
+                self._merge(*row, pending, query, k)
+                for row, query in zip(zip(found, scores, strict=True), queries, strict=True)
             ]
+
+    def _merge(
+        self, found: np.ndarray, scores: np.ndarray, pending: np.ndarray, query: np.ndarray, k: int
+    ) -> list[Hit]:
+        """One query's faiss hits (exact scores) that are still live, with the pending block's; the best k."""
+        keep = found >= 0
+        keep[keep] = self._alive[found[keep]]  # a GPU copy may still hold removed labels
+        found, scores = found[keep], scores[keep]
+        if len(pending):
+            pending_labels, pending_scores = self._exact_top(pending, query[None, :], k)
+            found = np.concatenate([found, pending_labels[0]])
+            scores = np.concatenate([scores, pending_scores[0]])
+            order = np.lexsort((found, -scores))
+            found, scores = found[order], scores[order]
+        return self._hits(found[None, :k], scores[None, :k])[0]
+
+    def _pending_candidates(self, allowed: np.ndarray | None) -> np.ndarray:
+        """Labels written but not yet in faiss (searched exactly beside it), within ``allowed``."""
+        labels = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
+        return labels if allowed is None else labels[allowed[labels]]
+
+    def _live_labels(self) -> np.ndarray:
+        return np.fromiter(self._id_of, dtype=np.int64, count=len(self._id_of))
+
+    def _scores(self, vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """[vectors, queries] scores, higher is closer."""
+        if self.spec.metric != "l2":
+            return vectors @ queries.T
+        # minus the squared distance from differences: expanding |v|^2 - 2 v.q + |q|^2 cancels badly
+        return np.stack([-((vectors - query) ** 2).sum(axis=1) for query in queries], axis=1)
+
+    def _exact_top(
+        self, candidates: np.ndarray, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k labels and scores [queries, <=k] over ``candidates``, best first (ties by label)."""
+        if len(queries) <= IN_PLACE_QUERIES:
+            return self._exact_top_in_place(candidates, queries, k)
+        return self._exact_top_gathered(candidates, queries, k)
+
+    def _exact_top_in_place(
+        self, candidates: np.ndarray, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss reads the candidates' rows where they are: 4-5x faster than copying them out for one query
+        (10 000 of 1M rows: 1.7 vs 8.2 ms), while many queries amortize one copy and a matrix product."""
+        faiss = self._ann.faiss
+        ids = np.ascontiguousarray(candidates, dtype=np.int64)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        top = min(k, len(ids))
+        distances = np.empty((len(queries), top), dtype=np.float32)
+        labels = np.empty((len(queries), top), dtype=np.int64)
+        search = faiss.knn_L2sqr_by_idx if self.spec.metric == "l2" else faiss.knn_inner_products_by_idx
+        search(
+            faiss.swig_ptr(queries),
+            faiss.swig_ptr(self._matrix),
+            faiss.swig_ptr(ids),
+            self.spec.dimension,
+            len(queries),
+            len(self._matrix),
+            len(ids),
+            top,
+            faiss.swig_ptr(distances),
+            faiss.swig_ptr(labels),
+            0,  # every query reads the same id list
+        )
+        scores = -distances if self.spec.metric == "l2" else distances
+        order = np.lexsort((labels, -scores), axis=1)
+        return np.take_along_axis(labels, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+    def _exact_top_gathered(
+        self, candidates: np.ndarray, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates' rows copied out in blocks (bounded memory) and scored by matrix products."""
+        best_labels = np.zeros((len(queries), 0), dtype=np.int64)
+        best_scores = np.zeros((len(queries), 0), dtype=np.float32)
+        for start in range(0, len(candidates), EXACT_BLOCK):
+            labels = candidates[start : start + EXACT_BLOCK]
+            scores = self._scores(self._matrix[labels], queries).T
+            all_labels = np.concatenate([best_labels, np.broadcast_to(labels, scores.shape)], axis=1)
+            all_scores = np.concatenate([best_scores, scores], axis=1)
+            if all_scores.shape[1] > k:
+                keep = np.argpartition(-all_scores, k - 1, axis=1)[:, :k]
+                all_labels = np.take_along_axis(all_labels, keep, axis=1)
+                all_scores = np.take_along_axis(all_scores, keep, axis=1)
+            best_labels, best_scores = all_labels, all_scores
+        # best first; equal scores in label order
+        order = np.lexsort((best_labels, -best_scores), axis=1) if best_labels.size else best_labels
+        return np.take_along_axis(best_labels, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
+
+    def _rerank(self, found: np.ndarray, query: np.ndarray, k: int) -> list[Hit]:
+        """Exact scores for one query's faiss candidates that are still live; the best ``k``."""
+        found = found[found >= 0]
+        found = found[self._alive[found]]
+        if not len(found):
+            return []
+        labels, scores = self._exact_top(found, query[None, :], k)
+        return self._hits(labels, scores)[0]
+
+    def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+        return [
+            [
+                Hit(self._id_of[label], score, dict(self._metadata[label]))
+                for label, score in zip(row_labels.tolist(), row_scores.tolist(), strict=True)
+            ]
+            for row_labels, row_scores in zip(labels, scores, strict=True)
+        ]
 
     def describe(self) -> dict[str, Any]:
         trained = self._ann.trained

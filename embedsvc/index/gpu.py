@@ -105,16 +105,17 @@ class GpuMirror:
         if self.stale > max(1024, int(self.index.ntotal) // 4):
             self.refresh(cpu_index)
 
-    def search(self, query: np.ndarray, k: int, nprobe: int | None) -> np.ndarray | None:
-        """Candidate labels, or None when the GPU cannot answer (then the CPU index does)."""
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Distances and candidate labels [queries, fetch], or None when the GPU cannot answer (then the
+        CPU index does)."""
         fetch = min(k + self.stale, int(self.index.ntotal))
         if fetch > GPU_MAX_K or fetch < 1:
             return None
         params = self._faiss.SearchParametersIVF(nprobe=nprobe) if nprobe is not None else None
         try:
             with self._lock:
-                _, labels = self.index.search(query[None, :], fetch, params=params)
+                distances, labels = self.index.search(queries, fetch, params=params)
         except RuntimeError as exc:  # a limit of this faiss build: the CPU index answers instead
             log.warning("GPU index search failed; searched on CPU", extra={"error": str(exc)})
             return None
-        return np.asarray(labels[0])
+        return np.asarray(distances), np.asarray(labels)

@@ -14,7 +14,8 @@ from embedsvc.engine.options import EmbedOptions
 from embedsvc.engine.service import ModelService
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.index.ann import AnnParams
-from embedsvc.index.collection import Collection, IndexSpec
+from embedsvc.index.collection import Collection, Hit, IndexSpec
+from embedsvc.index.filters import parse_filter
 from embedsvc.index.manager import IndexManager
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry
@@ -205,43 +206,91 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
 
         return await self._guard("Get", "", context, work)
 
+    async def _embed_queries(
+        self,
+        collection: Collection,
+        texts: list[str],
+        instruction: str | None,
+        context: grpc.aio.ServicerContext,
+    ) -> np.ndarray:
+        served = self._require_model(collection)
+        options = EmbedOptions(input_type="query", instruction=instruction)
+        embedded = await served.embed(
+            texts, options, timeout=context.time_remaining(), tenant=tenant_of(context)
+        )
+        return embedded.vectors
+
+    @staticmethod
+    def _check_vector(values: Any, dimension: int, what: str) -> None:
+        if len(values) != dimension:
+            raise InvalidInputError(
+                f"{what} has {len(values)} dimensions, the index {dimension}",
+                field="vector" if what == "vector" else "vectors",
+            )
+
+    @staticmethod
+    def _search_options(request: pb.SearchRequest | pb.SearchBatchRequest) -> dict[str, Any]:
+        """k, the filters (the equality map and `where`, both must hold), ef_search and nprobe."""
+        where = wire.filter_from_proto(request.where) if request.HasField("where") else None
+        return {
+            "filter": wire.from_metadata(request.filter),
+            "where": parse_filter(where),
+            "ef_search": request.ef_search if request.HasField("ef_search") else None,
+            "nprobe": request.nprobe if request.HasField("nprobe") else None,
+        }
+
+    @staticmethod
+    def _hits(hits: list[Hit]) -> pb.SearchResponse:
+        return pb.SearchResponse(
+            hits=[pb.Hit(id=h.id, score=h.score, metadata=wire.to_metadata(h.metadata)) for h in hits]
+        )
+
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         async def work() -> pb.SearchResponse:
             collection = self.manager.get(request.index)
+            options = self._search_options(request)
             which = request.WhichOneof("query")
             if which is None:
                 raise InvalidInputError("set exactly one of text or vector", field="query")
             if which == "text":
-                served = self._require_model(collection)
-                options = EmbedOptions(
-                    input_type="query",
-                    instruction=request.instruction if request.HasField("instruction") else None,
-                )
-                embedded = await served.embed(
-                    [request.text], options, timeout=context.time_remaining(), tenant=tenant_of(context)
-                )
-                query = embedded.vectors[0]
+                instruction = request.instruction if request.HasField("instruction") else None
+                query = (await self._embed_queries(collection, [request.text], instruction, context))[0]
             else:
-                if len(request.vector.values) != collection.spec.dimension:
-                    raise InvalidInputError(
-                        f"vector has {len(request.vector.values)} dimensions, "
-                        f"the index {collection.spec.dimension}",
-                        field="vector",
-                    )
+                self._check_vector(request.vector.values, collection.spec.dimension, "vector")
                 query = np.asarray(request.vector.values, dtype=np.float32)
-            hits = await asyncio.to_thread(
-                collection.search,
-                query,
-                request.k or 10,
-                filter=wire.from_metadata(request.filter),
-                ef_search=request.ef_search if request.HasField("ef_search") else None,
-                nprobe=request.nprobe if request.HasField("nprobe") else None,
-            )
-            return pb.SearchResponse(
-                hits=[pb.Hit(id=h.id, score=h.score, metadata=wire.to_metadata(h.metadata)) for h in hits]
-            )
+            hits = await asyncio.to_thread(collection.search, query, request.k or 10, **options)
+            return self._hits(hits)
 
         return await self._guard("Search", "", context, work)
+
+    async def SearchBatch(
+        self, request: pb.SearchBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchBatchResponse:
+        async def work() -> pb.SearchBatchResponse:
+            collection = self.manager.get(request.index)
+            options = self._search_options(request)
+            texts, vectors = list(request.texts), request.vectors
+            if bool(texts) == bool(vectors):
+                raise InvalidInputError("set texts or vectors (one of them, not empty)", field="query")
+            n, k = len(texts) or len(vectors), request.k or 10
+            self._check_batch(n, "texts" if texts else "vectors")
+            if n * k > wire.MAX_BATCH_HITS:
+                raise InvalidInputError(
+                    f"{n} queries x k={k} asks for {n * k} hits; at most {wire.MAX_BATCH_HITS} per request: "
+                    "send fewer queries per request",
+                    field="k",
+                )
+            if texts:
+                instruction = request.instruction if request.HasField("instruction") else None
+                queries = await self._embed_queries(collection, texts, instruction, context)
+            else:
+                for i, vector in enumerate(vectors):
+                    self._check_vector(vector.values, collection.spec.dimension, f"vector {i}")
+                queries = np.asarray([v.values for v in vectors], dtype=np.float32)
+            results = await asyncio.to_thread(collection.search_many, queries, k, **options)
+            return pb.SearchBatchResponse(results=[self._hits(hits) for hits in results])
+
+        return await self._guard("SearchBatch", "", context, work)
 
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
         async def work() -> pb.CountResponse:

@@ -199,7 +199,7 @@ class GetResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("index", "text", "vector", "k", "filter", "ef_search", "nprobe", "instruction")
+    __slots__ = ("index", "text", "vector", "k", "filter", "ef_search", "nprobe", "instruction", "where")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,7 @@ class SearchRequest(_message.Message):
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
     index: str
     text: str
     vector: Vector
@@ -223,7 +224,96 @@ class SearchRequest(_message.Message):
     ef_search: int
     nprobe: int
     instruction: str
-    def __init__(self, index: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ...) -> None: ...
+    where: Filter
+    def __init__(self, index: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("field", "all", "any", "none")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    ANY_FIELD_NUMBER: _ClassVar[int]
+    NONE_FIELD_NUMBER: _ClassVar[int]
+    field: FieldCondition
+    all: FilterList
+    any: FilterList
+    none: FilterList
+    def __init__(self, field: _Optional[_Union[FieldCondition, _Mapping]] = ..., all: _Optional[_Union[FilterList, _Mapping]] = ..., any: _Optional[_Union[FilterList, _Mapping]] = ..., none: _Optional[_Union[FilterList, _Mapping]] = ...) -> None: ...
+
+class FilterList(_message.Message):
+    __slots__ = ("filters",)
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    filters: _containers.RepeatedCompositeFieldContainer[Filter]
+    def __init__(self, filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
+
+class FieldCondition(_message.Message):
+    __slots__ = ("key", "eq", "ne", "not_in", "range", "exists")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EQ_FIELD_NUMBER: _ClassVar[int]
+    NE_FIELD_NUMBER: _ClassVar[int]
+    IN_FIELD_NUMBER: _ClassVar[int]
+    NOT_IN_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    eq: MetadataValue
+    ne: MetadataValue
+    not_in: MetadataValueList
+    range: Range
+    exists: bool
+    def __init__(self, key: _Optional[str] = ..., eq: _Optional[_Union[MetadataValue, _Mapping]] = ..., ne: _Optional[_Union[MetadataValue, _Mapping]] = ..., not_in: _Optional[_Union[MetadataValueList, _Mapping]] = ..., range: _Optional[_Union[Range, _Mapping]] = ..., exists: _Optional[bool] = ..., **kwargs) -> None: ...
+
+class MetadataValueList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[MetadataValue]
+    def __init__(self, values: _Optional[_Iterable[_Union[MetadataValue, _Mapping]]] = ...) -> None: ...
+
+class Range(_message.Message):
+    __slots__ = ("gt", "gte", "lt", "lte")
+    GT_FIELD_NUMBER: _ClassVar[int]
+    GTE_FIELD_NUMBER: _ClassVar[int]
+    LT_FIELD_NUMBER: _ClassVar[int]
+    LTE_FIELD_NUMBER: _ClassVar[int]
+    gt: float
+    gte: float
+    lt: float
+    lte: float
+    def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
+
+class SearchBatchRequest(_message.Message):
+    __slots__ = ("index", "texts", "vectors", "k", "filter", "where", "ef_search", "nprobe", "instruction")
+    class FilterEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: MetadataValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[MetadataValue, _Mapping]] = ...) -> None: ...
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    vectors: _containers.RepeatedCompositeFieldContainer[Vector]
+    k: int
+    filter: _containers.MessageMap[str, MetadataValue]
+    where: Filter
+    ef_search: int
+    nprobe: int
+    instruction: str
+    def __init__(self, index: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ...) -> None: ...
+
+class SearchBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)

@@ -74,6 +74,11 @@ class IndexServiceStub:
                 request_serializer=embedsvc_dot_v1_dot_index__pb2.SearchRequest.SerializeToString,
                 response_deserializer=embedsvc_dot_v1_dot_index__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/embedsvc.v1.IndexService/SearchBatch',
+                request_serializer=embedsvc_dot_v1_dot_index__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=embedsvc_dot_v1_dot_index__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
         self.Count = channel.unary_unary(
                 '/embedsvc.v1.IndexService/Count',
                 request_serializer=embedsvc_dot_v1_dot_index__pb2.CountRequest.SerializeToString,
@@ -134,6 +139,13 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Many queries (texts or vectors), one k and filter, one pass through the index; results in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Count(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -182,6 +194,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=embedsvc_dot_v1_dot_index__pb2.SearchRequest.FromString,
                     response_serializer=embedsvc_dot_v1_dot_index__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=embedsvc_dot_v1_dot_index__pb2.SearchBatchRequest.FromString,
+                    response_serializer=embedsvc_dot_v1_dot_index__pb2.SearchBatchResponse.SerializeToString,
             ),
             'Count': grpc.unary_unary_rpc_method_handler(
                     servicer.Count,
@@ -405,6 +422,33 @@ class IndexService:
             '/embedsvc.v1.IndexService/Search',
             embedsvc_dot_v1_dot_index__pb2.SearchRequest.SerializeToString,
             embedsvc_dot_v1_dot_index__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsvc.v1.IndexService/SearchBatch',
+            embedsvc_dot_v1_dot_index__pb2.SearchBatchRequest.SerializeToString,
+            embedsvc_dot_v1_dot_index__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
