@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from embedsvc.config import ModelConfig, build_server_config, load_toml
-from embedsvc.errors import EmbedsvcError
+from embedsvc.errors import EmbedsvcError, InvalidInputError
 from embedsvc.models.profiles import POOLING_MODES
 
 BUNDLED = "@bundled"
@@ -310,6 +310,12 @@ modes:
   local    --data-dir DIR        the engine in this process writes the index directory, which
                                  `embedsvc serve --data-dir DIR --model SOURCE` serves later;
                                  --model is the checkpoint (default: the bundled model)
+  store    --to qdrant|milvus URL
+                                 an external vector store instead of an embedsvc index (the
+                                 --index name is its collection): embedded in this process
+                                 (--model), or by a server with --target. URL: http(s)://HOST:PORT,
+                                 a directory (Qdrant local mode) or a .db file (Milvus Lite);
+                                 keys from QDRANT_API_KEY / MILVUS_TOKEN
 
 resuming:
   progress is checkpointed after every acknowledged batch; rerunning the same command after a
@@ -336,9 +342,12 @@ def _index_parser(sub: Any) -> None:
     )
     b.add_argument("inputs", nargs="+", metavar="INPUT", help="files or globs (quote globs)")
     b.add_argument("--index", required=True, help="index name (created if missing)")
-    mode = b.add_mutually_exclusive_group(required=True)
+    mode = b.add_mutually_exclusive_group()
     mode.add_argument("--target", metavar="HOST:PORT", help="remote mode: a running embedsvc server")
     mode.add_argument("--data-dir", metavar="DIR", help="local mode: index directory")
+    b.add_argument(
+        "--to", nargs=2, metavar=("STORE", "URL"), help="write to an external store: qdrant URL or milvus URL"
+    )
     b.add_argument("--model", help="local: checkpoint folder or hub id; remote: served model name")
     b.add_argument("--api-key", default=os.environ.get("EMBEDSVC_API_KEY"))
     b.add_argument(
@@ -381,6 +390,21 @@ def _index_parser(sub: Any) -> None:
     )
     r.add_argument("name", help="index name")
     r.add_argument("--data-dir", required=True, metavar="DIR")
+    e = isub.add_parser(
+        "export",
+        help="copy an index into Qdrant or Milvus (offline)",
+        description="Copy every item of an index (vectors as stored, ids, metadata) from a data directory "
+        "into an external store's collection, created with the index's dimension and metric. Writes "
+        "replace by id: an interrupted export is finished by running it again. The server must be "
+        "stopped (it holds the directory).",
+    )
+    e.add_argument("name", help="index name")
+    e.add_argument("--data-dir", required=True, metavar="DIR")
+    e.add_argument("--to", nargs=2, required=True, metavar=("STORE", "URL"), help="qdrant URL or milvus URL")
+    e.add_argument("--collection", help="collection name in the store (default: the index name)")
+    e.add_argument("--batch-size", type=int, default=1000, help="items per write (default 1000)")
+    e.add_argument("--restart", action="store_true", help="drop the collection in the store first")
+    e.add_argument("--api-key", help="store key (default: QDRANT_API_KEY / MILVUS_TOKEN)")
 
 
 def _repair(args: argparse.Namespace) -> int:
@@ -397,11 +421,38 @@ def _repair(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from embedsvc.stores import open_store
+    from embedsvc.stores.export import export_index
+
+    if args.batch_size < 1:
+        raise InvalidInputError("--batch-size must be at least 1", field="batch_size")
+    store = open_store(args.to[0], args.to[1], api_key=args.api_key)
+    try:
+        report = export_index(
+            Path(args.data_dir),
+            args.name,
+            store,
+            collection=args.collection,
+            batch_size=args.batch_size,
+            restart=args.restart,
+            progress=sys.stderr.isatty(),
+        )
+    finally:
+        store.close()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _index(args: argparse.Namespace) -> int:
     import logging
 
     if args.index_command == "repair":
         return _repair(args)
+    if args.index_command == "export":
+        return _export(args)
 
     from embedsvc.pipeline import BuildOptions, build_index
     from embedsvc.pipeline.readers import ReaderOptions
@@ -413,6 +464,8 @@ def _index(args: argparse.Namespace) -> int:
         index=args.index,
         target=args.target,
         data_dir=args.data_dir,
+        store=args.to[0] if args.to else None,
+        store_url=args.to[1] if args.to else None,
         model=args.model,
         api_key=args.api_key,
         reader=ReaderOptions(

@@ -192,6 +192,8 @@ class EmbedClient:
         nprobe: int | None = None,
         instruction: str | None = None,
     ) -> list[Hit]:
+        """Top ``k`` for a text or a vector; ``filter`` in the plain filter language (README: Filters),
+        checked here before sending."""
         request = ic.search_request(index, text, vector, k, filter, ef_search, nprobe, instruction)
         return ic.hits(self._call(self._index.Search, request))
 
@@ -389,6 +391,8 @@ class AsyncEmbedClient:
         nprobe: int | None = None,
         instruction: str | None = None,
     ) -> list[Hit]:
+        """Top ``k`` for a text or a vector; ``filter`` in the plain filter language (README: Filters),
+        checked here before sending."""
         request = ic.search_request(index, text, vector, k, filter, ef_search, nprobe, instruction)
         return ic.hits(await self._call(self._index.Search, request))
 

@@ -101,3 +101,19 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def kill_build_midway(command: list[str], cwd: Path, checkpoint: Path, documents: int) -> int:
+    """Start an `embedsvc index build` command, SIGKILL it once its checkpoint counts ``documents``;
+    returns how many documents the checkpoint holds after the kill."""
+    import json
+
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if checkpoint.exists() and json.loads(checkpoint.read_text())["totals"]["documents"] >= documents:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return int(json.loads(checkpoint.read_text())["totals"]["documents"])

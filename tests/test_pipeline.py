@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from embedsvc.index.manager import IndexManager
 from embedsvc.pipeline import build_index
 from embedsvc.pipeline.readers import ReaderOptions
 from embedsvc.pipeline.sinks import PipelineStopped
-from tests.server_utils import ServerProcess, free_port
+from tests.server_utils import ServerProcess, free_port, kill_build_midway
 from tests.tiny_models import corpus
 
 pytest.importorskip("faiss")
@@ -150,15 +148,7 @@ def test_sigkill_midway_then_rerun_is_exact(tmp_path):
         "--no-progress",
     ]
     checkpoint = data / "pipeline" / "big.checkpoint.json"
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if checkpoint.exists() and json.loads(checkpoint.read_text())["totals"]["documents"] >= 300:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = json.loads(checkpoint.read_text())["totals"]["documents"]
+    done_before = kill_build_midway(command, tmp_path, checkpoint, 300)
     assert 300 <= done_before < 1500
     rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr

@@ -460,11 +460,13 @@ class Collection:
         labels = np.arange(self._next_label, needed, dtype=np.int64)
         self._matrix[labels] = vectors
         self._alive[labels] = True
-        for label, item_id, meta in zip(labels.tolist(), ids, metadata, strict=True):
-            self._label_of[item_id] = label
-            self._id_of[label] = item_id
-            self._metadata[label] = meta = dict(meta)
-            self._filters.add(label, meta)
+        label_list, metas = labels.tolist(), [dict(m) for m in metadata]
+        if len(metas) != len(label_list):
+            raise ValueError(f"{len(label_list)} items but {len(metas)} metadata entries")
+        self._label_of.update(zip(ids, label_list, strict=True))
+        self._id_of.update(zip(label_list, ids, strict=True))
+        self._metadata.update(zip(label_list, metas, strict=True))
+        self._filters.add_many(label_list, metas)
         self._next_label = needed
         if index_now:
             if not self._ann.trained and len(self._id_of) >= self._next_training_size():
@@ -547,6 +549,11 @@ class Collection:
     # -------------------------------------------------------------- reading
     def count(self) -> int:
         return len(self._id_of)
+
+    def ids(self) -> list[str]:
+        """Every item's id, oldest write first."""
+        with self._lock.read():
+            return list(self._id_of.values())  # labels only grow: insertion order is label order
 
     def get(
         self, ids: Sequence[str]

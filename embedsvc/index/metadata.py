@@ -43,14 +43,21 @@ class MetadataIndex:
         self._numbers: dict[str, SortedDict] = defaultdict(sorted_dict)
         self.live = bitmap()  # every live label
 
-    def add(self, label: int, metadata: Mapping[str, MetadataValue]) -> None:
-        self.live.add(label)
-        for key, value in metadata.items():
-            self._values[key].setdefault(value_key(value), self._bitmap()).add(label)
-            self._present[key].add(label)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                # keyed by the number itself: float() would merge integers beyond 2^53
-                self._numbers[key].setdefault(value, self._bitmap()).add(label)
+    def add_many(self, labels: list[int], metadatas: list[dict[str, MetadataValue]]) -> None:
+        """Index a block of new labels: one bitmap update per distinct value rather than per item."""
+        by_value: dict[tuple[str, tuple[str, MetadataValue]], list[int]] = defaultdict(list)
+        numbers: dict[tuple[str, MetadataValue], list[int]] = defaultdict(list)
+        for label, metadata in zip(labels, metadatas, strict=True):
+            for key, value in metadata.items():
+                by_value[key, value_key(value)].append(label)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    numbers[key, value].append(label)
+        self.live.update(labels)
+        for (key, typed), members in by_value.items():
+            self._values[key].setdefault(typed, self._bitmap()).update(members)
+            self._present[key].update(members)
+        for (key, number), members in numbers.items():
+            self._numbers[key].setdefault(number, self._bitmap()).update(members)
 
     def remove(self, label: int, metadata: Mapping[str, MetadataValue]) -> None:
         self.live.discard(label)

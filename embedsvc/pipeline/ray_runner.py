@@ -28,7 +28,7 @@ def _tokenizer_for(options: BuildOptions) -> Any:
     from embedsvc.models.loading import resolve_source
     from embedsvc.models.st_files import read_st_files
 
-    source = options.tokenizer or (options.model if options.data_dir else None)
+    source = options.tokenizer or (options.model if options.target is None else None)
     resolved = resolve_source(source)
     st = read_st_files(resolved.folder)
     return AutoTokenizer.from_pretrained(st.transformer_dir if st else resolved.folder)
@@ -72,7 +72,7 @@ class _EmbedActor:
 
     def __init__(self, options: BuildOptions) -> None:
         self.options = options
-        if options.data_dir:
+        if options.target is None:  # an index directory or an external store: embedded here
             from embedsvc import Embedder
             from embedsvc.engine.service import ModelService
 
@@ -88,7 +88,7 @@ class _EmbedActor:
         dimension = None
         vectors = np.zeros((len(batch["id"]), 1), dtype=np.float32)
         if texts:
-            if self.options.data_dir:
+            if self.options.target is None:
                 embedded = self.model.embed_now(texts, DOCUMENTS).vectors
             else:
                 embedded = self.client.embed(texts, model=self.options.model, input_type="document")
@@ -135,7 +135,7 @@ def build_index_ray(
                 if keep:
                     ids = [str(batch["id"][i]) for i in keep]
                     meta = [json.loads(str(batch["metadata"][i])) for i in keep]
-                    _write_vectors(sink, ids, np.stack([batch["vector"][i] for i in keep]), meta)
+                    sink.write_vectors(ids, np.stack([batch["vector"][i] for i in keep]), meta)
                 summary.chunks += len(keep)
                 summary.documents += int(batch["documents"].sum())
                 summary.tokens += int(batch["tokens"].sum())
@@ -144,12 +144,3 @@ def build_index_ray(
     summary.seconds = time.monotonic() - started
     summary.documents_this_run, summary.tokens_this_run = summary.documents, summary.tokens
     return summary
-
-
-def _write_vectors(sink: Any, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> None:
-    from embedsvc.pipeline.sinks import LocalSink
-
-    if isinstance(sink, LocalSink):
-        sink.manager.get(sink.index).upsert(ids, vectors, metadata)
-    else:
-        sink._retry(sink.client.upsert, sink.index, ids, vectors=vectors, metadata=metadata)

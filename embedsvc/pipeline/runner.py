@@ -22,7 +22,7 @@ from typing import Any
 
 from embedsvc.pipeline.chunking import Chunker
 from embedsvc.pipeline.readers import ReaderOptions, Record, detect_format, expand_inputs, read_records
-from embedsvc.pipeline.sinks import LocalSink, PipelineStopped, RemoteSink
+from embedsvc.pipeline.sinks import LocalSink, PipelineStopped, RemoteSink, StoreSink
 
 __all__ = ["BuildOptions", "PipelineStopped", "Summary", "build_index"]
 
@@ -32,6 +32,9 @@ class BuildOptions:
     index: str
     target: str | None = None  # remote mode: HOST:PORT of a running server
     data_dir: str | None = None  # local mode: index directory
+    store: str | None = None  # an external vector store instead of an embedsvc index: qdrant or milvus
+    store_url: str | None = None  # its URL, directory (Qdrant local mode) or .db file (Milvus Lite)
+    store_api_key: str | None = None  # default: QDRANT_API_KEY / MILVUS_TOKEN
     model: str | None = None  # local: model source (None = bundled); remote: served model name
     api_key: str | None = None
     reader: ReaderOptions = field(default_factory=ReaderOptions)
@@ -122,7 +125,8 @@ def _default_paths(options: BuildOptions) -> tuple[Path, Path]:
     if options.data_dir:
         base = Path(options.data_dir) / "pipeline"
     else:
-        key = hashlib.sha1((options.target or "").encode()).hexdigest()[:8]
+        where = f"{options.store}:{options.store_url}" if options.store else options.target or ""
+        key = hashlib.sha1(where.encode()).hexdigest()[:8]
         base = Path(".embedsvc") / f"{options.index}-{key}"
     checkpoint = Path(options.checkpoint) if options.checkpoint else base / f"{options.index}.checkpoint.json"
     rejects = Path(options.rejects) if options.rejects else Path(f"{options.index}.rejects.jsonl")
@@ -223,8 +227,7 @@ class _Progress:
 def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
     """Index ``inputs`` (files or globs); keyword arguments are :class:`BuildOptions` fields."""
     options = kwargs.pop("options", None) or BuildOptions(**kwargs)
-    if (options.target is None) == (options.data_dir is None):
-        raise ValueError("pass exactly one of target (remote mode) or data_dir (local mode)")
+    check_destination(options)
     files = expand_inputs(inputs)
     checkpoint_path, rejects_path = _default_paths(options)
     if options.restart:
@@ -242,7 +245,8 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
     try:
         sink.open(options.restart)
         chunker = Chunker(sink.tokenizer, options.chunk_tokens, options.chunk_overlap)
-        in_flight = 1 if isinstance(sink, LocalSink) else max(options.in_flight, 1)
+        embeds_here = isinstance(sink, LocalSink) or (isinstance(sink, StoreSink) and sink.remote is None)
+        in_flight = 1 if embeds_here else max(options.in_flight, 1)
         with ThreadPoolExecutor(in_flight, thread_name_prefix="upsert") as pool:
             pending: deque[tuple[_Batch, Future[None]]] = deque()
 
@@ -285,8 +289,34 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
     return summary
 
 
-def make_sink(options: BuildOptions) -> LocalSink | RemoteSink:
-    """Local mode (an index directory) or remote mode (a server), from the options."""
+def check_destination(options: BuildOptions) -> None:
+    if options.store is not None:
+        if options.data_dir is not None or not options.store_url:
+            raise ValueError(
+                "an external store takes its URL (store_url) and no data_dir; target is optional "
+                "(embed with a server instead of in this process)"
+            )
+    elif (options.target is None) == (options.data_dir is None):
+        raise ValueError("pass exactly one of target (remote mode) or data_dir (local mode), or a store")
+
+
+def make_sink(options: BuildOptions) -> LocalSink | RemoteSink | StoreSink:
+    """Local mode (an index directory), remote mode (a server) or an external store, from the options."""
+    if options.store is not None:
+        from embedsvc.stores import open_store
+
+        return StoreSink(
+            open_store(
+                options.store, str(options.store_url), api_key=options.store_api_key, retries=options.retries
+            ),
+            options.index,
+            metric=options.metric,
+            target=options.target,
+            model=options.model,
+            api_key=options.api_key,
+            retries=options.retries,
+            tokenizer_source=options.tokenizer,
+        )
     if options.data_dir:
         return LocalSink(
             Path(options.data_dir), options.model, options.index, metric=options.metric, kind=options.kind

@@ -1,4 +1,5 @@
-"""Where embedded chunks go: an index directory in process, or a running server over gRPC."""
+"""Where embedded chunks go: an index directory in process, a running server over gRPC, or an external
+vector store (Qdrant, Milvus) with vectors embedded in process or by a server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from embedsvc.engine.options import EmbedOptions
 
@@ -64,6 +67,11 @@ class LocalSink:
 
     def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
         vectors = self.model.embed_now(list(texts), DOCUMENTS).vectors
+        self.write_vectors(ids, vectors, metadata)
+
+    def write_vectors(
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
+    ) -> None:
         self.manager.get(self.index).upsert(list(ids), vectors, list(metadata))
 
     def close(self) -> None:
@@ -157,5 +165,101 @@ class RemoteSink:
     def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
         self._retry(self.client.upsert, self.index, list(ids), texts=list(texts), metadata=list(metadata))
 
+    def write_vectors(
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
+    ) -> None:
+        self._retry(self.client.upsert, self.index, list(ids), vectors=vectors, metadata=list(metadata))
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Document vectors from the server's Embed RPC (for an external store)."""
+        return np.asarray(
+            self._retry(self.client.embed, list(texts), model=self.model, input_type="document"), np.float32
+        )
+
+    def dimension(self) -> int:
+        models = self._retry(self.client.list_models)
+        wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
+        if not wanted:
+            served = ", ".join(m.name for m in models)
+            raise PipelineStopped(
+                f"the server at {self.target} does not serve {self.model!r} (it serves {served})"
+            )
+        return int(wanted[0].dimension)
+
     def close(self) -> None:
         self.client.close()
+
+
+class StoreSink:
+    """An external vector store (Qdrant, Milvus): chunks embedded in this process (``model``) or by the
+    server at ``target``, written by id, so reruns replace what a crash left half-done."""
+
+    def __init__(
+        self,
+        store: Any,
+        collection: str,
+        *,
+        metric: str,
+        target: str | None,
+        model: str | None,
+        api_key: str | None,
+        retries: int = 5,
+        tokenizer_source: str | None = None,
+    ) -> None:
+        self.store = store
+        self.index = collection
+        self.metric = metric
+        self.remote: RemoteSink | None = None
+        self.local: Any = None
+        if target is not None:
+            self.remote = RemoteSink(
+                target,
+                collection,
+                model=model,
+                metric=metric,
+                kind="flat",
+                api_key=api_key,
+                retries=retries,
+                tokenizer_source=tokenizer_source,
+            )
+            self.tokenizer = self.remote.tokenizer
+        else:
+            from embedsvc import Embedder
+            from embedsvc.engine.service import ModelService
+
+            self.local = ModelService.in_process(Embedder.from_pretrained(model))
+            self.tokenizer = self.local.tokenizer
+
+    def _stopped(self, exc: Exception) -> PipelineStopped:
+        return PipelineStopped(f"{self.store.kind} at {self.store.location}: {exc}")
+
+    def open(self, restart: bool) -> None:
+        from embedsvc.errors import FailedPreconditionError, UnavailableError
+
+        dimension = self.remote.dimension() if self.remote is not None else self.local.dimension
+        try:
+            self.store.prepare(self.index, dimension, self.metric, restart=restart)
+        except (FailedPreconditionError, UnavailableError) as exc:
+            raise self._stopped(exc) from exc
+
+    def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
+        if self.remote is not None:
+            vectors = self.remote.embed(texts)
+        else:
+            vectors = self.local.embed_now(list(texts), DOCUMENTS).vectors
+        self.write_vectors(ids, vectors, metadata)
+
+    def write_vectors(
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
+    ) -> None:
+        from embedsvc.errors import UnavailableError
+
+        try:
+            self.store.upsert(self.index, list(ids), vectors, list(metadata))
+        except UnavailableError as exc:
+            raise self._stopped(exc) from exc
+
+    def close(self) -> None:
+        self.store.close()
+        if self.remote is not None:
+            self.remote.close()
