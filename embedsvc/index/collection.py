@@ -161,16 +161,20 @@ def check_vectors(vectors: np.ndarray, dimension: int, field_name: str = "vector
     return array
 
 
-def check_metadata(metadata: Mapping[str, Any], where: str) -> dict[str, MetadataValue]:
+_METADATA_TYPES = (str, int, float, bool)
+
+
+def check_metadata(metadata: Mapping[str, Any], item: int) -> dict[str, MetadataValue]:
+    """A copy of one item's metadata, or InvalidInputError naming the item and key."""
     out: dict[str, MetadataValue] = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
-            raise InvalidInputError(f"{where}: metadata keys must be non-empty strings", field="metadata")
-        if not isinstance(value, str | int | float | bool) or (
+            raise InvalidInputError(f"item {item}: metadata keys must be non-empty strings", field="metadata")
+        if type(value) not in _METADATA_TYPES and not isinstance(value, _METADATA_TYPES) or (
             isinstance(value, float) and not math.isfinite(value)
         ):
             raise InvalidInputError(
-                f"{where}: metadata value of {key!r} must be a string, integer, finite number or boolean",
+                f"item {item}: metadata value of {key!r} must be a string, integer, finite number or boolean",
                 field="metadata",
             )
         out[key] = value
@@ -419,24 +423,30 @@ class Collection:
             )
 
     def _prepare(self, vectors: np.ndarray, field_name: str = "vectors") -> np.ndarray:
-        # norms in float64: float32 squares overflow from about 1.8e19 and underflow below 1e-19
-        norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
         if self.spec.metric != "cosine":
-            too_large = norms[:, 0] >= _FLOAT32_NORM_LIMIT
-            if too_large.any():
-                i = int(np.argmax(too_large))
-                raise InvalidInputError(
-                    f"vector {i} has norm {norms[i, 0]:.3g}: its {self.spec.metric} scores overflow float32 "
-                    f"(norms must stay below {_FLOAT32_NORM_LIMIT:.3g}); scale the vectors down",
-                    field=field_name,
-                )
+            # a row's norm is at most sqrt(dimension) times its largest element: only rows that could
+            # reach the limit need their norm computed (in float64: float32 squares overflow from 1.8e19)
+            largest = np.abs(vectors).max(axis=1) * math.sqrt(vectors.shape[1])
+            suspect = np.flatnonzero(largest >= _FLOAT32_NORM_LIMIT)
+            if len(suspect):
+                norms = np.linalg.norm(vectors[suspect].astype(np.float64), axis=1)
+                if (norms >= _FLOAT32_NORM_LIMIT).any():
+                    j = int(np.argmax(norms >= _FLOAT32_NORM_LIMIT))
+                    raise InvalidInputError(
+                        f"vector {int(suspect[j])} has norm {norms[j]:.3g}: its {self.spec.metric} scores overflow "
+                        f"float32 (norms must stay below {_FLOAT32_NORM_LIMIT:.3g}); scale the vectors down",
+                        field=field_name,
+                    )
             return vectors
+        # norms in float64: float32 squares overflow from about 1.8e19 and underflow below 1e-19
+        wide = vectors.astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))[:, None]
         if (norms == 0).any():
             raise InvalidInputError(
                 f"vector {int(np.argmax(norms[:, 0] == 0))} is all zeros: it has no direction for cosine",
                 field=field_name,
             )
-        return (vectors.astype(np.float64) / norms).astype(np.float32)
+        return (wide / norms).astype(np.float32)
 
     def _apply_upsert(
         self,
@@ -458,9 +468,9 @@ class Collection:
             self._matrix = grown
             self._alive = np.concatenate([self._alive, np.zeros(len(grown) - len(self._alive), dtype=bool)])
         labels = np.arange(self._next_label, needed, dtype=np.int64)
-        self._matrix[labels] = vectors
-        self._alive[labels] = True
-        label_list, metas = labels.tolist(), [dict(m) for m in metadata]
+        self._matrix[self._next_label : needed] = vectors  # labels are consecutive: a slice copy
+        self._alive[self._next_label : needed] = True
+        label_list, metas = labels.tolist(), list(metadata)  # callers pass fresh dicts
         if len(metas) != len(label_list):
             raise ValueError(f"{len(label_list)} items but {len(metas)} metadata entries")
         self._label_of.update(zip(ids, label_list, strict=True))
@@ -519,7 +529,7 @@ class Collection:
         vectors = self._prepare(check_vectors(vectors, self.spec.dimension))
         if len(vectors) != len(ids):
             raise InvalidInputError(f"{len(ids)} ids but {len(vectors)} vectors", field="vectors")
-        metas = [check_metadata(m, f"item {i}") for i, m in enumerate(metadata or [{}] * len(ids))]
+        metas = [check_metadata(m, i) for i, m in enumerate(metadata or [{}] * len(ids))]
         if len(metas) != len(ids):
             raise InvalidInputError(f"{len(ids)} ids but {len(metas)} metadata entries", field="metadata")
         with self._lock.write():
