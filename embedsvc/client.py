@@ -294,6 +294,19 @@ class EmbedClient:
             raise EmbedServiceError.from_rpc(exc) from None
         return wire.model_infos(response)
 
+    def health(self, service: str = "", timeout: float | None = None) -> int:
+        """grpc.health.v1 status of the server (or one of its services): SERVING = 1, NOT_SERVING = 2
+        while it loads models or drains. Raises EmbedServiceError when it cannot be reached."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            reply = health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise EmbedServiceError.from_rpc(exc) from None
+        return int(reply.status)
+
     def close(self) -> None:
         self._channel.close()
 

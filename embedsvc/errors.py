@@ -79,3 +79,8 @@ class CorruptDataError(EmbedsvcError):
 
 class FailedPreconditionError(EmbedsvcError):
     """Impossible now (maps to FAILED_PRECONDITION): e.g. an index's model is not served."""
+
+
+class StartupError(EmbedsvcError):
+    """The server cannot start as configured: a port in use, an unreadable certificate, a data directory
+    it cannot write."""

@@ -4,6 +4,19 @@
 # (the device image; it has no network): installs embedsvc itself, offline, without touching those.
 # Results land in ${OUT:-./gpu-results}.
 set -uo pipefail
+usage="usage: scripts/gpu_check.sh   (no options; OUT=DIR picks where results go, default ./gpu-results)
+Installs embedsvc into the current python3 (pip install --no-deps -e .: meant for the GPU device image,
+not a development machine), runs the GPU tests and the GPU benchmark, writes DIR/gpu.txt, gpu-tests.log,
+bench-gpu.json and bench-gpu.log. Exit 0 only when both pass."
+case "${1:-}" in
+    -h | --help) echo "$usage"; exit 0 ;;
+    "") ;;
+    *) echo "$usage" >&2; exit 2 ;;
+esac
+if ! command -v nvidia-smi > /dev/null; then
+    echo "gpu_check.sh: no nvidia-smi here: run it on a machine with an NVIDIA GPU" >&2
+    exit 1
+fi
 cd "$(dirname "$0")/.."
 out="${OUT:-./gpu-results}"
 mkdir -p "$out"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from embedsvc.cli import _parse_model
+from embedsvc.cli import parse_model as _parse_model
 from embedsvc.config import ModelConfig, build_server_config, load_toml
 from embedsvc.errors import InvalidInputError
 

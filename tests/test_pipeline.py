@@ -209,7 +209,7 @@ def test_cli_reports_bad_arguments(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert out.returncode == 2 and "matches no file" in out.stderr
+    assert out.returncode == 4 and "matches no file" in out.stderr  # 4: not found
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Temp
 from embedsvc.engine.onnx_int8 import load_int8
 from embedsvc.engine.pooling import finalize, pool_packed, pool_padded, sqrt_len_scale
 from embedsvc.errors import InvalidInputError
+from embedsvc.models.dtypes import DTYPE_ALIASES
 from embedsvc.models.loading import LoadedModel, load_model
 from embedsvc.models.profiles import CONVERSION_TEMPLATES, ICL_EXAMPLE_TEMPLATE, select_profile
 from embedsvc.models.recipe import Recipe, describe_recipe
@@ -163,13 +164,7 @@ class Embedder:
         ``quantize`` (``"int8"``: int8 linear layers on CPU through ONNX Runtime),
         ``trust_remote_code``, ``base_model``.
         """
-        known = set(SETTING_OPTIONS) | set(_ENGINE_OPTIONS)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InvalidInputError(
-                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-                field=unknown[0],
-            )
+        check_options(options, dtype=dtype, device=device)
         loaded = load_model(
             source,
             device=device,
@@ -203,16 +198,7 @@ class Embedder:
                 field="conversion",
             )
         batching = options.get("batching") or "auto"
-        if batching not in BATCHING_MODES:
-            raise InvalidInputError(
-                f"unknown batching {batching!r}; choose one of {', '.join(BATCHING_MODES)}", field="batching"
-            )
         backend = options.get("attention_backend") or "auto"
-        if backend not in attention.BACKENDS:
-            raise InvalidInputError(
-                f"unknown attention_backend {backend!r}; choose one of {', '.join(attention.BACKENDS)}",
-                field="attention_backend",
-            )
         if backend != "auto" and backend not in attention.available_backends(loaded.device):
             why = {
                 "flash_attn": "flash-attn needs CUDA and pip install 'embedsvc[flash]'",
@@ -240,11 +226,6 @@ class Embedder:
                     field="batching" if batching == "packed" else "deterministic",
                 )
             batching = "padded"
-        if deterministic and batching == "padded":
-            raise InvalidInputError(
-                "deterministic mode packs sequences; batching='padded' cannot be combined with it",
-                field="batching",
-            )
         if deterministic and backend == "auto" and loaded.device.type == "cpu":
             backend = "sdpa_loop"
         tile_rows = int(options.get("deterministic_tile_rows") or DEFAULT_TILE_ROWS[loaded.device.type])
@@ -257,14 +238,8 @@ class Embedder:
             tile_rows=tile_rows,
         )
         quantize = options.get("quantize") or "none"
-        if quantize in _REMOVED_QUANTIZATIONS:
-            raise InvalidInputError(_REMOVED_QUANTIZATIONS[quantize], field="quantize")
-        if quantize not in QUANTIZATIONS:
-            raise InvalidInputError(
-                f"unknown quantize {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}", field="quantize"
-            )
         if quantize != "none":
-            _check_int8(loaded, settings, deterministic=deterministic, batching=batching)
+            _check_int8(loaded, settings)
             engine = dataclasses.replace(  # the ONNX graph takes padded batches
                 engine, packed=False, token_budget=int(options.get("token_budget") or INT8_TOKEN_BUDGET)
             )
@@ -627,12 +602,44 @@ def _triton_available() -> bool:
     return triton_available()
 
 
-def _check_int8(loaded: LoadedModel, settings: ModelSettings, *, deterministic: bool, batching: str) -> None:
-    if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
+def check_options(options: dict[str, Any], *, dtype: Any = None, device: Any = None) -> None:
+    """Every check that needs no checkpoint: run before a server binds its port or loads a model."""
+    known = set(SETTING_OPTIONS) | set(_ENGINE_OPTIONS)
+    unknown = sorted(set(options) - known)
+    if unknown:
         raise InvalidInputError(
-            "quantize='int8' is a CPU mode for float32 models; on a GPU use dtype='bfloat16'",
-            field="quantize",
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", field=unknown[0]
         )
+    if isinstance(dtype, str) and dtype.lower() not in DTYPE_ALIASES:
+        raise InvalidInputError(
+            f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_ALIASES)}", field="dtype"
+        )
+    batching = options.get("batching") or "auto"
+    if batching not in BATCHING_MODES:
+        raise InvalidInputError(
+            f"unknown batching {batching!r}; choose one of {', '.join(BATCHING_MODES)}", field="batching"
+        )
+    backend = options.get("attention_backend") or "auto"
+    if backend not in attention.BACKENDS:
+        raise InvalidInputError(
+            f"unknown attention_backend {backend!r}; choose one of {', '.join(attention.BACKENDS)}",
+            field="attention_backend",
+        )
+    deterministic = bool(options.get("deterministic", False))
+    if deterministic and batching == "padded":
+        raise InvalidInputError(
+            "deterministic mode packs sequences; batching='padded' cannot be combined with it",
+            field="batching",
+        )
+    quantize = options.get("quantize") or "none"
+    if quantize in _REMOVED_QUANTIZATIONS:
+        raise InvalidInputError(_REMOVED_QUANTIZATIONS[quantize], field="quantize")
+    if quantize not in QUANTIZATIONS:
+        raise InvalidInputError(
+            f"unknown quantize {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}", field="quantize"
+        )
+    if quantize == "none":
+        return
     if deterministic:
         raise InvalidInputError(
             "quantize='int8' cannot be combined with deterministic mode", field="quantize"
@@ -641,6 +648,20 @@ def _check_int8(loaded: LoadedModel, settings: ModelSettings, *, deterministic: 
         raise InvalidInputError(
             "quantize='int8' runs padded batches (an ONNX graph); leave batching unset or 'padded'",
             field="batching",
+        )
+    wide = dtype is None or str(dtype).lower().removeprefix("torch.") in ("float32", "fp32")
+    if not wide or str(device or "cpu").startswith("cuda"):
+        raise InvalidInputError(
+            "quantize='int8' is a CPU mode for float32 models; on a GPU use dtype='bfloat16'",
+            field="quantize",
+        )
+
+
+def _check_int8(loaded: LoadedModel, settings: ModelSettings) -> None:
+    if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
+        raise InvalidInputError(
+            "quantize='int8' is a CPU mode for float32 models; on a GPU use dtype='bfloat16'",
+            field="quantize",
         )
     native = bool(loaded.config_json.get("use_bidirectional_attention"))
     if loaded.is_decoder and settings.attention == "bidirectional" and not native:

@@ -47,6 +47,10 @@ class AnnParams:
     pq_bits: int = 8
     rerank: int = 8  # IVF-PQ fetches k * rerank candidates and re-ranks them with exact scores
 
+    def for_kind(self, kind: str) -> dict[str, int]:
+        """The parameters that shape an index of this kind (a flat index has none)."""
+        return {name: getattr(self, name) for name in KIND_PARAMS[kind]}
+
     def train_size(self, kind: str) -> int:
         """Vectors needed before an IVF index is trained: faiss wants ~39 per coarse centroid, and
         a PQ codebook at least as many vectors as its 2^pq_bits centroids."""
@@ -64,6 +68,12 @@ PARAM_RANGES = {
     "pq_m": (0, 65536),
     "pq_bits": (1, 16),
     "rerank": (1, 100),
+}
+KIND_PARAMS = {
+    "flat": (),
+    "hnsw": ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"),
+    "ivf_flat": ("ivf_nlist", "ivf_nprobe"),
+    "ivf_pq": ("ivf_nlist", "ivf_nprobe", "pq_m", "pq_bits", "rerank"),
 }
 MAX_K = 10_000  # results per search
 MAX_EF_SEARCH = PARAM_RANGES["hnsw_ef_search"][1]

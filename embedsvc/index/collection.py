@@ -170,7 +170,7 @@ def check_metadata(metadata: Mapping[str, Any], item: int) -> dict[str, Metadata
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidInputError(f"item {item}: metadata keys must be non-empty strings", field="metadata")
-        if type(value) not in _METADATA_TYPES and not isinstance(value, _METADATA_TYPES) or (
+        if (type(value) not in _METADATA_TYPES and not isinstance(value, _METADATA_TYPES)) or (
             isinstance(value, float) and not math.isfinite(value)
         ):
             raise InvalidInputError(
@@ -433,8 +433,9 @@ class Collection:
                 if (norms >= _FLOAT32_NORM_LIMIT).any():
                     j = int(np.argmax(norms >= _FLOAT32_NORM_LIMIT))
                     raise InvalidInputError(
-                        f"vector {int(suspect[j])} has norm {norms[j]:.3g}: its {self.spec.metric} scores overflow "
-                        f"float32 (norms must stay below {_FLOAT32_NORM_LIMIT:.3g}); scale the vectors down",
+                        f"vector {int(suspect[j])} has norm {norms[j]:.3g}: its {self.spec.metric} scores "
+                        f"overflow float32 (norms must stay below {_FLOAT32_NORM_LIMIT:.3g}); "
+                        "scale the vectors down",
                         field=field_name,
                     )
             return vectors

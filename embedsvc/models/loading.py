@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from embedsvc.errors import InvalidInputError, ModelLoadError
+from embedsvc.models.dtypes import DTYPE_ALIASES
 from embedsvc.models.st_files import SentenceTransformersFiles, read_st_files
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -34,15 +35,7 @@ _DECODER_TYPES = {
     "phi3",
     "gpt2",
 }
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
+_DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_ALIASES.items()}
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,7 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
         return _DTYPES[dtype.lower()]
     except KeyError:
         raise InvalidInputError(
-            f"unknown dtype {dtype!r}; choose one of float32, float16, bfloat16", field="dtype"
+            f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_ALIASES)}", field="dtype"
         ) from None
 
 

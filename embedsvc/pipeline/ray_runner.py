@@ -18,7 +18,15 @@ import numpy as np
 
 from embedsvc.pipeline.chunking import Chunker
 from embedsvc.pipeline.readers import expand_inputs, read_records
-from embedsvc.pipeline.runner import BuildOptions, Summary, _add, _Batch, make_sink
+from embedsvc.pipeline.runner import (
+    BuildOptions,
+    Summary,
+    _add,
+    _Batch,
+    _default_paths,
+    make_sink,
+    tls_settings,
+)
 from embedsvc.pipeline.sinks import DOCUMENTS
 
 
@@ -80,7 +88,10 @@ class _EmbedActor:
         else:
             from embedsvc import EmbedClient
 
-            self.client = EmbedClient(str(options.target), api_key=options.api_key, timeout=300)
+            tls, ca = tls_settings(options)
+            self.client = EmbedClient(
+                str(options.target), api_key=options.api_key, tls=tls, root_certificates=ca, timeout=300
+            )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         good = [i for i, reject in enumerate(batch["reject"]) if not reject]
@@ -108,7 +119,9 @@ def build_index_ray(
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     started = time.monotonic()
     sink = make_sink(options)
-    summary = Summary(rejects_file=str(Path(options.rejects or f"{options.index}.rejects.jsonl")))
+    rejects_path = _default_paths(options)[1]  # beside the index, as the in-process runner keeps it
+    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    summary = Summary(rejects_file=str(rejects_path))
     try:
         sink.open(options.restart)
         cpus = int(ray.cluster_resources().get("CPU", 1))

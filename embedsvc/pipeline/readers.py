@@ -29,9 +29,12 @@ class Record:
     error: str | None = None
 
 
+DEFAULT_ID_FIELD = "id"  # used where a record has it; records without one get FILE:RECORD ids
+
+
 @dataclass(frozen=True)
 class ReaderOptions:
-    id_field: str | None = None
+    id_field: str | None = None  # None: DEFAULT_ID_FIELD where present
     text_field: str = "text"
     metadata_fields: tuple[str, ...] = ()
     format: str | None = None  # None = from the extension
@@ -67,12 +70,12 @@ def _fields(row: dict[str, Any], record: Record, options: ReaderOptions) -> Reco
         record.error = f"text field {options.text_field!r} is {type(text).__name__}, not a string"
         return record
     record.text = text
-    if options.id_field:
-        value = row.get(options.id_field)
-        if value is None or value == "":
-            record.error = f"missing id field {options.id_field!r}"
-            return record
+    value = row.get(options.id_field or DEFAULT_ID_FIELD)
+    if value is not None and value != "":
         record.id = str(value)
+    elif options.id_field:  # asked for by name: every record must have it
+        record.error = f"missing id field {options.id_field!r}"
+        return record
     for name in options.metadata_fields:
         value = row.get(name)
         if isinstance(value, str | int | float | bool):

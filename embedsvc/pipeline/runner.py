@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedsvc.errors import FailedPreconditionError
 from embedsvc.pipeline.chunking import Chunker
 from embedsvc.pipeline.readers import ReaderOptions, Record, detect_format, expand_inputs, read_records
 from embedsvc.pipeline.sinks import LocalSink, PipelineStopped, RemoteSink, StoreSink
 
-__all__ = ["BuildOptions", "PipelineStopped", "Summary", "build_index"]
+__all__ = ["BuildOptions", "PipelineStopped", "SettingsChangedError", "Summary", "build_index"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class BuildOptions:
     store_api_key: str | None = None  # default: QDRANT_API_KEY / MILVUS_TOKEN
     model: str | None = None  # local: model source (None = bundled); remote: served model name
     api_key: str | None = None
+    tls: bool = False  # remote mode: TLS to the server
+    tls_ca: str | None = None  # remote mode: CA certificate to trust (PEM file); implies tls
     reader: ReaderOptions = field(default_factory=ReaderOptions)
     chunk_tokens: int | None = None
     chunk_overlap: int = 0
@@ -94,10 +97,39 @@ class _Batch:
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
 
+class SettingsChangedError(FailedPreconditionError):
+    """A rerun reads the files differently from the run whose checkpoint it would continue."""
+
+
+def reader_settings(options: BuildOptions) -> dict[str, Any]:
+    """What decides which documents, ids and chunks a file position stands for: a checkpoint only
+    counts file positions, so a rerun must read the files the same way."""
+    reader = options.reader
+    return {
+        "format": reader.format,
+        "text_field": reader.text_field,
+        "id_field": reader.id_field,
+        "metadata_fields": list(reader.metadata_fields),
+        "chunk_tokens": options.chunk_tokens,
+        "chunk_overlap": options.chunk_overlap,
+    }
+
+
+_SETTING_FLAGS = {
+    "format": "--format",
+    "text_field": "--text-field",
+    "id_field": "--id-field",
+    "metadata_fields": "--metadata-fields",
+    "chunk_tokens": "--chunk-tokens",
+    "chunk_overlap": "--chunk-overlap",
+}
+
+
 class _Checkpoint:
-    def __init__(self, path: Path, index: str) -> None:
+    def __init__(self, path: Path, index: str, settings: dict[str, Any]) -> None:
         self.path = path
         self.index = index
+        self.settings = settings
         self.files: dict[str, int] = {}
         self.totals = {"documents": 0, "chunks": 0, "tokens": 0, "rejected": 0}
 
@@ -109,16 +141,43 @@ class _Checkpoint:
             raise PipelineStopped(
                 f"checkpoint {self.path} belongs to index {data.get('index')!r}; use --restart"
             )
+        saved = data.get("settings")
+        if saved is not None and saved != self.settings:
+            changed = [
+                f"{_SETTING_FLAGS[k]} {_shown(saved.get(k))} -> {_shown(self.settings[k])}"
+                for k in self.settings
+                if saved.get(k) != self.settings[k]
+            ]
+            raise SettingsChangedError(
+                f"checkpoint {self.path} was written by a run that read the files differently "
+                f"({'; '.join(changed)}): rerun with the earlier settings to continue it, or add --restart "
+                "to rebuild the index with the new ones"
+            )
         self.files, self.totals = data["files"], data["totals"]
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as handle:
-            json.dump({"version": 1, "index": self.index, "files": self.files, "totals": self.totals}, handle)
+            json.dump(
+                {
+                    "version": 2,
+                    "index": self.index,
+                    "settings": self.settings,
+                    "files": self.files,
+                    "totals": self.totals,
+                },
+                handle,
+            )
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(default)"
+    return ",".join(value) if isinstance(value, list) else str(value)
 
 
 def _default_paths(options: BuildOptions) -> tuple[Path, Path]:
@@ -129,7 +188,10 @@ def _default_paths(options: BuildOptions) -> tuple[Path, Path]:
         key = hashlib.sha1(where.encode()).hexdigest()[:8]
         base = Path(".embedsvc") / f"{options.index}-{key}"
     checkpoint = Path(options.checkpoint) if options.checkpoint else base / f"{options.index}.checkpoint.json"
-    rejects = Path(options.rejects) if options.rejects else Path(f"{options.index}.rejects.jsonl")
+    # beside the checkpoint: one rejects file per index and destination, never shared through the cwd
+    rejects = (
+        Path(options.rejects) if options.rejects else checkpoint.parent / f"{options.index}.rejects.jsonl"
+    )
     return checkpoint, rejects
 
 
@@ -233,7 +295,7 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
     if options.restart:
         checkpoint_path.unlink(missing_ok=True)
         rejects_path.unlink(missing_ok=True)
-    checkpoint = _Checkpoint(checkpoint_path, options.index)
+    checkpoint = _Checkpoint(checkpoint_path, options.index, reader_settings(options))
     checkpoint.load()
 
     sink = make_sink(options)
@@ -254,6 +316,7 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
                 batch, future = pending.popleft()
                 future.result()  # raises PipelineStopped / errors: the checkpoint stays before this batch
                 if batch.rejects:
+                    rejects_path.parent.mkdir(parents=True, exist_ok=True)
                     with open(rejects_path, "a", encoding="utf-8") as handle:
                         for reject in batch.rejects:
                             handle.write(json.dumps(reject) + "\n")
@@ -297,7 +360,16 @@ def check_destination(options: BuildOptions) -> None:
                 "(embed with a server instead of in this process)"
             )
     elif (options.target is None) == (options.data_dir is None):
-        raise ValueError("pass exactly one of target (remote mode) or data_dir (local mode), or a store")
+        raise ValueError(
+            "say where the index goes: target (a running server, --target), data_dir (embedded here, "
+            "--data-dir) or a store (--to qdrant|milvus URL)"
+        )
+
+
+def tls_settings(options: BuildOptions) -> tuple[bool, bytes | None]:
+    """(TLS on, CA certificate) for the connection to a server."""
+    ca = Path(options.tls_ca).read_bytes() if options.tls_ca else None
+    return options.tls or ca is not None, ca
 
 
 def make_sink(options: BuildOptions) -> LocalSink | RemoteSink | StoreSink:
@@ -314,6 +386,7 @@ def make_sink(options: BuildOptions) -> LocalSink | RemoteSink | StoreSink:
             target=options.target,
             model=options.model,
             api_key=options.api_key,
+            tls=tls_settings(options),
             retries=options.retries,
             tokenizer_source=options.tokenizer,
         )
@@ -328,6 +401,7 @@ def make_sink(options: BuildOptions) -> LocalSink | RemoteSink | StoreSink:
         metric=options.metric,
         kind=options.kind,
         api_key=options.api_key,
+        tls=tls_settings(options),
         retries=options.retries,
         tokenizer_source=options.tokenizer,
     )

@@ -96,12 +96,15 @@ class RemoteSink:
         metric: str,
         kind: str,
         api_key: str | None,
+        tls: tuple[bool, bytes | None] = (False, None),
         retries: int = 5,
         tokenizer_source: str | None = None,
     ) -> None:
         from embedsvc import EmbedClient
 
-        self.client = EmbedClient(target, api_key=api_key, timeout=300, chunk_size=100_000)
+        self.client = EmbedClient(
+            target, api_key=api_key, tls=tls[0], root_certificates=tls[1], timeout=300, chunk_size=100_000
+        )
         self.target = target
         self.index = index
         self.model = model
@@ -203,6 +206,7 @@ class StoreSink:
         target: str | None,
         model: str | None,
         api_key: str | None,
+        tls: tuple[bool, bytes | None] = (False, None),
         retries: int = 5,
         tokenizer_source: str | None = None,
     ) -> None:
@@ -219,6 +223,7 @@ class StoreSink:
                 metric=metric,
                 kind="flat",
                 api_key=api_key,
+                tls=tls,
                 retries=retries,
                 tokenizer_source=tokenizer_source,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -96,14 +97,20 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
                 "reuse a stream or retry later",
             )
         self._open_streams += 1
+        # one id per stream, sent back at once in the initial metadata; internal errors log it
+        request_id = uuid.uuid4().hex[:16]
+        await context.send_initial_metadata((("x-request-id", request_id),))
         try:
-            async for item in self._stream(request_iterator, context):
+            async for item in self._stream(request_iterator, context, request_id):
                 yield item
         finally:
             self._open_streams -= 1
 
     async def _stream(
-        self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[pb.EmbedRequest],
+        context: grpc.aio.ServicerContext,
+        request_id: str,
     ) -> AsyncIterator[pb.EmbedStreamResponse]:
         # bounded: a client that stops reading stops this stream from taking more requests
         results: asyncio.Queue[pb.EmbedStreamResponse | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
@@ -125,10 +132,13 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
                     resume_at = time.monotonic() + STREAM_BACKOFF_S
                 code = status_for(exc)
                 if code is None:
-                    log.exception("internal error in stream", extra={"id": request.id})
+                    log.exception(
+                        "internal error in stream",
+                        extra={"request_id": request_id, "method": "EmbedStream", "item_id": request.id},
+                    )
                     code, message = (
                         grpc.StatusCode.INTERNAL,
-                        "internal error; this is a bug, please report it",
+                        f"internal error (request id {request_id}); this is a bug, please report it",
                     )
                 else:
                     message = message_for(exc)

@@ -13,7 +13,7 @@ from embedsvc.config import ServerConfig
 from embedsvc.engine.options import EmbedOptions
 from embedsvc.engine.service import ModelService
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
-from embedsvc.index.ann import AnnParams
+from embedsvc.index.ann import KIND_PARAMS, AnnParams
 from embedsvc.index.collection import Collection, Hit, IndexSpec
 from embedsvc.index.filters import parse_filter
 from embedsvc.index.manager import IndexManager
@@ -81,7 +81,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             dimension=spec.dimension,
             metric=wire.METRICS[spec.metric],
             kind=wire.KINDS[spec.kind],
-            params=pb.IndexParams(**{f: getattr(spec.params, f) for f in _PARAM_FIELDS}),
+            params=pb.IndexParams(**spec.params.for_kind(spec.kind)),  # only what this kind uses
             count=state["count"],
             trained=state["trained"],
             status=status,
@@ -106,13 +106,22 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
         async def work() -> pb.IndexInfo:
             served = self.registry.get(request.model)
             given = {f: getattr(request.params, f) for f in _PARAM_FIELDS if getattr(request.params, f)}
+            kind = wire.lookup(wire.KIND_NAMES, request.kind, "kind")
+            stray = sorted(set(given) - set(KIND_PARAMS[kind]))
+            if stray:
+                uses = ", ".join(KIND_PARAMS[kind]) or "no parameters"
+                raise InvalidInputError(
+                    f"{', '.join(stray)} do(es) not apply to a {kind} index (it takes {uses}): "
+                    "drop them or choose the kind they belong to",
+                    field=f"params.{stray[0]}",
+                )
             spec = IndexSpec(
                 name=request.name,
                 model=served.name,
                 model_source=served.source,
                 dimension=served.dimension,
                 metric=wire.lookup(wire.METRIC_NAMES, request.metric, "metric"),
-                kind=wire.lookup(wire.KIND_NAMES, request.kind, "kind"),
+                kind=kind,
                 params=AnnParams(**given),
             )
             return self._info(await asyncio.to_thread(self.manager.create, spec))

@@ -1,0 +1,195 @@
+"""``embedsvc embed``: texts from arguments, files or stdin, through a running server, to JSONL or .npy."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from embedsvc.cli.failures import USAGE, CommandError
+from embedsvc.cli.output import vector_json
+from embedsvc.cli.remote import open_client
+from embedsvc.wire import ENCODINGS, TRUNCATIONS
+
+SLICE = 4096  # texts per round trip of this command; the client splits them further into requests
+
+EPILOG = """\
+input:
+  TEXT arguments; or --input FILE (repeatable): one text per line, or JSON lines (.jsonl/.ndjson)
+  whose --text-field is embedded and whose "id" field, when present, is kept; "-" (as TEXT or
+  FILE) reads lines from stdin, as does piping with no TEXT. Blank lines are skipped.
+
+output (stdout or --output FILE):
+  jsonl  one {"id", "text", "embedding"} per input, in input order (id: the record's "id", else
+         its position from 0); floats carry 9 significant digits (exact float32)
+  npy    one float32 array [inputs, dimensions] (numpy.load); the default for --output *.npy
+  --encoding picks what travels over the wire (float16/int8/binary are smaller); the output
+  holds the decoded values.
+
+examples:
+  embedsvc embed "what is a vector index?"
+  embedsvc embed --input corpus.jsonl --output vectors.npy --input-type document
+  cat questions.txt | embedsvc embed --input-type query --dimensions 256 > vectors.jsonl
+"""
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "embed",
+        parents=[common, connection],
+        help="embed texts, files or stdin with a running server (JSONL or .npy out)",
+        description="Embed texts with a running embedsvc server.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("texts", nargs="*", metavar="TEXT", help='texts to embed ("-": lines from stdin)')
+    p.add_argument("--input", action="append", default=[], metavar="FILE", help="file of texts (repeatable)")
+    p.add_argument(
+        "--text-field", default="text", help="JSON lines: the field holding the text (default text)"
+    )
+    p.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--format", choices=["jsonl", "npy"], help="default: npy for --output *.npy, else jsonl")
+    p.add_argument("--model", help="served model name (default: the server's default model)")
+    p.add_argument(
+        "--input-type", choices=["query", "document"], help="picks the model's query/document prompt"
+    )
+    p.add_argument("--prompt-name", help="a prompt the model defines, by name")
+    p.add_argument("--instruction", help="task instruction for instruction-following models")
+    p.add_argument("--dimensions", type=int, help="keep the first N dimensions (Matryoshka models)")
+    p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: the model's setting",
+    )
+    p.add_argument(
+        "--truncation", choices=list(TRUNCATIONS), default="end", help="over-long inputs (default end)"
+    )
+    p.add_argument(
+        "--encoding", choices=list(ENCODINGS), default="float32", help="wire encoding (default float32)"
+    )
+    p.set_defaults(handler=run, parser=p)
+
+
+def _lines(handle: Any) -> Iterator[str]:
+    for line in handle:
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield line
+
+
+def _records(path: str, text_field: str) -> Iterator[tuple[str | None, str]]:
+    """(id or None, text) for each record of a file ("-" = stdin)."""
+    is_json = path != "-" and Path(path).suffix.lower() in (".jsonl", ".ndjson")
+    handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+    try:
+        for number, line in enumerate(_lines(handle)):
+            if not is_json:
+                yield None, line
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"{path}: record {number} is not valid JSON ({exc.msg})", USAGE) from None
+            text = row.get(text_field) if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                raise CommandError(
+                    f"{path}: record {number} has no string field {text_field!r}; pass --text-field", USAGE
+                )
+            record_id = row.get("id")
+            yield (None if record_id is None else str(record_id)), text
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{path}: not UTF-8 text (byte {exc.start})", USAGE) from None
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+
+
+def _inputs(args: argparse.Namespace) -> Iterator[tuple[str | None, str]]:
+    sources = list(args.input)
+    texts = list(args.texts)
+    if texts == ["-"]:
+        texts, sources = [], ["-", *sources]
+    elif "-" in texts:
+        raise CommandError('"-" (stdin) cannot be mixed with other TEXT arguments', USAGE)
+    if not texts and not sources:
+        if sys.stdin.isatty():
+            raise CommandError(
+                "nothing to embed: give TEXT arguments, --input FILE, or pipe lines to stdin", USAGE
+            )
+        sources = ["-"]
+    for text in texts:
+        yield None, text
+    for source in sources:
+        yield from _records(source, args.text_field)
+
+
+def _slices(items: Iterator[tuple[str | None, str]]) -> Iterator[list[tuple[str | None, str]]]:
+    block: list[tuple[str | None, str]] = []
+    for item in items:
+        block.append(item)
+        if len(block) == SLICE:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def run(args: argparse.Namespace) -> int:
+    out_format = args.format or ("npy" if args.output and args.output.endswith(".npy") else "jsonl")
+    if out_format == "npy" and not args.output and sys.stdout.isatty():
+        raise CommandError("--format npy writes binary: pass --output FILE.npy or redirect stdout", USAGE)
+    if args.dimensions is not None and args.dimensions < 1:
+        raise CommandError("--dimensions must be at least 1", USAGE)
+    arrays: list[np.ndarray] = []
+    done = 0
+    with open_client(args) as client, _open_output(args.output) as out:
+        for block in _slices(_inputs(args)):
+            vectors = client.embed(
+                [text for _, text in block],
+                model=args.model,
+                input_type=args.input_type,
+                prompt_name=args.prompt_name,
+                instruction=args.instruction,
+                dimensions=args.dimensions,
+                normalize=args.normalize,
+                truncation=args.truncation,
+                encoding=args.encoding,
+            )
+            if out_format == "npy":
+                arrays.append(vectors.astype(np.float32))
+            else:
+                for i, ((record_id, text), vector) in enumerate(zip(block, vectors, strict=True)):
+                    name = json.dumps(record_id if record_id is not None else done + i)
+                    line = (
+                        f'{{"id": {name}, "text": {json.dumps(text)}, "embedding": {vector_json(vector)}}}\n'
+                    )
+                    out.write(line.encode())
+            done += len(block)
+        if done == 0:
+            raise CommandError("nothing to embed: the input holds no text", USAGE)
+        if out_format == "npy":
+            np.save(out, np.concatenate(arrays))
+    return 0
+
+
+@contextlib.contextmanager
+def _open_output(path: str | None) -> Iterator[BinaryIO]:
+    """stdout, or FILE written whole: into FILE.partial, renamed over FILE only when all went well."""
+    if path is None:
+        yield sys.stdout.buffer
+        return
+    partial = Path(path + ".partial")
+    try:
+        with open(partial, "wb") as handle:
+            yield handle
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,271 @@
+"""``embedsvc index ...`` on a running server: list, describe, count, get, search, delete, drop, create."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from embedsvc.cli import build
+from embedsvc.cli.failures import NOT_FOUND, USAGE, CommandError
+from embedsvc.cli.output import print_json, print_table, vector_json, warn
+from embedsvc.cli.remote import open_client
+from embedsvc.index.ann import KIND_PARAMS, KINDS, METRICS
+
+EXAMPLES = """\
+examples:
+  embedsvc index create docs --kind hnsw --hnsw-m 32
+  embedsvc index build corpus.jsonl --index docs --target 127.0.0.1:50051
+  embedsvc index list
+  embedsvc index describe docs
+  embedsvc index search docs "how do I rotate keys?" -k 5 --filter '{"lang": "en"}'
+  embedsvc index get docs doc-17 --vectors
+  embedsvc index delete docs doc-17 doc-18
+  embedsvc index drop docs --yes
+  embedsvc index export docs --data-dir ./data --to qdrant http://localhost:6333   (server stopped)
+"""
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "index",
+        parents=[common],
+        help="vector indexes: create, build, list, describe, search, get, delete, drop, export, repair",
+        description="Manage and query vector indexes.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(parser=p)
+    isub = p.add_subparsers(dest="index_command", required=True, metavar="COMMAND")
+    parents = [common, connection]
+
+    def command(name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
+        q = isub.add_parser(
+            name, parents=parents, help=help_text, description=help_text[0].upper() + help_text[1:]
+        )
+        q.set_defaults(handler=handler, parser=q)
+        return q
+
+    q = command("list", "list the server's indexes", _list)
+    q.add_argument("--json", action="store_true", help="every field, as JSON")
+
+    q = command("describe", "show an index's model, kind, parameters, size and state", _describe)
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+
+    q = command("count", "print how many items an index holds", _count)
+    q.add_argument("name")
+
+    q = command("get", "print items by id as JSON lines (exit 4 if any id is missing)", _get)
+    q.add_argument("name")
+    q.add_argument("ids", nargs="+", metavar="ID")
+    q.add_argument("--vectors", action="store_true", help="include each item's vector")
+
+    q = command("search", "nearest items to a text or vector (or to each line of --input)", _search)
+    q.add_argument("name")
+    q.add_argument("text", nargs="?", help="query text (embedded with the index's model)")
+    q.add_argument("--vector", metavar="JSON", help="query vector as a JSON list, instead of text")
+    q.add_argument(
+        "--input", metavar="FILE", help='one query text per line ("-": stdin), answered as JSON lines'
+    )
+    q.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    q.add_argument("--filter", metavar="JSON", help='metadata filter, e.g. \'{"year": {"gte": 2020}}\'')
+    q.add_argument("--ef-search", type=int, help="HNSW: candidates explored (recall vs speed)")
+    q.add_argument("--nprobe", type=int, help="IVF: lists searched (recall vs speed)")
+    q.add_argument("--instruction", help="task instruction for instruction-following models")
+    q.add_argument("--json", action="store_true", help="hits as JSON")
+
+    q = command("delete", "delete items by id (unknown ids are ignored and counted)", _delete)
+    q.add_argument("name")
+    q.add_argument("ids", nargs="*", metavar="ID")
+    q.add_argument("--input", metavar="FILE", help='ids to delete, one per line ("-": stdin)')
+
+    q = command("drop", "delete a whole index and its files", _drop)
+    q.add_argument("name")
+    q.add_argument("--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
+
+    q = command("create", "create an empty index bound to a served model", _create)
+    q.add_argument("name")
+    q.add_argument("--model", help="served model whose vectors it holds (default: the server's default)")
+    q.add_argument("--metric", choices=METRICS, default="cosine")
+    q.add_argument("--kind", choices=KINDS, default="flat")
+    for params in KIND_PARAMS.values():
+        for param in params:
+            if not any(param == a.dest for a in q._actions):
+                q.add_argument(f"--{param.replace('_', '-')}", type=int, dest=param, help=_PARAM_HELP[param])
+    q.add_argument("--json", action="store_true")
+
+    build.add_parsers(isub, common)
+
+
+_PARAM_HELP = {
+    "hnsw_m": "HNSW: links per node (default 32)",
+    "hnsw_ef_construction": "HNSW: candidates while building (default 80)",
+    "hnsw_ef_search": "HNSW: candidates per search (default 64)",
+    "ivf_nlist": "IVF: coarse lists (default 32)",
+    "ivf_nprobe": "IVF: lists searched (default 24)",
+    "pq_m": "IVF-PQ: sub-quantizers (default: dimension/4 rounded to a divisor)",
+    "pq_bits": "IVF-PQ: bits per code (default 8)",
+    "rerank": "IVF-PQ: candidates re-ranked exactly, as a multiple of k (default 8)",
+}
+
+
+def _info_dict(info: Any) -> dict[str, Any]:
+    return dataclasses.asdict(info)
+
+
+def _list(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        infos = client.list_indexes()
+    if args.json:
+        print_json([_info_dict(i) for i in infos])
+        return 0
+    print_table(
+        [
+            (
+                i.name,
+                i.model or f"({i.model_source}, not served)",
+                i.kind,
+                i.metric,
+                i.dimension,
+                i.count,
+                i.status,
+            )
+            for i in infos
+        ],
+        ("INDEX", "MODEL", "KIND", "METRIC", "DIM", "ITEMS", "STATUS"),
+    )
+    return 0
+
+
+def _print_info(info: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(_info_dict(info))
+        return
+    rows = [
+        ("name", info.name),
+        ("model", info.model or "(not served by this server)"),
+        ("model source", info.model_source),
+        ("dimension", info.dimension),
+        ("metric", info.metric),
+        ("kind", info.kind),
+        *((name, value) for name, value in info.params.items()),
+        ("items", info.count),
+        ("status", info.status),
+        ("durable", "yes" if info.durable else "no (in memory: lost when the server stops)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+
+
+def _describe(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        _print_info(client.describe_index(args.name), args.json)
+    return 0
+
+
+def _count(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        print(client.count(args.name))
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        found = client.get(args.name, args.ids)
+    for item_id in dict.fromkeys(args.ids):
+        if item_id in found:
+            vector, metadata = found[item_id]
+            line = f'{{"id": {json.dumps(item_id)}, "metadata": {json.dumps(metadata)}'
+            print(line + (f', "vector": {vector_json(vector)}}}' if args.vectors else "}"))
+    missing = [i for i in dict.fromkeys(args.ids) if i not in found]
+    if missing:
+        warn(f"not in index {args.name!r}: {', '.join(missing)}")
+        return NOT_FOUND
+    return 0
+
+
+def _json_argument(text: str, flag: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{flag}: not valid JSON ({exc.msg} at character {exc.pos})", USAGE) from None
+
+
+def _read_lines(path: str) -> list[str]:
+    handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+    try:
+        return [line.rstrip("\r\n") for line in handle if line.strip()]
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+
+
+def _hit_dicts(hits: list[Any]) -> list[dict[str, Any]]:
+    return [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
+
+
+def _search(args: argparse.Namespace) -> int:
+    given = [x for x in (args.text, args.vector, args.input) if x is not None]
+    if len(given) != 1:
+        raise CommandError("give exactly one query: TEXT, --vector JSON or --input FILE", USAGE)
+    where = _json_argument(args.filter, "--filter") if args.filter else None
+    if where is not None and not isinstance(where, dict):
+        raise CommandError('--filter must be a JSON object, e.g. \'{"lang": "en"}\'', USAGE)
+    options = {"ef_search": args.ef_search, "nprobe": args.nprobe, "instruction": args.instruction}
+    with open_client(args) as client:
+        if args.input is not None:
+            queries = _read_lines(args.input)
+            if not queries:
+                raise CommandError(f"{args.input}: no query lines", USAGE)
+            results = client.search_batch(args.name, texts=queries, k=args.k, filter=where, **options)
+            for query, hits in zip(queries, results, strict=True):
+                print(json.dumps({"query": query, "hits": _hit_dicts(hits)}))
+            return 0
+        vector = _json_argument(args.vector, "--vector") if args.vector is not None else None
+        if vector is not None and not (isinstance(vector, list) and vector):
+            raise CommandError("--vector must be a non-empty JSON list of numbers", USAGE)
+        hits = client.search(args.name, text=args.text, vector=vector, k=args.k, filter=where, **options)
+    if args.json:
+        print_json(_hit_dicts(hits))
+    else:
+        print_table(
+            [(rank, h.score, h.id, h.metadata) for rank, h in enumerate(hits, 1)],
+            ("#", "SCORE", "ID", "METADATA"),
+        )
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    ids = list(args.ids) + (_read_lines(args.input) if args.input else [])
+    if not ids:
+        raise CommandError("give the ids to delete: ID arguments or --input FILE", USAGE)
+    with open_client(args) as client:
+        deleted = client.delete(args.name, ids)
+        left = client.count(args.name)
+    print(f"deleted {deleted} of {len(set(ids))} ids from {args.name!r}; {left} items left")
+    return 0
+
+
+def _drop(args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError(f"dropping {args.name!r} deletes it for good: add --yes to confirm", USAGE)
+        answer = input(f"drop index {args.name!r} and all its items? type its name to confirm: ")
+        if answer.strip() != args.name:
+            raise CommandError("not confirmed; nothing was dropped", USAGE)
+    with open_client(args) as client:
+        client.delete_index(args.name)
+    print(f"dropped index {args.name!r}")
+    return 0
+
+
+def _create(args: argparse.Namespace) -> int:
+    params = {p: getattr(args, p) for ps in KIND_PARAMS.values() for p in ps if getattr(args, p) is not None}
+    with open_client(args) as client:
+        info = client.create_index(args.name, model=args.model, metric=args.metric, kind=args.kind, **params)
+    _print_info(info, args.json)
+    return 0

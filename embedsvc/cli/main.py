@@ -1,0 +1,82 @@
+"""The ``embedsvc`` command: sub-commands, --version, --debug, one-line errors with distinct exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from embedsvc import __version__
+from embedsvc.cli import embed, index, inspect, models, serve
+from embedsvc.cli.failures import INTERRUPTED, describe
+from embedsvc.cli.remote import connection_options, target_of
+
+EPILOG = """\
+exit codes: 0 ok, 1 unexpected (a bug: rerun with --debug), 2 invalid usage or input, 3 index build
+stopped (rerun to continue), 4 not found, 5 server unreachable or too slow, 6 API key refused,
+7 conflict (exists, wrong state, damaged data), 8 server overloaded or disk full, 9 server cannot
+start (port in use, model does not load), 10 optional dependency missing, 130 interrupted.
+
+shell completion: pip install 'embedsvc[completion]', then
+  eval "$(register-python-argcomplete embedsvc)"      (bash; zsh: autoload bashcompinit first)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="print tracebacks of failures"
+    )
+    parser = argparse.ArgumentParser(
+        prog="embedsvc",
+        description="Embedding service: serve models over gRPC/HTTP, embed texts, build and query indexes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"embedsvc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of failures")
+    parser.set_defaults(parser=parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    connection = connection_options()
+    serve.add_parser(sub, common)
+    embed.add_parser(sub, common, connection)
+    models.add_parser(sub, common, connection)
+    index.add_parser(sub, common, connection)
+    inspect.add_parser(sub, common)
+    return parser
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    _complete(parser)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # the innermost command's usage, not the top level's: `serve --prot 1` shows serve's options
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = bool(getattr(args, "debug", False) or os.environ.get("EMBEDSVC_DEBUG"))
+    command = " ".join(filter(None, ["embedsvc", args.command, getattr(args, "index_command", None)]))
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        if debug:
+            traceback.print_exc()
+        target = target_of(args) if hasattr(args, "tls_ca") and hasattr(args, "timeout") else None
+        message, code = describe(exc, target)
+        print(f"{command}: error: {message}", file=sys.stderr)
+        return code

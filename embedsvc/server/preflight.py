@@ -1,0 +1,92 @@
+"""Check a whole server configuration before binding a port or loading a model: a mistake costs a
+one-line error at once, not a traceback after seconds of model loading."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from embedsvc.config import ServerConfig
+from embedsvc.errors import InvalidInputError, StartupError
+from embedsvc.models.profiles import POOLING_MODES
+
+
+def _check_port(host: str, port: int, what: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {host}:{port} for {what}: {exc.strerror}"
+                + (" (another process holds it)" if exc.errno == 98 else "")
+                + f"; choose another port ({_flag(what)}), or 0 for any free one"
+            ) from exc
+
+
+def _flag(what: str) -> str:
+    return {"gRPC": "--port", "HTTP": "--http-port", "metrics": "--metrics-port"}[what]
+
+
+def _check_readable(path: str, what: str) -> None:
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise StartupError(f"{what} {path}: cannot read it ({exc.strerror})") from exc
+
+
+def _check_data_dir(path: str) -> None:
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"data directory {path}: cannot create it ({exc.strerror})") from exc
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise StartupError(f"data directory {path}: not a directory this user can write")
+
+
+def _check_source(source: str | None) -> None:
+    if source is None:
+        return
+    path = Path(source).expanduser()
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or path.exists()
+    if looks_like_path and not path.is_dir():
+        raise InvalidInputError(
+            f"model source {source}: no such checkpoint folder (a hub id looks like ORG/NAME)", field="source"
+        )
+
+
+def check_before_start(config: ServerConfig) -> None:
+    """Raise InvalidInputError / StartupError for anything that would stop the server later."""
+    from embedsvc.engine.embedder import check_options
+
+    for model in config.models:
+        options = dict(model.options)
+        dtype, device = options.pop("dtype", None), options.pop("device", None)
+        pooling = options.pop("pooling", None)
+        for key in ("normalize", "max_length"):
+            options.pop(key, None)  # checked against the checkpoint when it loads
+        where = f"model {model.name or model.source or 'bundled'}"
+        try:
+            if pooling is not None and pooling not in POOLING_MODES:
+                raise InvalidInputError(
+                    f"unknown pooling {pooling!r}; choose one of {', '.join(POOLING_MODES)}", field="pooling"
+                )
+            check_options(options, dtype=dtype, device=device)
+            _check_source(model.source)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}: {exc}", field=exc.field) from exc
+    if config.tls_cert and config.tls_key:
+        _check_readable(config.tls_cert, "TLS certificate")
+        _check_readable(config.tls_key, "TLS key")
+    if config.data_dir:
+        _check_data_dir(config.data_dir)
+    ports = [("gRPC", config.port), ("HTTP", config.http_port), ("metrics", config.metrics_port)]
+    chosen = [(what, port) for what, port in ports if port]
+    numbers = [port for _, port in chosen]
+    for what, port in chosen:
+        if numbers.count(port) > 1:
+            raise StartupError(f"port {port} is given for more than one listener ({what} among them)")
+        _check_port(config.host, port, what)
