@@ -176,6 +176,22 @@ def test_tls_and_key_flags(tmp_path, tls_files, monkeypatch):
         assert_one_line_error(refused, 6, "--api-key")
         plain = run_cli("models", "--timeout", "5", *target)
         assert plain.returncode == 5, plain.stderr
+        corpus = tmp_path / "tls.jsonl"
+        corpus.write_text('{"id": "t1", "text": "over TLS"}\n')
+        build = run_cli(
+            "index",
+            "build",
+            str(corpus),
+            "--index",
+            "tls",
+            "--tls-ca",
+            str(cert),
+            *target,
+            "--no-progress",
+            cwd=tmp_path,
+        )
+        assert build.returncode == 0, build.stderr
+        assert run_cli("index", "count", "tls", "--tls-ca", str(cert), *target).stdout.strip() == "1"
 
 
 # ------------------------------------------------------------------------------------------- index

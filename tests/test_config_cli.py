@@ -106,3 +106,28 @@ def test_serve_refuses_a_gpu_index_device_it_does_not_have(tmp_path):
         timeout=120,
     )
     assert out.returncode == 2 and "pip install 'embedsvc[index-gpu]'" in out.stderr, out.stderr[-2000:]
+
+
+def test_preflight_checks_the_whole_config_without_loading(tmp_path):
+    from embedsvc.config import ModelConfig, ServerConfig
+    from embedsvc.errors import InvalidInputError, StartupError
+    from embedsvc.server.preflight import check_before_start
+
+    def config(**kwargs):
+        return ServerConfig(**{"port": 0, "models": (ModelConfig(),), **kwargs})
+
+    check_before_start(config(models=(ModelConfig(options={"dtype": "bf16", "pooling": "mean"}),)))
+    with pytest.raises(InvalidInputError, match="unknown dtype 'bf17'"):
+        check_before_start(config(models=(ModelConfig(name="m", options={"dtype": "bf17"}),)))
+    with pytest.raises(InvalidInputError, match="model m: unknown option"):
+        check_before_start(config(models=(ModelConfig(name="m", options={"qantize": "int8"}),)))
+    with pytest.raises(InvalidInputError, match="unknown pooling"):
+        check_before_start(config(models=(ModelConfig(options={"pooling": "avg"}),)))
+    with pytest.raises(StartupError, match="TLS certificate"):
+        check_before_start(config(tls_cert=str(tmp_path / "none.pem"), tls_key=str(tmp_path / "none.key")))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StartupError, match="data directory"):
+        check_before_start(config(data_dir=str(blocker / "sub")))
+    with pytest.raises(StartupError, match="more than one listener"):
+        check_before_start(config(port=45123, metrics_port=45123))
