@@ -395,7 +395,7 @@ def test_server_survives_bad_parameters_and_damaged_indexes(tmp_path):
             text=True,
             timeout=300,
         )
-        assert second.returncode == 2 and f"in use by pid {server.proc.pid}" in second.stderr
+        assert second.returncode == 7 and f"in use by pid {server.proc.pid}" in second.stderr  # 7: conflict
         assert "Traceback" not in second.stderr
         corpus_file = tmp_path / "docs.jsonl"
         corpus_file.write_text('{"text": "hello"}\n')
@@ -406,4 +406,4 @@ def test_server_survives_bad_parameters_and_damaged_indexes(tmp_path):
             text=True,
             timeout=300,
         )
-        assert build.returncode == 2 and f"in use by pid {server.proc.pid}" in build.stderr
+        assert build.returncode == 7 and f"in use by pid {server.proc.pid}" in build.stderr

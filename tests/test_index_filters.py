@@ -131,6 +131,10 @@ def _check_against_oracle(items, rewrites, deletes, filter_spec):
     ids = [f"i{n}" for n in range(len(items))]
     c.upsert(ids, rng.standard_normal((len(items), DIM)), items)
     current = dict(zip(ids, items, strict=True))
+    query = rng.standard_normal(DIM)
+    with mock.patch.object(collection_module, "EXACT_SCAN_MAX", 0):  # caches this filter's selector
+        before = {i for i, meta in current.items() if oracle(meta, filter_spec)}
+        assert _ids(c.search(query, len(items), filter=filter_spec)) == before
     for n, meta in rewrites:  # replaced items must leave their old values' bitmaps
         if n < len(items):
             c.upsert([ids[n]], rng.standard_normal((1, DIM)), [meta])
@@ -140,14 +144,14 @@ def _check_against_oracle(items, rewrites, deletes, filter_spec):
     for item_id in gone:
         current.pop(item_id, None)
     expected = {i for i, meta in current.items() if oracle(meta, filter_spec)}
-    query = rng.standard_normal(DIM)
     k = len(items)
 
     exact = c.search(query, k, filter=filter_spec)
     assert _ids(exact) == expected
     assert all(oracle(h.metadata, filter_spec) for h in exact)
     with mock.patch.object(collection_module, "EXACT_SCAN_MAX", 0):  # faiss with a bitmap selector
-        assert _ids(c.search(query, k, filter=filter_spec)) == expected
+        assert _ids(c.search(query, k, filter=filter_spec)) == expected  # the cached one is stale now
+        assert _ids(c.search(query, k, filter=filter_spec)) == expected  # and this one reuses it
     # the proto form carries the same condition
     proto = wire.filter_to_proto(parse_filter(filter_spec))
     again = parse_filter(wire.filter_from_proto(proto))

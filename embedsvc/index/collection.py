@@ -23,6 +23,7 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ IN_PLACE_QUERIES = 4  # exact search for up to this many queries reads rows in p
 # writes reach faiss in blocks of at least this many vectors: HNSW takes 64-vector blocks at ~60 % of its
 # bulk rate (1 973 vs 3 326 vectors/s at 384 dimensions); until then they are searched exactly
 BULK_BLOCK = 2048
+SELECTOR_CACHE_SIZE = 16  # filters whose faiss selectors are kept (1 bit per item each)
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,9 @@ class Collection:
         self._alive = np.zeros(len(self._matrix), dtype=bool)  # by label
         self._next_label = 0
         self._pending: set[int] = set()  # live labels not yet added to faiss (see BULK_BLOCK)
+        # packed selectors of recent filters, each valid while no write has happened since (see _seq)
+        self._selectors: OrderedDict[str, tuple[int, int, np.ndarray]] = OrderedDict()
+        self._selector_lock = threading.Lock()
         self._seq = 0
         self._ann = AnnIndex(spec.kind, spec.metric, spec.dimension, spec.params, gpu_device)
         self._wal: WriteAheadLog | None = None
@@ -630,20 +635,20 @@ class Collection:
         with self._lock.read():
             if not self._id_of:
                 return [[] for _ in queries]
-            allowed = None
+            size, bitmap, trained = len(self._id_of), None, self._ann.trained
             if condition is not None:
-                allowed = labels_array(self._filters.evaluate(condition))
-                if not len(allowed):
-                    return [[] for _ in queries]
-            if not self._ann.trained or (allowed is not None and len(allowed) <= EXACT_SCAN_MAX):
-                candidates = allowed if allowed is not None else self._live_labels()
-                return self._hits(*self._exact_top(candidates, queries, k))
-            bitmap = bits = None
-            if allowed is not None:
-                bits = np.zeros(self._next_label, dtype=bool)
-                bits[allowed] = True
-                bitmap = np.packbits(bits, bitorder="little")
-            size = len(self._id_of) if allowed is None else len(allowed)
+                cached = self._cached_selector(condition) if trained else None
+                if cached is not None:
+                    size, bitmap = cached
+                else:
+                    allowed = labels_array(self._filters.evaluate(condition))
+                    if not len(allowed):
+                        return [[] for _ in queries]
+                    if not trained or len(allowed) <= EXACT_SCAN_MAX:
+                        return self._hits(*self._exact_top(allowed, queries, k))
+                    size, bitmap = len(allowed), self._remember_selector(condition, allowed)
+            elif not trained:
+                return self._hits(*self._exact_top(self._live_labels(), queries, k))
             # faiss's own scores are exact for every kind but IVF-PQ, whose codes are re-ranked
             reranked = self.spec.kind == "ivf_pq"
             fetch = k * max(self.spec.params.rerank, 1) if reranked else k
@@ -655,7 +660,7 @@ class Collection:
                 nprobe=nprobe,
                 share=size / len(self._id_of),
             )
-            pending = self._pending_candidates(None if allowed is None else bits)
+            pending = self._pending_candidates(bitmap)
             if reranked:
                 return [
                     self._rerank(np.concatenate([row, pending]), query, k)
@@ -682,10 +687,34 @@ class Collection:
             found, scores = found[order], scores[order]
         return self._hits(found[None, :k], scores[None, :k])[0]
 
-    def _pending_candidates(self, allowed: np.ndarray | None) -> np.ndarray:
-        """Labels written but not yet in faiss (searched exactly beside it), within ``allowed``."""
+    def _pending_candidates(self, bitmap: np.ndarray | None) -> np.ndarray:
+        """Labels written but not yet in faiss (searched exactly beside it), within ``bitmap`` (packed,
+        little-endian bit order)."""
         labels = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
-        return labels if allowed is None else labels[allowed[labels]]
+        if bitmap is None:
+            return labels
+        return labels[(bitmap[labels >> 3] >> (labels & 7)) & 1 == 1]
+
+    def _cached_selector(self, condition: Condition) -> tuple[int, np.ndarray] | None:
+        """(matches, packed bitmap) of a filter used since the last write: a repeated filter (a tenant, a
+        language) skips rebuilding its selector, an O(items) pass (~4 ms at 1M items, 50 % matching)."""
+        key = repr(condition)
+        with self._selector_lock:
+            entry = self._selectors.get(key)
+            if entry is None or entry[0] != self._seq:
+                return None
+            self._selectors.move_to_end(key)
+            return entry[1], entry[2]
+
+    def _remember_selector(self, condition: Condition, allowed: np.ndarray) -> np.ndarray:
+        bits = np.zeros(self._next_label, dtype=bool)
+        bits[allowed] = True
+        bitmap = np.packbits(bits, bitorder="little")
+        with self._selector_lock:
+            self._selectors[repr(condition)] = (self._seq, len(allowed), bitmap)
+            while len(self._selectors) > SELECTOR_CACHE_SIZE:
+                self._selectors.popitem(last=False)
+        return bitmap
 
     def _live_labels(self) -> np.ndarray:
         return np.fromiter(self._id_of, dtype=np.int64, count=len(self._id_of))

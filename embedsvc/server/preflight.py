@@ -45,6 +45,9 @@ def _check_data_dir(path: str) -> None:
         raise StartupError(f"data directory {path}: cannot create it ({exc.strerror})") from exc
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise StartupError(f"data directory {path}: not a directory this user can write")
+    from embedsvc.index.lock import DataDirLock
+
+    DataDirLock.acquire(folder).release()  # another server or build holding it: refused by name, now
 
 
 def _check_source(source: str | None) -> None:
