@@ -78,6 +78,14 @@ def test_version_and_subcommand_usage():
     assert nested.returncode == 2 and "usage: embedsvc index search" in nested.stderr
 
 
+def test_debug_shows_the_traceback_and_plain_runs_do_not():
+    unreachable = ("index", "count", "x", "--target", f"127.0.0.1:{free_port()}", "--timeout", "3")
+    plain = run_cli(*unreachable)
+    assert_one_line_error(plain, 5, "cannot reach the server")
+    for debug in (run_cli("--debug", *unreachable), run_cli(*unreachable, env={"EMBEDSVC_DEBUG": "1"})):
+        assert debug.returncode == 5 and "Traceback" in debug.stderr
+
+
 def test_config_mistakes_fail_before_loading_anything():
     started = time.monotonic()
     out = run_cli("serve", "--port", "0", "--deterministic", "--quantize", "int8", "--plain-logs")
