@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from embedsvc.cli import parse_model as _parse_model
 from embedsvc.config import ModelConfig, build_server_config, load_toml
@@ -121,6 +122,9 @@ def test_preflight_checks_the_whole_config_without_loading(tmp_path):
         check_before_start(config(models=(ModelConfig(name="m", options={"dtype": "bf17"}),)))
     with pytest.raises(InvalidInputError, match="model m: unknown option"):
         check_before_start(config(models=(ModelConfig(name="m", options={"qantize": "int8"}),)))
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInputError, match="CUDA is not available"):
+            check_before_start(config(models=(ModelConfig(options={"device": "cuda"}),)))
     with pytest.raises(InvalidInputError, match="unknown pooling"):
         check_before_start(config(models=(ModelConfig(options={"pooling": "avg"}),)))
     with pytest.raises(StartupError, match="TLS certificate"):

@@ -64,6 +64,7 @@ def _check_source(source: str | None) -> None:
 def check_before_start(config: ServerConfig) -> None:
     """Raise InvalidInputError / StartupError for anything that would stop the server later."""
     from embedsvc.engine.embedder import check_options
+    from embedsvc.models.loading import parse_device
 
     for model in config.models:
         options = dict(model.options)
@@ -78,6 +79,8 @@ def check_before_start(config: ServerConfig) -> None:
                     f"unknown pooling {pooling!r}; choose one of {', '.join(POOLING_MODES)}", field="pooling"
                 )
             check_options(options, dtype=dtype, device=device)
+            if device is not None:
+                parse_device(device)  # "cuda" on a machine without CUDA: refused now, not after binding
             _check_source(model.source)
         except InvalidInputError as exc:
             raise InvalidInputError(f"{where}: {exc}", field=exc.field) from exc
