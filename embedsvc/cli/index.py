@@ -102,8 +102,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
 
 _PARAM_HELP = {
     "hnsw_m": "HNSW: links per node (default 32)",
-    "hnsw_ef_construction": "HNSW: candidates while building (default 80)",
-    "hnsw_ef_search": "HNSW: candidates per search (default 64)",
+    "hnsw_ef_construction": "HNSW: candidates while building (default 200)",
+    "hnsw_ef_search": "HNSW: candidates per search (default 192)",
     "ivf_nlist": "IVF: coarse lists (default 32)",
     "ivf_nprobe": "IVF: lists searched (default 24)",
     "pq_m": "IVF-PQ: sub-quantizers (default: dimension/4 rounded to a divisor)",
