@@ -306,6 +306,14 @@ def test_build_defaults_ids_rejects_and_changed_settings(tmp_path):
     restarted = run_cli(*command, "--text-field", "body", "--restart")
     assert restarted.returncode == 0, restarted.stderr
 
+    # a checkpoint written before reader settings were kept (version 1) is continued, with a warning that
+    # ids now come from records' "id" fields
+    checkpoint = data / "pipeline" / "mixed.checkpoint.json"
+    totals = {"documents": 0, "chunks": 0, "tokens": 0, "rejected": 0}
+    checkpoint.write_text(json.dumps({"version": 1, "index": "mixed", "files": {}, "totals": totals}))
+    old = run_cli(*command)
+    assert old.returncode == 0 and "before 0.2" in old.stderr and "--restart" in old.stderr, old.stderr
+
 
 def test_shell_completion(tmp_path):
     pytest.importorskip("argcomplete")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,8 @@ from embedsvc.errors import FailedPreconditionError
 from embedsvc.pipeline.chunking import Chunker
 from embedsvc.pipeline.readers import ReaderOptions, Record, detect_format, expand_inputs, read_records
 from embedsvc.pipeline.sinks import LocalSink, PipelineStopped, RemoteSink, StoreSink
+
+log = logging.getLogger("embedsvc.pipeline")
 
 __all__ = ["BuildOptions", "PipelineStopped", "SettingsChangedError", "Summary", "build_index"]
 
@@ -142,6 +145,13 @@ class _Checkpoint:
                 f"checkpoint {self.path} belongs to index {data.get('index')!r}; use --restart"
             )
         saved = data.get("settings")
+        if saved is None and self.settings["id_field"] is None:
+            log.warning(
+                "checkpoint %s is from an embedsvc before 0.2, which kept no reader settings and gave "
+                "FILE:RECORD ids unless --id-field was given; records with an 'id' field now get that id. "
+                "If the files have one, add --restart to rebuild with one kind of id",
+                self.path,
+            )
         if saved is not None and saved != self.settings:
             changed = [
                 f"{_SETTING_FLAGS[k]} {_shown(saved.get(k))} -> {_shown(self.settings[k])}"
