@@ -12,7 +12,8 @@ from embedsvc.cli.remote import API_KEY_ENV, api_key_of, target_of
 
 INDEX_EPILOG = """\
 modes:
-  remote   --target HOST:PORT    through a running server (batched Upsert, --in-flight at once);
+  remote   --target HOST:PORT    (the default mode; target: $EMBEDSVC_TARGET, else 127.0.0.1:50051)
+                                 through a running server (batched Upsert, --in-flight at once);
                                  --model picks the served model a new index is bound to
   local    --data-dir DIR        the engine in this process writes the index directory, which
                                  `embedsvc serve --data-dir DIR --model SOURCE` serves later;
