@@ -91,15 +91,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
     q.add_argument("--model", help="served model whose vectors it holds (default: the server's default)")
     q.add_argument("--metric", choices=METRICS, default="cosine")
     q.add_argument("--kind", choices=KINDS, default="flat")
-    for params in KIND_PARAMS.values():
-        for param in params:
-            if not any(param == a.dest for a in q._actions):
-                q.add_argument(f"--{param.replace('_', '-')}", type=int, dest=param, help=_PARAM_HELP[param])
+    for param in _PARAMS:
+        q.add_argument(f"--{param.replace('_', '-')}", type=int, dest=param, help=_PARAM_HELP[param])
     q.add_argument("--json", action="store_true")
 
     build.add_parsers(isub, common)
 
 
+_PARAMS = tuple(dict.fromkeys(p for params in KIND_PARAMS.values() for p in params))  # IVF kinds share some
 _PARAM_HELP = {
     "hnsw_m": "HNSW: links per node (default 32)",
     "hnsw_ef_construction": "HNSW: candidates while building (default 200)",
@@ -264,7 +263,7 @@ def _drop(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    params = {p: getattr(args, p) for ps in KIND_PARAMS.values() for p in ps if getattr(args, p) is not None}
+    params = {p: getattr(args, p) for p in _PARAMS if getattr(args, p) is not None}
     with open_client(args) as client:
         info = client.create_index(args.name, model=args.model, metric=args.metric, kind=args.kind, **params)
     _print_info(info, args.json)

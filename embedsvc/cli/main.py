@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if debug:
             traceback.print_exc()
-        target = target_of(args) if hasattr(args, "tls_ca") and hasattr(args, "timeout") else None
+        target = target_of(args) if hasattr(args, "wait") else None  # commands with connection options
         message, code = describe(exc, target)
         print(f"{command}: error: {message}", file=sys.stderr)
         return code

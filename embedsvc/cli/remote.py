@@ -47,10 +47,15 @@ def target_of(args: argparse.Namespace) -> str:
     return str(args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
 
 
+def keys_from_env(*variables: str) -> list[str]:
+    """API keys listed (comma-separated) in these environment variables, in order."""
+    return [k.strip() for v in variables for k in os.environ.get(v, "").split(",") if k.strip()]
+
+
 def api_key_of(args: argparse.Namespace) -> str | None:
     if args.api_key:
         return str(args.api_key)
-    keys = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    keys = keys_from_env(API_KEY_ENV)
     return keys[0] if keys else None
 
 

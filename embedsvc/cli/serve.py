@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import Any
 
-from embedsvc.cli.remote import API_KEY_ENV
+from embedsvc.cli.remote import API_KEY_ENV, keys_from_env
 from embedsvc.config import ModelConfig, build_server_config, load_toml
 from embedsvc.models.dtypes import DTYPE_ALIASES
 from embedsvc.models.profiles import POOLING_MODES
@@ -165,8 +164,7 @@ def run(args: argparse.Namespace) -> int:
     file_data = load_toml(args.config) if args.config else None
     # keys from the command line and the environment add to the config file's, never replace them
     api_keys = list(args.api_keys or [])
-    for variable in (API_KEY_ENV, "EMBEDSVC_API_KEYS"):  # EMBEDSVC_API_KEYS: the name before 0.2
-        api_keys += [k.strip() for k in os.environ.get(variable, "").split(",") if k.strip()]
+    api_keys += keys_from_env(API_KEY_ENV, "EMBEDSVC_API_KEYS")  # EMBEDSVC_API_KEYS: the name before 0.2
     if api_keys:
         from_file = (file_data or {}).get("server", {}).get("api_keys") or []
         api_keys = list(dict.fromkeys([*from_file, *api_keys]))

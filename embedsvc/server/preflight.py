@@ -3,6 +3,7 @@ one-line error at once, not a traceback after seconds of model loading."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from pathlib import Path
@@ -20,7 +21,7 @@ def _check_port(host: str, port: int, what: str) -> None:
         except OSError as exc:
             raise StartupError(
                 f"cannot listen on {host}:{port} for {what}: {exc.strerror}"
-                + (" (another process holds it)" if exc.errno == 98 else "")
+                + (" (another process holds it)" if exc.errno == errno.EADDRINUSE else "")
                 + f"; choose another port ({_flag(what)}), or 0 for any free one"
             ) from exc
 
