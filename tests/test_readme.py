@@ -1,12 +1,15 @@
-"""The README's examples stay true: every fenced block marked ``<!-- tested -->`` runs, in README order, as
-one bash script (Python blocks through the same interpreter), in a folder holding the sample files the
-README names. A failing line fails the test with the block it came from."""
+"""The README's examples stay true: every fenced block marked ``<!-- tested -->`` in the README and in the
+docs/ pages it links runs, in that order, as one bash script (Python blocks through the same interpreter),
+in a folder holding a copy of ``examples/``. A failing line fails the test with the block it came from.
+Blocks marked ``<!-- tested: with a server -->`` (the quickstart, which expects `make serve` running in
+another terminal) run on their own against a server the test starts the same way."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,25 +17,42 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 MARK = "<!-- tested -->"
+WITH_SERVER = "<!-- tested: with a server -->"
+LINK = re.compile(r"\]\((docs/[\w.-]+\.md)\)")
 BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-def marked_blocks(text: str) -> list[tuple[str, str, int]]:
-    """(language, code, line) of each block whose fence follows the marker line."""
+def pages() -> list[Path]:
+    """The README, then every docs/ page it links, in the order it links them."""
+    linked = dict.fromkeys(LINK.findall(README.read_text()))
+    return [README, *(ROOT / name for name in linked)]
+
+
+def marked_blocks(text: str, mark: str = MARK, where: str = "README.md") -> list[tuple[str, str, str]]:
+    """(language, code, place) of each block whose fence follows the marker line."""
     blocks = []
     for match in BLOCK.finditer(text):
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        if before.strip() == MARK:
-            blocks.append((match.group(1), match.group(2), text.count("\n", 0, match.start()) + 1))
+        if before.strip() == mark:
+            line = text.count("\n", 0, match.start()) + 1
+            blocks.append((match.group(1), match.group(2), f"{where} line {line}"))
     return blocks
 
 
-def script_for(blocks: list[tuple[str, str, int]]) -> str:
+def all_marked_blocks(mark: str = MARK) -> list[tuple[str, str, str]]:
+    blocks = []
+    for page in pages():
+        blocks += marked_blocks(page.read_text(), mark, str(page.relative_to(ROOT)))
+    return blocks
+
+
+def script_for(blocks: list[tuple[str, str, str]]) -> str:
     parts = ["set -euo pipefail", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT"]
-    for language, code, line in blocks:
-        parts.append(f"echo '### README.md line {line} ({language})' >&2")
+    for language, code, place in blocks:
+        parts.append(f"echo '### {place} ({language})' >&2")
         if language == "bash":
             parts.append(code)
         else:
@@ -41,7 +61,9 @@ def script_for(blocks: list[tuple[str, str, int]]) -> str:
 
 
 def test_the_marker_finds_the_command_line_and_python_examples():
-    blocks = marked_blocks(README.read_text())
+    assert len(pages()) >= 8, "the README links its docs pages"
+    assert all(page.exists() for page in pages())
+    blocks = all_marked_blocks()
     commands = "".join(code for language, code, _ in blocks if language == "bash")
     for command in ("serve", "embed", "models", "index build", "index search", "index export", "index drop"):
         assert f"embedsvc {command}" in commands
@@ -57,28 +79,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _sample_files(folder: Path) -> None:
-    docs = [
-        ("k1", "How to rotate an API key without downtime", "en", 2023),
-        ("k2", "Key rotation schedules for service accounts", "en", 2022),
-        ("k3", "Comment changer une clé d'API", "fr", 2022),
-        ("k4", "The history of tea in England", "en", 2019),
-        ("k5", "Brewing green tea at the right temperature", "en", 2021),
-    ]
-    (folder / "corpus.jsonl").write_text(
-        "".join(json.dumps({"id": i, "text": t, "lang": lang, "year": y}) + "\n" for i, t, lang, y in docs)
-    )
-    (folder / "questions.txt").write_text("how often should keys rotate?\nhow hot should tea water be?\n")
-
-
-@pytest.mark.slow
-def test_readme_examples_run(tmp_path):
-    pytest.importorskip("qdrant_client")
-    if not _port_free(50051):
-        pytest.skip("port 50051 (the README's default) is in use here")
-    _sample_files(tmp_path)
-    script = tmp_path / "readme.sh"
-    script.write_text(script_for(marked_blocks(README.read_text())))
+def _environment() -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -89,11 +90,26 @@ def test_readme_examples_run(tmp_path):
         TOKENIZERS_PARALLELISM="false",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
+    return env
+
+
+def _run(script_text: str, folder: Path) -> None:
+    shutil.copytree(ROOT / "examples", folder / "examples")
+    script = folder / "readme.sh"
+    script.write_text(script_text)
     out = subprocess.run(
-        ["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        ["bash", str(script)], cwd=folder, env=_environment(), capture_output=True, text=True, timeout=900
     )
-    log = (tmp_path / "server.log").read_text() if (tmp_path / "server.log").exists() else ""
+    log = (folder / "server.log").read_text() if (folder / "server.log").exists() else ""
     assert out.returncode == 0, f"{out.stderr[-4000:]}\n--- server log ---\n{log[-3000:]}"
+
+
+@pytest.mark.slow
+def test_readme_examples_run(tmp_path):
+    pytest.importorskip("qdrant_client")
+    if not _port_free(50051):
+        pytest.skip("port 50051 (the README's default) is in use here")
+    _run(script_for(all_marked_blocks()), tmp_path)
     # the outputs are what the README says they are
     (one,) = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     assert len(one["embedding"]) == 384
@@ -103,5 +119,17 @@ def test_readme_examples_run(tmp_path):
     from qdrant_client import QdrantClient
 
     exported = QdrantClient(path=str(tmp_path / "qdrant-data"))
-    assert exported.count("docs").count == 4  # k4 was deleted before the export
+    corpus = (ROOT / "examples" / "corpus.jsonl").read_text().splitlines()
+    assert exported.count("docs").count == len(corpus) - 1  # k4 was deleted before the export
     exported.close()
+
+
+@pytest.mark.slow
+def test_readme_quickstart_runs_against_a_server(tmp_path):
+    """The quickstart as pasted in a second terminal while `make serve` (the same command) runs."""
+    if not _port_free(50051):
+        pytest.skip("port 50051 (the README's default) is in use here")
+    blocks = all_marked_blocks(WITH_SERVER)
+    assert blocks, "the README has a quickstart block"
+    serve = "embedsvc serve --host 127.0.0.1 --port 50051 --data-dir ./data --plain-logs 2> server.log &"
+    _run(serve + "\n" + script_for(blocks), tmp_path)
