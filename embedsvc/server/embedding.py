@@ -15,7 +15,7 @@ from embedsvc.config import ServerConfig
 from embedsvc.engine.options import Embedded
 from embedsvc.engine.service import ModelService
 from embedsvc.errors import InvalidInputError, OverloadedError
-from embedsvc.server.errors import message_for, status_for
+from embedsvc.server.errors import RETRY_AFTER_MS, message_for, status_for
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry
 from embedsvc.server.rpc import GuardedServicer
@@ -95,6 +95,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self._open_streams} streams are open, the limit (max_streams={self.config.max_streams}); "
                 "reuse a stream or retry later",
+                trailing_metadata=((RETRY_AFTER_MS, str(round(STREAM_BACKOFF_S * 1000))),),
             )
         self._open_streams += 1
         # one id per stream, sent back at once in the initial metadata; internal errors log it
