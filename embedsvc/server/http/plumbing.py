@@ -4,6 +4,7 @@ when the client goes away, and metrics labelled like gRPC's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -182,6 +183,8 @@ class Call:
             watch.cancel()
             if not task.done():
                 task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # the cancellation runs its clean-up (the queue skips what is left)
         if task.cancelled():
             raise ClientGoneError(f"the client closed the connection after {self.elapsed():.3f}s")
         return task.result()
