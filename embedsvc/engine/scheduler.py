@@ -10,7 +10,9 @@ Overload is refused early and fairly:
   The queue is bounded in **seconds of work** on this machine (tokens / the measured forward
   throughput), so a refusal (RESOURCE_EXHAUSTED) comes in microseconds instead of after minutes
   in a queue. A caller (tenant: a connection or an API key) still under its fair share of the queue
-  is admitted even when the queue is full, so one heavy caller cannot lock light ones out.
+  is admitted even when the queue is full, so one heavy caller cannot lock light ones out; a caller
+  alone on the model is never refused by this bound (it would be refused for its own earlier work).
+  Every refusal carries ``retry_after_s``: about how long until the request would fit.
 * batches are filled round-robin across tenants, one sequence each in turn: a light caller's
   request rides in the next batch instead of waiting behind a flood.
 * deadlines and cancellations drop a request's remaining work, started or not.
