@@ -112,11 +112,11 @@ def error_response(exc: BaseException, *, tei: bool, request_id: str) -> Respons
 class Call:
     """One HTTP request's context: its id, its tenant, its deadline, the model it reached."""
 
-    def __init__(self, door: Door, request: Request, method: str) -> None:
+    def __init__(self, door: Door, request: Request, method: str, request_id: str) -> None:
         self.door = door
         self.request = request
         self.method = method
-        self.id = uuid.uuid4().hex[:16]
+        self.id = request_id
         self.started = time.perf_counter()
         self.model = "default"
         self.timeout = _timeout(request.headers.get(TIMEOUT_HEADER))
@@ -230,13 +230,11 @@ class Door:
         method = f"http:{path}"
 
         async def run(request: Request) -> Response:
-            call: Call | None = None
             request_id = uuid.uuid4().hex[:16]
             try:
-                call = Call(self, request, method)
-                request_id = call.id
                 if not self.keys.allows(request.headers.get("authorization")):
                     raise UnauthenticatedError(HTTP_HINT)
+                call = Call(self, request, method, request_id)
                 response = await handler(request, call)
             except ClientGoneError:
                 self.metrics.errors.labels(method, str(CLIENT_CLOSED)).inc()
