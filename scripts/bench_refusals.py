@@ -31,11 +31,14 @@ from embedsvc.v1 import embedding_pb2 as pb  # noqa: E402
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc  # noqa: E402
 from tests.server_utils import ServerProcess  # noqa: E402
 
+# a connection of its own per caller (a tenant of its own): gRPC would share one across the process
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
 
 def heavy_caller(
     target: str, texts: list[str], stop: threading.Event, honour: bool, refusals: list[int]
 ) -> None:
-    with grpc.insecure_channel(target) as channel:  # a connection of its own: a tenant of its own
+    with grpc.insecure_channel(target, options=OWN_CONNECTION) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
         request = pb.EmbedRequest(inputs=texts)
         while not stop.is_set():
@@ -53,7 +56,7 @@ def heavy_caller(
 
 def light_caller(target: str, seconds: float) -> list[float]:
     latencies = []
-    with grpc.insecure_channel(target) as channel:
+    with grpc.insecure_channel(target, options=OWN_CONNECTION) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
         ends = time.monotonic() + seconds
         i = 0
