@@ -5,11 +5,12 @@ and see either all or none of a write (a readers-writer lock around apply/search
 A write is appended to the log and fsynced *before* it is applied and acknowledged.
 
 On disk: ``spec.json`` (immutable), ``snapshot.bin`` (all items as of record ``seq``),
-``state.json`` (the ``seq`` of the last snapshot taken) and ``wal.log`` (records after it,
-numbered consecutively). Recovery checks that they fit together: a snapshot older than
-``state.json`` says, a log that starts after the snapshot ends or skips a number, or a damaged
-record with intact ones after it is corruption — the index is reported damaged (DATA_LOSS) and
-its files are left as they are, never served partially.
+``state.json`` (the ``seq`` of the last snapshot taken; written at creation), ``wal.log`` (records
+after it, numbered consecutively) and ``wal.mark`` (the last acknowledged record: see
+wal.HighWaterMark). Recovery checks that they fit together: a snapshot older than ``state.json``
+says, a missing log, a log that starts after the snapshot ends or skips a number, a damaged record
+with intact ones after it, or fewer records than the mark acknowledged is corruption — the index
+is reported damaged (DATA_LOSS) and its files are left as they are, never served partially.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from embedsvc.index import records
 from embedsvc.index.ann import KINDS, MAX_EF_SEARCH, MAX_K, METRICS, AnnIndex, AnnParams, check_params
 from embedsvc.index.filters import Condition, MetadataValue, both, parse_filter
 from embedsvc.index.metadata import MetadataIndex, labels_array
-from embedsvc.index.wal import LogContents, WriteAheadLog, cut_torn_tail, fsync_dir, scan_log
+from embedsvc.index.wal import HighWaterMark, LogContents, WriteAheadLog, cut_torn_tail, fsync_dir, scan_log
 
 log = logging.getLogger("embedsvc.index")
 SPEC_FILE, SNAPSHOT_FILE, WAL_FILE, STATE_FILE = "spec.json", "snapshot.bin", "wal.log", "state.json"
+MARK_FILE = "wal.mark"
 # the largest vector norm whose square float32 still holds: beyond it l2 / inner-product scores overflow
 _FLOAT32_NORM_LIMIT = math.sqrt(float(np.finfo(np.float32).max))
 # a filter matching at most this many items is searched exactly over them (a gather and one matrix
@@ -211,6 +213,7 @@ class Collection:
         self._seq = 0
         self._ann = AnnIndex(spec.kind, spec.metric, spec.dimension, spec.params, gpu_device)
         self._wal: WriteAheadLog | None = None
+        self._mark: HighWaterMark | None = None
         self._fsync = fsync
         self._ann_error: str | None = None
         self._ann_failed_at = 0
@@ -229,6 +232,12 @@ class Collection:
         try:
             staging.mkdir(parents=True)
             _write_json(staging / SPEC_FILE, spec.to_json())
+            # state.json and an empty log from the start: a log missing later is then known to be lost
+            _write_json(staging / STATE_FILE, {"snapshot_seq": 0})
+            (staging / WAL_FILE).write_bytes(b"")
+            mark = HighWaterMark(staging / MARK_FILE)
+            mark.update(0, 0, sync=True)
+            mark.close()
             fsync_dir(staging)
             os.rename(staging, folder)  # the index appears whole or not at all
             fsync_dir(folder.parent)
@@ -254,11 +263,12 @@ class Collection:
         collection = cls(spec, folder)
         stamp = time.strftime("%Y%m%dT%H%M%S")
         report: dict[str, Any] = {"index": spec.name, "moved_aside": []}
-        snapshot_seq = 0
+        snapshot_seq, snapshot_usable = 0, True
         try:
             snapshot_seq = collection._load_snapshot()
         except CorruptDataError as exc:
             report["snapshot"] = f"unusable: {exc}"
+            snapshot_usable = False
             collection = cls(spec, folder)
             if (folder / SNAPSHOT_FILE).exists():
                 aside = folder / f"{SNAPSHOT_FILE}.damaged-{stamp}"
@@ -269,6 +279,11 @@ class Collection:
         for payload in contents.payloads:
             header, vectors = records.unpack(payload, spec.dimension)
             seq = int(header["seq"])
+            if not snapshot_usable and replayed == 0 and seq > collection._seq + 1:
+                # the records before the log's first lived only in the lost snapshot: the log's own
+                # intact records still apply in order after them
+                report["records_lost_with_snapshot"] = seq - 1 - collection._seq
+                collection._seq = seq - 1
             if seq <= collection._seq:
                 continue
             if seq != collection._seq + 1:
@@ -281,6 +296,9 @@ class Collection:
                 collection._apply_delete(header["ids"])
         seqs = [int(records.unpack(p, spec.dimension)[0]["seq"]) for p in contents.payloads]
         later = sum(1 for seq in seqs if seq > collection._seq) + contents.records_after_damage
+        mark = HighWaterMark.read(folder / MARK_FILE)
+        if mark is not None and mark[0] > collection._seq:
+            report["acknowledged_records_lost"] = mark[0] - collection._seq
         report.update(
             snapshot_records=snapshot_seq,
             records_replayed=replayed,
@@ -294,22 +312,48 @@ class Collection:
             os.replace(folder / WAL_FILE, aside)
             report["moved_aside"].append(str(aside))
         collection._open_wal()
-        collection.snapshot()  # what was recovered, durable; the log starts afresh
-        collection._wal.close()  # type: ignore[union-attr]
+        collection.snapshot()  # what was recovered, durable; the log and its mark start afresh
+        collection._close_files()
         return report
 
     def _open_wal(self) -> None:
         if self.folder is not None:
             self._wal = WriteAheadLog(self.folder / WAL_FILE, fsync=self._fsync)
+            self._mark = HighWaterMark(self.folder / MARK_FILE)
+
+    def _close_files(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
 
     def _recover(self) -> None:
         assert self.folder is not None
+        wal, mark_path = self.folder / WAL_FILE, self.folder / MARK_FILE
+        if not wal.exists() and ((self.folder / STATE_FILE).exists() or mark_path.exists()):
+            raise CorruptDataError(
+                f"{wal} is missing, but {STATE_FILE} says the index was created with one: writes since the "
+                "last snapshot would be lost; the files were left untouched (embedsvc index repair serves "
+                "what the snapshot holds)"
+            )
         snapshot_seq = self._load_snapshot()
-        contents = scan_log(self.folder / WAL_FILE)
+        contents = scan_log(wal)
         if contents.corruption:
             raise CorruptDataError(contents.corruption)
         self._replay(contents, snapshot_seq)
-        cut_torn_tail(self.folder / WAL_FILE, contents)
+        mark = HighWaterMark.read(mark_path)
+        if mark is not None and mark[0] > self._seq:
+            lost = mark[0] - self._seq
+            raise CorruptDataError(
+                f"{wal}: {mark_path.name} says record {mark[0]} was acknowledged (the log {mark[1]} bytes "
+                f"long), but the snapshot and the log hold records up to {self._seq} only "
+                f"({contents.good_end + contents.torn_bytes} bytes): {lost} acknowledged write(s) are "
+                "missing (the log was cut, replaced or damaged at its end); the files were left untouched "
+                "(embedsvc index repair serves what is intact)"
+            )
+        cut_torn_tail(wal, contents)
         self._rebuild_ann()
 
     def _load_snapshot(self) -> int:
@@ -367,6 +411,8 @@ class Collection:
                     ) from exc
                 raise
         self._seq += 1  # only once the record is durable
+        if self._mark is not None and self._wal is not None:
+            self._mark.update(self._seq, self._wal.size())  # no fsync: see HighWaterMark
 
     def snapshot(self) -> None:
         """Write all live items to a new snapshot (atomic rename), then empty the log."""
@@ -382,6 +428,8 @@ class Collection:
         # recorded before the log is emptied: a later start can tell a lost snapshot from no snapshot
         _write_json(self.folder / STATE_FILE, {"snapshot_seq": self._seq})
         self._wal.reset()
+        if self._mark is not None:
+            self._mark.update(self._seq, 0, sync=True)
 
     def _try_snapshot(self) -> None:
         """A snapshot that fails (a full disk) leaves the log in charge: nothing is lost, it is retried."""
@@ -401,8 +449,9 @@ class Collection:
             if self._wal is not None:
                 if self._wal.records_since_open:
                     self._try_snapshot()
-                self._wal.close()
-                self._wal = None
+                if self._mark is not None:
+                    self._mark.sync()
+                self._close_files()
 
     # ------------------------------------------------------------ mutation
     def _labels_and_vectors(self) -> tuple[np.ndarray, np.ndarray]:
