@@ -10,7 +10,7 @@ import numpy as np
 
 from embedsvc.index.filters import parse_filter
 from embedsvc.v1 import index_pb2 as ipb
-from embedsvc.wire import KINDS, MAX_BATCH_HITS, METRICS, filter_to_proto, to_metadata
+from embedsvc.wire import KINDS, MAX_BATCH_HITS, METRICS, filter_to_proto, metadata_value, to_metadata
 
 _METRIC_NAMES = {v: k for k, v in METRICS.items()}
 _KIND_NAMES = {v: k for k, v in KINDS.items()}
@@ -39,7 +39,7 @@ class IndexInfo:
 
 
 def from_metadata(values: Mapping[str, ipb.MetadataValue]) -> dict[str, Any]:
-    return {k: getattr(v, v.WhichOneof("kind")) for k, v in values.items() if v.WhichOneof("kind")}
+    return {k: metadata_value(v, k) for k, v in values.items() if v.WhichOneof("kind")}
 
 
 def create_request(name: str, model: str | None, metric: str, kind: str, params: Mapping[str, int]) -> Any:
@@ -105,11 +105,11 @@ def _set_filter(request: Any, filter: Mapping[str, Any] | None) -> None:
     parsed here, so mistakes fail before sending, and sent as `where`."""
     if not filter:
         return
+    condition = parse_filter(filter)  # mistakes (a list as a value, an unknown operator) fail here
     if all(not isinstance(v, Mapping) and not k.startswith("$") for k, v in filter.items()):
         for key, value in to_metadata(filter).items():
             request.filter[key].CopyFrom(value)
         return
-    condition = parse_filter(filter)
     if condition is not None:
         request.where.CopyFrom(filter_to_proto(condition))
 

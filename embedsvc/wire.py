@@ -42,6 +42,7 @@ METRIC_NAMES = {ipb.METRIC_UNSPECIFIED: "cosine", **{v: k for k, v in METRICS.it
 KIND_NAMES = {ipb.INDEX_KIND_UNSPECIFIED: "flat", **{v: k for k, v in KINDS.items()}}
 ENCODING_VALUES = {pb.ENCODING_UNSPECIFIED, *ENCODINGS.values()}
 MAX_BATCH_HITS = 100_000  # queries x k in one SearchBatch: bounds the response's size
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def lookup(table: Mapping[Any, Any], value: Any, field: str) -> Any:
@@ -190,7 +191,7 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
 # ---------------------------------------------------------------------- index
 
 
-def to_metadata_value(value: Any) -> ipb.MetadataValue:
+def _scalar_value(value: Any) -> ipb.MetadataValue:
     if isinstance(value, bool):
         return ipb.MetadataValue(bool_value=value)
     if isinstance(value, int):
@@ -199,24 +200,51 @@ def to_metadata_value(value: Any) -> ipb.MetadataValue:
         return ipb.MetadataValue(double_value=value)
     if isinstance(value, str):
         return ipb.MetadataValue(string_value=value)
-    raise ValueError(f"metadata values must be str, int, float or bool, got {type(value).__name__}")
+    raise ValueError(
+        f"metadata values must be str, int, float, bool or a list of them, got {type(value).__name__}"
+    )
+
+
+def to_metadata_value(value: Any) -> ipb.MetadataValue:
+    """A value as the proto holds it; a list (or tuple) of scalars becomes ``list_value``."""
+    if isinstance(value, list | tuple):
+        message = ipb.MetadataValue()
+        message.list_value.SetInParent()  # set even when the list is empty
+        message.list_value.values.extend(_scalar_value(v) for v in value)
+        return message
+    return _scalar_value(value)
 
 
 def to_metadata(values: Mapping[str, Any] | None) -> dict[str, ipb.MetadataValue]:
     return {k: to_metadata_value(v) for k, v in (values or {}).items()}
 
 
+def metadata_value(value: ipb.MetadataValue, key: str) -> Any:
+    """The plain form of one item's value (a list for ``list_value``); an empty value or a list in a
+    list is InvalidInputError naming its key."""
+    which = value.WhichOneof("kind")
+    if which is None:
+        raise InvalidInputError(
+            f"metadata value of {key!r} is empty: set one of its fields", field="metadata"
+        )
+    if which != "list_value":
+        return getattr(value, which)
+    out = []
+    for element in value.list_value.values:
+        kind = element.WhichOneof("kind")
+        if kind is None or kind == "list_value":
+            raise InvalidInputError(
+                f"metadata value of {key!r}: list elements are strings, integers, doubles or booleans, "
+                f"got {'an empty value' if kind is None else 'a list'}",
+                field="metadata",
+            )
+        out.append(getattr(element, kind))
+    return out
+
+
 def from_metadata(values: Mapping[str, ipb.MetadataValue]) -> dict[str, Any]:
     """Plain metadata; an empty value (no field set) is InvalidInputError naming its key."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        which = value.WhichOneof("kind")
-        if which is None:
-            raise InvalidInputError(
-                f"metadata value of {key!r} is empty: set one of its fields", field="metadata"
-            )
-        out[key] = getattr(value, which)
-    return out
+    return {key: metadata_value(value, key) for key, value in values.items()}
 
 
 # --------------------------------------------------------------------- filters
@@ -232,7 +260,14 @@ def filter_to_proto(condition: Condition) -> ipb.Filter:
         getattr(field_condition, "in").values.extend(to_metadata_value(v) for v in condition.values)
         return ipb.Filter(field=field_condition)  # `in` is a Python keyword: no keyword argument
     if isinstance(condition, Range):
-        bounds = {b: getattr(condition, b) for b in RANGE_BOUNDS if getattr(condition, b) is not None}
+        bounds: dict[str, Any] = {}
+        for b in RANGE_BOUNDS:
+            value = getattr(condition, b)
+            if value is None:
+                continue
+            bounds[b] = float(value)  # what servers before the integer fields read
+            if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+                bounds[f"{b}_int"] = value  # exact: a double rounds integers beyond 2^53
         return ipb.Filter(field=ipb.FieldCondition(key=condition.key, range=ipb.Range(**bounds)))
     if isinstance(condition, Exists):
         return ipb.Filter(field=ipb.FieldCondition(key=condition.key, exists=condition.present))
@@ -252,6 +287,12 @@ def _plain_value(value: ipb.MetadataValue, key: str) -> Any:
     which = value.WhichOneof("kind")
     if which is None:
         raise InvalidInputError(f"filter on {key!r}: a value is empty: set one of its fields", field="filter")
+    if which == "list_value":
+        raise InvalidInputError(
+            f"filter on {key!r}: a filter value is one string, number or boolean, not a list (eq matches "
+            "items whose list holds the value; use in to match any of several)",
+            field="filter",
+        )
     return getattr(value, which)
 
 
@@ -284,7 +325,12 @@ def filter_from_proto(message: ipb.Filter, depth: int = 0) -> dict[str, Any]:
         spec = [_plain_value(v, key) for v in getattr(field_condition, match).values]
     elif match == "range":
         bounds = field_condition.range
-        spec = {b: getattr(bounds, b) for b in RANGE_BOUNDS if bounds.HasField(b)}
+        # the exact integer form of a bound wins over its double (set beside it for older servers)
+        spec = {
+            b: getattr(bounds, f"{b}_int") if bounds.HasField(f"{b}_int") else getattr(bounds, b)
+            for b in RANGE_BOUNDS
+            if bounds.HasField(f"{b}_int") or bounds.HasField(b)
+        }
         if not spec:
             raise InvalidInputError(f"filter on {key!r}: a range needs at least one bound", field="filter")
         return {key: spec}

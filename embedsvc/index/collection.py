@@ -166,22 +166,42 @@ def check_vectors(vectors: np.ndarray, dimension: int, field_name: str = "vector
 
 
 _METADATA_TYPES = (str, int, float, bool)
+MAX_LIST_VALUES = 10_000  # elements in one list value
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, _METADATA_TYPES) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _copied(metadata: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+    """A caller's copy: changing a returned list must not change the stored item."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in metadata.items()}
 
 
 def check_metadata(metadata: Mapping[str, Any], item: int) -> dict[str, MetadataValue]:
-    """A copy of one item's metadata, or InvalidInputError naming the item and key."""
+    """A copy of one item's metadata, or InvalidInputError naming the item and key.
+
+    Values: strings, integers, finite numbers, booleans, or lists of them (tuples become lists)."""
     out: dict[str, MetadataValue] = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidInputError(f"item {item}: metadata keys must be non-empty strings", field="metadata")
-        if (type(value) not in _METADATA_TYPES and not isinstance(value, _METADATA_TYPES)) or (
-            isinstance(value, float) and not math.isfinite(value)
-        ):
+        if isinstance(value, list | tuple):
+            if len(value) > MAX_LIST_VALUES or not all(_scalar(v) for v in value):
+                raise InvalidInputError(
+                    f"item {item}: metadata value of {key!r} is a list, which must hold at most "
+                    f"{MAX_LIST_VALUES} strings, integers, finite numbers or booleans (no lists or objects)",
+                    field="metadata",
+                )
+            out[key] = list(value)
+        elif _scalar(value):
+            out[key] = value
+        else:
             raise InvalidInputError(
-                f"item {item}: metadata value of {key!r} must be a string, integer, finite number or boolean",
+                f"item {item}: metadata value of {key!r} must be a string, integer, finite number, boolean "
+                f"or a list of them, got {type(value).__name__}",
                 field="metadata",
             )
-        out[key] = value
     return out
 
 
@@ -630,7 +650,7 @@ class Collection:
                 if label is None:
                     missing.append(item_id)
                 else:
-                    found.append((item_id, self._matrix[label].copy(), dict(self._metadata[label])))
+                    found.append((item_id, self._matrix[label].copy(), _copied(self._metadata[label])))
             return found, missing
 
     def _check_search(self, k: int, ef_search: int | None, nprobe: int | None) -> None:
@@ -844,7 +864,7 @@ class Collection:
     def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
         return [
             [
-                Hit(self._id_of[label], score, dict(self._metadata[label]))
+                Hit(self._id_of[label], score, _copied(self._metadata[label]))
                 for label, score in zip(row_labels.tolist(), row_scores.tolist(), strict=True)
             ]
             for row_labels, row_scores in zip(labels, scores, strict=True)
