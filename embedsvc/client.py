@@ -8,7 +8,7 @@ several requests transparently, a few at a time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -222,6 +222,21 @@ class EmbedClient:
     def count(self, index: str) -> int:
         return int(self._call(self._index.Count, ipb.CountRequest(index=index)).count)
 
+    def list_ids(self, index: str, page_size: int = 0, page_token: str = "") -> ic.IdPage:
+        """One page of the ids ``index`` holds, in write order; pass ``page.next_page_token`` for the next
+        (empty after the last). ``page_size`` 0 = the server's default (1000)."""
+        return ic.id_page(self._call(self._index.ListIds, ic.list_ids_request(index, page_size, page_token)))
+
+    def iter_ids(self, index: str, page_size: int = 0) -> Iterator[str]:
+        """Every id ``index`` holds, fetched a page at a time."""
+        token = ""
+        while True:
+            page = self.list_ids(index, page_size, token)
+            yield from page.ids
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
     # ------------------------------------------------------------ embedding
     def embed(
         self,
@@ -433,6 +448,22 @@ class AsyncEmbedClient:
 
     async def count(self, index: str) -> int:
         return int((await self._call(self._index.Count, ipb.CountRequest(index=index))).count)
+
+    async def list_ids(self, index: str, page_size: int = 0, page_token: str = "") -> ic.IdPage:
+        """One page of the ids ``index`` holds (see EmbedClient.list_ids)."""
+        request = ic.list_ids_request(index, page_size, page_token)
+        return ic.id_page(await self._call(self._index.ListIds, request))
+
+    async def iter_ids(self, index: str, page_size: int = 0) -> AsyncIterator[str]:
+        """Every id ``index`` holds, fetched a page at a time."""
+        token = ""
+        while True:
+            page = await self.list_ids(index, page_size, token)
+            for item_id in page.ids:
+                yield item_id
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
 
     # ------------------------------------------------------------ embedding
     async def embed(

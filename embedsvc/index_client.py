@@ -38,6 +38,23 @@ class IndexInfo:
     params: dict[str, int]
 
 
+@dataclass(frozen=True)
+class IdPage:
+    ids: list[str]
+    next_page_token: str  # "" after the last page
+    count: int  # items in the index when the page was read
+
+
+def list_ids_request(index: str, page_size: int, page_token: str) -> Any:
+    if page_size < 0:
+        raise ValueError(f"page_size must be 0 (the server's default) or more, got {page_size}")
+    return ipb.ListIdsRequest(index=index, page_size=page_size, page_token=page_token)
+
+
+def id_page(response: ipb.ListIdsResponse) -> IdPage:
+    return IdPage(list(response.ids), response.next_page_token, response.count)
+
+
 def from_metadata(values: Mapping[str, ipb.MetadataValue]) -> dict[str, Any]:
     return {k: metadata_value(v, k) for k, v in values.items() if v.WhichOneof("kind")}
 

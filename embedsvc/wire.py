@@ -247,6 +247,39 @@ def from_metadata(values: Mapping[str, ipb.MetadataValue]) -> dict[str, Any]:
     return {key: metadata_value(value, key) for key, value in values.items()}
 
 
+# ------------------------------------------------------------------ ListIds
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 1000, 10_000
+_TOKEN_PREFIX = "ids1:"
+
+
+def page_size(requested: int) -> int:
+    """A ListIds page size: 0 means the default; beyond the maximum is InvalidInputError."""
+    if requested > MAX_PAGE_SIZE:
+        raise InvalidInputError(
+            f"page_size {requested} is over the limit of {MAX_PAGE_SIZE}: ask for smaller pages",
+            field="page_size",
+        )
+    return requested or DEFAULT_PAGE_SIZE
+
+
+def page_position(token: str) -> int:
+    """Where a ListIds page token says to continue ("" = the start)."""
+    if not token:
+        return 0
+    number = token.removeprefix(_TOKEN_PREFIX)
+    if token == number or not number.isdigit():
+        raise InvalidInputError(
+            f"page_token {token[:40]!r} is not one this server gave: pass next_page_token as returned, "
+            "or an empty token for the first page",
+            field="page_token",
+        )
+    return int(number)
+
+
+def page_token(position: int | None) -> str:
+    return "" if position is None else f"{_TOKEN_PREFIX}{position}"
+
+
 # --------------------------------------------------------------------- filters
 
 

@@ -640,6 +640,28 @@ class Collection:
         with self._lock.read():
             return list(self._id_of.values())  # labels only grow: insertion order is label order
 
+    def ids_page(self, after: int, limit: int) -> tuple[list[str], int | None]:
+        """Up to ``limit`` ids in write order from label ``after`` on, and the label to continue from
+        (None after the last). Labels only grow, so a cursor stays valid across writes: a rewritten id
+        gets a new label and shows up again later; a deleted one is skipped."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        with self._lock.read():
+            found: list[int] = []
+            start = max(after, 0)
+            while start < self._next_label and len(found) < limit:
+                stop = min(self._next_label, start + max(4 * limit, 4096))  # a bounded scan per step
+                found += (np.flatnonzero(self._alive[start:stop]) + start).tolist()
+                start = stop
+            page, rest = found[:limit], found[limit:]
+            if rest:
+                following: int | None = rest[0]
+            elif start < self._next_label:
+                following = start
+            else:
+                following = None
+            return [self._id_of[label] for label in page], following
+
     def get(
         self, ids: Sequence[str]
     ) -> tuple[list[tuple[str, np.ndarray, dict[str, MetadataValue]]], list[str]]:

@@ -52,6 +52,10 @@ class LocalSink:
         )
         self.tokenizer = self.model.tokenizer
 
+    def max_length(self) -> int | None:
+        """Tokens the model reads of one input; the rest of a longer one is cut off."""
+        return int(self.model.facts.max_length)
+
     def open(self, restart: bool) -> None:
         if restart and index_exists(self.manager, self.index):
             self.manager.delete(self.index)
@@ -179,6 +183,12 @@ class RemoteSink:
             self._retry(self.client.embed, list(texts), model=self.model, input_type="document"), np.float32
         )
 
+    def max_length(self) -> int | None:
+        """Tokens the served model reads of one input (ModelInfo.max_length); None if it is not served."""
+        models = self._retry(self.client.list_models)
+        wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
+        return int(wanted[0].max_length) if wanted and wanted[0].max_length else None
+
     def dimension(self) -> int:
         models = self._retry(self.client.list_models)
         wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
@@ -234,6 +244,9 @@ class StoreSink:
 
             self.local = ModelService.in_process(Embedder.from_pretrained(model))
             self.tokenizer = self.local.tokenizer
+
+    def max_length(self) -> int | None:
+        return self.remote.max_length() if self.remote is not None else int(self.local.facts.max_length)
 
     def _stopped(self, exc: Exception) -> PipelineStopped:
         return PipelineStopped(f"{self.store.kind} at {self.store.location}: {exc}")
