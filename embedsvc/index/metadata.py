@@ -64,16 +64,22 @@ class MetadataIndex:
         present: dict[str, list[int]] = defaultdict(list)
         for label, metadata in zip(labels, metadatas, strict=True):
             for key, value in metadata.items():
-                present[key].append(label)
-                for element in elements(value):
-                    by_value[key, value_key(element)].append(label)
-                    if isinstance(element, int | float) and not isinstance(element, bool):
-                        numbers[key, element].append(label)
+                if isinstance(value, list):
+                    present[key].append(label)  # an empty list has no element to say the key is there
+                    for element in value:
+                        by_value[key, value_key(element)].append(label)
+                        if isinstance(element, int | float) and not isinstance(element, bool):
+                            numbers[key, element].append(label)
+                    continue
+                by_value[key, value_key(value)].append(label)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    numbers[key, value].append(label)
         self.live.update(labels)
         for key, members in present.items():
             self._present[key].update(members)
         for (key, typed), members in by_value.items():
             self._values[key].setdefault(typed, self._bitmap()).update(members)
+            self._present[key].update(members)
         for (key, number), members in numbers.items():
             self._numbers[key].setdefault(number, self._bitmap()).update(members)
 
