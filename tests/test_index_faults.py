@@ -155,6 +155,17 @@ def test_an_older_index_without_mark_or_state_still_opens(tmp_path):
     assert Collection.open(folder).count() == 3
 
 
+def test_a_damaged_mark_is_said_and_not_trusted(tmp_path, caplog):
+    folder = tmp_path / "docs"
+    written(folder, 3)
+    mark = bytearray((folder / MARK_FILE).read_bytes())
+    mark[10] ^= 0xFF  # the record number: the checksum no longer fits
+    (folder / MARK_FILE).write_bytes(bytes(mark))
+    with caplog.at_level(logging.WARNING, logger="embedsvc.index"):
+        assert Collection.open(folder).count() == 3
+    assert any("high-water mark unreadable" in r.getMessage() for r in caplog.records)
+
+
 def test_log_records_written_before_format_versions_are_read(tmp_path):
     folder = tmp_path / "docs"
     written(folder, 2)

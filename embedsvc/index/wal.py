@@ -209,6 +209,8 @@ class HighWaterMark:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
+        if not data:
+            return None  # created, never written: an index from before marks, opened but not yet written
         body = data[: _MARK.size]
         if len(data) != _MARK.size + _MARK_CRC.size or _MARK_CRC.unpack_from(data, _MARK.size)[
             0
