@@ -336,3 +336,60 @@ def test_build_counts_and_reports_truncated_documents(mode, server, tmp_path):
     assert (summary.truncated, summary.max_tokens, summary.documents) == (3, 254, 8)
     assert "3 documents had chunks longer than the model reads (256 tokens, 254" in summary.report()
     assert "--chunk-tokens under 254 (now 400)" in summary.report()
+
+
+# ------------------------------------------------------------------ acknowledged writes gone from the log
+def _record_starts(wal: Path) -> list[int]:
+    data, starts, offset = wal.read_bytes(), [], 0
+    while offset < len(data):
+        starts.append(offset)
+        offset += 12 + int.from_bytes(data[offset + 4 : offset + 8], "little")
+    return starts
+
+
+def test_a_cut_flipped_or_deleted_log_is_reported_damaged_by_the_server(tmp_path):
+    """Each used to come back "ready" with acknowledged items gone (50 / 10 / 200 in the report)."""
+    data = tmp_path / "data"
+    with ServerProcess("--data-dir", str(data), log_path=tmp_path / "1.log") as server:
+        with EmbedClient(server.target, timeout=120) as c:
+            for name in ("cut", "flipped", "nolog", "intact"):
+                c.create_index(name)
+                for i in range(5):  # one record each, acknowledged
+                    c.upsert(name, [f"{name}{i}"], vectors=_vectors(1, seed=i), metadata=[{"tags": ["t", i]}])
+        server.proc.kill()  # a crash: no closing snapshot, every item lives in the log
+        server.proc.wait()
+    folder = data / "indexes"
+    cut = folder / "cut" / "wal.log"
+    cut.write_bytes(cut.read_bytes()[: _record_starts(cut)[3]])  # records 4 and 5 gone, cleanly
+    flipped = folder / "flipped" / "wal.log"
+    raw = bytearray(flipped.read_bytes())
+    raw[_record_starts(flipped)[4] + 20] ^= 0x40  # the last, acknowledged record
+    flipped.write_bytes(bytes(raw))
+    (folder / "nolog" / "wal.log").unlink()
+
+    with (
+        ServerProcess("--data-dir", str(data), log_path=tmp_path / "2.log") as server,
+        EmbedClient(server.target, timeout=120) as c,
+    ):
+        listed = {i.name: i.status for i in c.list_indexes()}
+        assert listed["intact"] == "ready"
+        assert "record 5 was acknowledged" in listed["cut"] and "up to 3 only" in listed["cut"]
+        assert "record 5 was acknowledged" in listed["flipped"] and "up to 4 only" in listed["flipped"]
+        assert listed["nolog"].startswith("error: ") and "wal.log is missing" in listed["nolog"]
+        for name in ("cut", "flipped", "nolog"):
+            with pytest.raises(EmbedServiceError) as info:
+                c.count(name)
+            assert info.value.code == grpc.StatusCode.DATA_LOSS
+        assert c.get("intact", ["intact4"])["intact4"][1] == {"tags": ["t", 4]}
+    assert bytes(raw) == flipped.read_bytes()  # the evidence is left as it was
+
+    repaired = run_cli("index", "repair", "cut", "--data-dir", str(data), env={})
+    assert repaired.returncode == 0, repaired.stderr
+    report = json.loads(repaired.stdout)
+    assert (report["items"], report["acknowledged_records_lost"]) == (3, 2)
+    manager = IndexManager(data)
+    try:
+        assert sorted(manager.get("cut").ids()) == ["cut0", "cut1", "cut2"]
+        assert "flipped" in manager.broken and "nolog" in manager.broken
+    finally:
+        manager.close()
