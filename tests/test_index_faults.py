@@ -129,6 +129,10 @@ def test_acknowledged_writes_missing_from_the_log_are_data_loss(tmp_path, damage
     with pytest.raises(CorruptDataError, match=message):
         Collection.open(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing cut, nothing moved
+    report = Collection.salvage(folder)  # `index repair`: what is intact, and how much was lost
+    kept = {"cut_at_record": 4, "flip_last": 5, "cut_inside_last": 5, "delete_log": 0}[damage]
+    assert (report["items"], report["acknowledged_records_lost"]) == (kept, 6 - kept)
+    assert Collection.open(folder).count() == kept
 
 
 def test_the_mark_survives_snapshots_and_clean_restarts(tmp_path):

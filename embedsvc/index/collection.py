@@ -352,9 +352,10 @@ class Collection:
     def _recover(self) -> None:
         assert self.folder is not None
         wal, mark_path = self.folder / WAL_FILE, self.folder / MARK_FILE
-        if not wal.exists() and ((self.folder / STATE_FILE).exists() or mark_path.exists()):
+        witness = next((f for f in (STATE_FILE, MARK_FILE) if (self.folder / f).exists()), None)
+        if not wal.exists() and witness is not None:
             raise CorruptDataError(
-                f"{wal} is missing, but {STATE_FILE} says the index was created with one: writes since the "
+                f"{wal} is missing, but {witness} shows the index was created with one: writes since the "
                 "last snapshot would be lost; the files were left untouched (embedsvc index repair serves "
                 "what the snapshot holds)"
             )
@@ -432,7 +433,10 @@ class Collection:
                 raise
         self._seq += 1  # only once the record is durable
         if self._mark is not None and self._wal is not None:
-            self._mark.update(self._seq, self._wal.size())  # no fsync: see HighWaterMark
+            try:
+                self._mark.update(self._seq, self._wal.size())  # no fsync: see HighWaterMark
+            except OSError as exc:  # the write is durable: a mark left behind only weakens the check
+                log.warning("write-ahead log: high-water mark not updated", extra={"error": str(exc)})
 
     def snapshot(self) -> None:
         """Write all live items to a new snapshot (atomic rename), then empty the log."""
