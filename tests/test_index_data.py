@@ -393,3 +393,22 @@ def test_a_cut_flipped_or_deleted_log_is_reported_damaged_by_the_server(tmp_path
         assert "flipped" in manager.broken and "nolog" in manager.broken
     finally:
         manager.close()
+
+
+def test_the_ray_path_counts_truncation_too(tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    from embedsvc.pipeline import BuildOptions
+    from embedsvc.pipeline.ray_runner import build_index_ray
+
+    source, _ = _long_corpus(tmp_path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = build_index_ray(
+            [str(source)], BuildOptions(index="long", data_dir=str(tmp_path / "data"), progress=False)
+        )
+    finally:
+        ray.shutdown()
+    assert (summary.documents, summary.truncated, summary.max_tokens) == (8, 3, 254)
+    assert "3 documents were longer than the model reads (256 tokens, 254 of them text)" in summary.report()
