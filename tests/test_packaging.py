@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,10 +86,31 @@ def source_modules(folder: Path, prefix: str) -> set[str]:
     }
 
 
+def clean_copy(dest: Path) -> Path:
+    """The repository's files as a clone has them (uncommitted edits included), without what earlier builds
+    left: a stale *.egg-info/SOURCES.txt would smuggle files into the sdist and, as package data, into the
+    wheel, hiding a package that discovery missed."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+    )
+    if listed.returncode == 0:
+        for name in filter(None, listed.stdout.decode().split("\0")):
+            if (ROOT / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, dest / name)
+    else:  # not a git checkout (e.g. an unpacked sdist)
+        junk = shutil.ignore_patterns("*.egg-info", "build", "dist", ".venv*", "__pycache__", ".*_cache")
+        shutil.copytree(ROOT, dest, ignore=junk, dirs_exist_ok=True)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
+    source = clean_copy(tmp_path_factory.mktemp("source"))
     out = tmp_path_factory.mktemp("dist")
-    run(sys.executable, "-m", "build", "--outdir", out, ROOT, cwd=out, timeout=600)
+    run(sys.executable, "-m", "build", "--outdir", out, source, cwd=out, timeout=600)
     return out
 
 
