@@ -44,12 +44,15 @@ EXTRA_OF_MODULE: dict[str, str] = {
 }
 
 
-def missing_module(exc: BaseException) -> str | None:
-    """The top-level module a bare ``ModuleNotFoundError`` names, when one of our extras provides it."""
-    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
-        return None
-    top = exc.name.split(".")[0]
-    return top if top in EXTRA_OF_MODULE else None
+def missing_module(exc: BaseException | None) -> str | None:
+    """The top-level module a ``ModuleNotFoundError`` names (``exc`` or the error it was raised from, as
+    in ``raise ImportError("... pip install ...") from exc``), when one of our extras provides it."""
+    while exc is not None:
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            top = exc.name.split(".")[0]
+            return top if top in EXTRA_OF_MODULE else None
+        exc = exc.__cause__ if isinstance(exc, ImportError) else None
+    return None
 
 
 def install_hint(what: str, exc: BaseException, needs: Sequence[str] = ()) -> str | None:
