@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if debug:
             traceback.print_exc()
-        hint = install_hint(command, exc, _extras_needed(args))
+        hint = install_hint("this command", exc, _extras_needed(args))
         if hint is not None:  # an optional dependency is missing: say which extra installs it
             print(f"{command}: error: {hint}", file=sys.stderr)
             return MISSING_EXTRA
