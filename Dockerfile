@@ -1,7 +1,8 @@
-# embedsvc server image: the wheel built from this repository, installed with the `server` and `index`
-# extras by scripts/install_wheel.sh -- the same script and extras tests/test_packaging.py installs and
-# checks in a fresh virtual environment. The bundled model (all-MiniLM-L6-v2) is inside: no network at
-# run time. Not built on the project's CI machines (no container daemon there); see docs/install.md.
+# embedsvc server image. The first stage builds the sdist and the wheel from it (python -m build, as the
+# tests do); the second installs the wheel with the `server` and `index` extras through
+# scripts/install_wheel.sh -- the same script and extras tests/test_packaging.py installs and checks in a
+# fresh virtual environment. The bundled model (all-MiniLM-L6-v2) is inside: no network at run time.
+# Not built on the project's CI machines (no container daemon there); see docs/install.md.
 #
 #   docker build -t embedsvc .                                  # CPU (torch's CPU wheel)
 #   docker build -t embedsvc:cuda --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
@@ -13,7 +14,7 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN python -m pip install --no-cache-dir build \
-    && python -m build --wheel --outdir /dist .
+    && python -m build --outdir /dist .
 
 FROM ${PYTHON_IMAGE}
 # torch: the CPU build by default; a CUDA one from .../whl/cu128 (the torch wheels carry the CUDA libraries)
