@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,19 @@ from tests.server_utils import ServerProcess, free_port
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "scripts" / "install_wheel.sh"
 ENGINE = ("torch", "transformers", "sentence_transformers", "faiss")
-CONTAINER_EXTRAS = "server,index"  # the Dockerfile's EXTRAS default
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def dockerfile(pattern: str) -> str:
+    found = re.search(pattern, DOCKERFILE, re.MULTILINE)
+    assert found, f"the Dockerfile has no line matching {pattern!r}"
+    return found.group(1)
+
+
+# the container's own settings, read from the Dockerfile so the test runs what the image runs
+CONTAINER_EXTRAS = dockerfile(r"^ARG EXTRAS=(\S+)$")
+ENTRYPOINT = json.loads(dockerfile(r"^ENTRYPOINT (\[.*\])$"))
+HEALTHCHECK = json.loads(dockerfile(r"^\s+CMD (\[.*\])$"))  # HEALTHCHECK's continuation line
 TEXT = "what is a vector index?"
 
 # Every module of the installed package: it imports, or (only where the extras that environment installed
@@ -240,27 +253,29 @@ def test_server_install_serves_the_bundled_model(server_bin, dev_server, tmp_pat
             message,
         )
 
+    # the Dockerfile's ENTRYPOINT, on loopback and free ports instead of 0.0.0.0:50051/8080
+    assert "install_wheel.sh" in DOCKERFILE and ENTRYPOINT[:2] == ["embedsvc", "serve"]
     port, http_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
+    here = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--http-port": str(http_port),
+        "--data-dir": str(tmp_path),
+    }
+    command = [str(server_bin / "embedsvc"), *ENTRYPOINT[1:]]
+    for flag, value in here.items():
+        command[command.index(flag) + 1] = value
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
-        [
-            str(server_bin / "embedsvc"),
-            "serve",
-            "--port",
-            str(port),
-            "--http-port",
-            str(http_port),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
+        command,
         cwd=tmp_path,
         env=venv_env(),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        # the installed CLI waits on grpc.health.v1 (what the container's HEALTHCHECK runs)
+        # the installed CLI waits on grpc.health.v1 until the model is loaded
         models = run(
             server_bin / "embedsvc", "models", "--json", "--wait", "300", "--target", target, cwd=tmp_path
         )
@@ -271,6 +286,8 @@ def test_server_install_serves_the_bundled_model(server_bin, dev_server, tmp_pat
         with EmbedClient(dev_server.target) as client:
             reference = client.embed([TEXT])[0]
         assert np.abs(got - reference).max() < 1e-5
+        assert HEALTHCHECK[0] == "embedsvc"  # the container's health check passes against it
+        run(server_bin / "embedsvc", *HEALTHCHECK[1:], "--target", target, cwd=tmp_path)
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=30) as reply:
             assert reply.status == 200
         assert proc.poll() is None
