@@ -408,6 +408,41 @@ def test_client_only_install_has_no_engine_and_its_cli_works(client_bin, dev_ser
     assert [h["id"] for h in hits] == [h.id for h in expected] and len(hits) == 3
     assert hits[0]["id"] in ("k1", "k2")
 
+    # the rest of the index commands
+    (listed,) = json.loads(run(cli, "index", "list", "--json", *target, cwd=tmp_path).stdout)
+    assert listed["name"] == "light" and listed["count"] == 12
+    assert (
+        json.loads(run(cli, "index", "describe", "light", "--json", *target, cwd=tmp_path).stdout)[
+            "dimension"
+        ]
+        == 384
+    )
+    (item,) = [
+        json.loads(line)
+        for line in run(cli, "index", "get", "light", "k1", *target, cwd=tmp_path).stdout.splitlines()
+    ]
+    assert item["id"] == "k1" and item["metadata"] == {"lang": "en", "year": 2023}
+    run(cli, "index", "delete", "light", "k4", *target, cwd=tmp_path)
+    assert run(cli, "index", "count", "light", *target, cwd=tmp_path).stdout.strip() == "11"
+    run(cli, "index", "drop", "light", "--yes", *target, cwd=tmp_path)
+
+    # the Python clients, sync and async, in the client-only environment
+    script = (
+        "import asyncio, json, sys\n"
+        "from embedsvc import AsyncEmbedClient, EmbedClient\n"
+        "with EmbedClient(sys.argv[1]) as c:\n"
+        "    sync = c.embed([sys.argv[2]])[0].tolist()\n"
+        "async def main():\n"
+        "    async with AsyncEmbedClient(sys.argv[1]) as c:\n"
+        "        return (await c.embed([sys.argv[2]]))[0].tolist()\n"
+        "print(json.dumps([sync, asyncio.run(main())]))\n"
+    )
+    sync, asynchronous = json.loads(
+        run(client_bin / "python", "-c", script, dev_server.target, TEXT, cwd=tmp_path).stdout
+    )
+    assert np.array_equal(np.array(sync, dtype=np.float32), got)
+    assert np.array_equal(np.array(asynchronous, dtype=np.float32), got)
+
 
 # ------------------------------------------------------------------ quick: the client side without the engine
 # A client-only install simulated here: an import hook refuses the server extra's modules, so an eager import
