@@ -505,3 +505,22 @@ def test_embedder_attribute_names_the_extra():
     assert last.startswith("ImportError: embedsvc.Embedder needs the 'server' extra") and "torch" in last, (
         last
     )
+
+
+def test_the_extras_table_matches_pyproject():
+    """embedsvc/extras.py names real extras, and every direct requirement of each extra it maps modules to
+    (server, index, ...) has its importable module in the table under that extra or one the extra includes."""
+    import importlib.metadata
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(EXTRA_OF_MODULE.values()) <= set(declared)
+    modules_of: dict[str, set[str]] = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            modules_of.setdefault(dist.lower().replace("_", "-"), set()).add(module)
+    for extra in ("server", "index", "qdrant", "milvus", "int8", "langchain", "llama-index"):
+        for requirement in declared[extra]:
+            name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower()  # type: ignore[union-attr]
+            mapped = {EXTRA_OF_MODULE.get(m) for m in modules_of[name] if not m.startswith("_")}
+            assert extra in mapped, (extra, requirement, sorted(modules_of[name]))
