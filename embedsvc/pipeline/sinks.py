@@ -118,7 +118,11 @@ class RemoteSink:
         self.tokenizer = self._tokenizer(tokenizer_source)
 
     def _tokenizer(self, source: str | None) -> Any:
-        from transformers import AutoTokenizer
+        try:
+            from transformers import AutoTokenizer
+        except ModuleNotFoundError:  # a client-only install (pip install embedsvc) builds through the server
+            log.warning("no local tokenizer (transformers is not installed): token counts are word counts")
+            return None
 
         from embedsvc.models.loading import DEFAULT_MODEL_SOURCE, default_model_path
 
