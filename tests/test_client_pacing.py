@@ -4,6 +4,7 @@ refusals the test controls exactly (the real server's refusals are tested in tes
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from concurrent import futures
@@ -16,6 +17,8 @@ from embedsvc import pacing
 from embedsvc.client import AsyncEmbedClient, EmbedClient, EmbedServiceError
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
+from embedsvc.v1 import index_pb2 as ipb
+from embedsvc.v1 import index_pb2_grpc as ipb_grpc
 
 
 class Refusing(pb_grpc.EmbeddingServiceServicer):
@@ -171,3 +174,75 @@ def test_window_is_aimd():
         assert window.limit == 8  # up to the ceiling, no further
 
     asyncio.run(run())
+
+
+class RefusingIndex(ipb_grpc.IndexServiceServicer):
+    """An index service that takes one Upsert at a time and refuses each batch six times before it
+    takes it: what a busy server does to a build that sends four at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.attempts: dict[str, int] = {}  # tries per batch (by its first id)
+        self.refusals = 0
+        self.items: dict[str, str] = {}
+
+    def ListIndexes(self, request, context):
+        return ipb.ListIndexesResponse()
+
+    def CreateIndex(self, request, context):
+        return ipb.IndexInfo(name=request.name, dimension=2)
+
+    def Upsert(self, request, context):
+        with self.lock:
+            self.in_flight += 1
+            batch = request.items[0].id
+            self.attempts[batch] = self.attempts.get(batch, 0) + 1
+            refuse = self.attempts[batch] <= 6 or self.in_flight > 1
+            self.refusals += refuse
+        try:
+            if refuse:
+                context.set_trailing_metadata(((pacing.RETRY_AFTER_KEY, "20"),))
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full; retry with backoff")
+            time.sleep(0.02)
+            with self.lock:
+                self.items.update((item.id, item.text) for item in request.items)
+                return ipb.UpsertResponse(count=len(self.items))
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_remote_build_slows_to_what_the_server_takes(tmp_path):
+    """The old sink retried a refused batch five times with a fixed backoff, then stopped the build
+    (exit 3: "failed 6 times in a row"); now the build's upserts narrow to what the server takes, wait
+    what it asks, and every document arrives."""
+    from embedsvc.models.loading import DEFAULT_MODEL_SOURCE
+    from embedsvc.pipeline import build_index
+
+    servicer = RefusingIndex()
+    server = grpc.server(futures.ThreadPoolExecutor(8))
+    ipb_grpc.add_IndexServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": f"document number {i}"}) + "\n" for i in range(200))
+    )
+    try:
+        summary = build_index(
+            [str(corpus)],
+            index="docs",
+            target=f"127.0.0.1:{port}",
+            tokenizer=DEFAULT_MODEL_SOURCE,
+            progress=False,
+            batch_size=10,
+            in_flight=4,
+            checkpoint=str(tmp_path / "ck.json"),
+            rejects=str(tmp_path / "rj.jsonl"),
+        )
+    finally:
+        server.stop(None)
+    assert summary.documents == 200
+    assert set(servicer.items) == {f"d{i}" for i in range(200)}
+    assert servicer.refusals >= 6 * 20 and all(n >= 7 for n in servicer.attempts.values())
