@@ -88,9 +88,9 @@ _SERVICE_CONFIG = {
                 *({"service": "embedsvc.v1.IndexService", "method": m} for m in _IDEMPOTENT_INDEX_METHODS),
             ],
             "retryPolicy": {
-                "maxAttempts": 4,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "1s",
+                "maxAttempts": 3,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "0.5s",
                 "backoffMultiplier": 2,
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },

@@ -23,6 +23,7 @@ MAX_BACKOFF = 5.0
 UNAVAILABLE_RETRIES = 4  # about 1.5 s of backoff in all, more when the server gives a hint
 # gRPC's own message-size refusals are RESOURCE_EXHAUSTED too, but no retry makes a message smaller
 _PERMANENT = ("larger than max", "message too large")
+_UNREACHABLE = ("failed to connect to all addresses", "connections to all backends failing")
 
 
 def retry_after(trailing: Iterable[tuple[str, str | bytes]] | None) -> float | None:
@@ -44,7 +45,10 @@ def retryable(code: str, details: str, *, idempotent: bool, attempt: int) -> boo
     whole timeout."""
     if code == "RESOURCE_EXHAUSTED":
         return not any(p in details.lower() for p in _PERMANENT)
-    return code == "UNAVAILABLE" and idempotent and attempt < UNAVAILABLE_RETRIES
+    if code != "UNAVAILABLE" or not idempotent or attempt >= UNAVAILABLE_RETRIES:
+        return False
+    # no server of the target can be reached at all (gRPC has retried the connection already): say so
+    return not any(p in details.lower() for p in _UNREACHABLE)
 
 
 def backoff(attempt: int, hint: float | None) -> float:

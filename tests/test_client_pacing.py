@@ -155,6 +155,10 @@ def test_retry_rules():
     assert not pacing.retryable("UNAVAILABLE", "", idempotent=False, attempt=0)
     assert not pacing.retryable("UNAVAILABLE", "", idempotent=True, attempt=pacing.UNAVAILABLE_RETRIES)
     assert not pacing.retryable("INVALID_ARGUMENT", "", idempotent=True, attempt=0)
+    # no server of the target reachable at all: said at once (gRPC has retried the connection)
+    assert not pacing.retryable(
+        "UNAVAILABLE", "connections to all backends failing; last error: ...", idempotent=True, attempt=0
+    )
 
 
 def test_window_is_aimd():
