@@ -15,10 +15,12 @@ round-robin, and a replica that goes away is left out while its calls are retrie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -381,6 +383,15 @@ class _LoopThread:
         self.loop.close()
 
 
+def _shut(loop: _LoopThread, core: AsyncEmbedClient) -> None:
+    """Close the channel on its loop, then end the loop's thread (close(), garbage collection or exit)."""
+    if loop.loop.is_closed():
+        return
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(core.close(), loop.loop).result(timeout=10)
+    loop.stop()
+
+
 def _blocking(
     method: Callable[Concatenate[AsyncEmbedClient, P], Awaitable[R]],
 ) -> Callable[Concatenate[EmbedClient, P], R]:
@@ -427,6 +438,8 @@ class EmbedClient:
             )
 
         self._core = self._loop.run(make())
+        # a client dropped without close() must not leave its thread and connections behind
+        self._shut = weakref.finalize(self, _shut, self._loop, self._core)
 
     # the settings live in the core: changing them here changes the calls
     @property
@@ -465,9 +478,7 @@ class EmbedClient:
     health = _blocking(AsyncEmbedClient.health)
 
     def close(self) -> None:
-        if not self._loop.loop.is_closed():
-            self._loop.run(self._core.close())
-            self._loop.stop()
+        self._shut()
 
     def __enter__(self) -> EmbedClient:
         return self

@@ -4,6 +4,7 @@ refusals the test controls exactly (the real server's refusals are tested in tes
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import time
@@ -250,3 +251,24 @@ def test_remote_build_slows_to_what_the_server_takes(tmp_path):
     assert summary.documents == 200
     assert set(servicer.items) == {f"d{i}" for i in range(200)}
     assert servicer.refusals >= 6 * 20 and all(n >= 7 for n in servicer.attempts.values())
+
+
+def test_blocking_clients_leave_no_thread_behind(serve):
+    target = serve(Refusing())
+
+    def loops() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "embedsvc-client"]
+
+    for _ in range(10):
+        client = EmbedClient(target, timeout=30)
+        assert client.embed(["3"])[0].tolist() == [3.0, 1.0]
+        assert len(loops()) == 1
+        del client  # dropped without close(): its loop thread and channel go with it
+        gc.collect()
+    closed = EmbedClient(target)
+    closed.close()
+    closed.close()  # twice is fine
+    deadline = time.monotonic() + 10
+    while loops() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not loops()
