@@ -329,8 +329,12 @@ class AsyncEmbedClient:
         input_type: str | None = None,
         truncation: str = "end",
     ) -> list[list[int]]:
-        request = wire.tokenize_request(texts, model=model, input_type=input_type, truncation=truncation)
-        return wire.token_ids(await self._call(self._stub.Tokenize, request))
+        requests = wire.tokenize_requests(
+            texts, self.chunk_size, model=model, input_type=input_type, truncation=truncation
+        )
+        return [
+            ids for reply in await self._each(self._stub.Tokenize, requests) for ids in wire.token_ids(reply)
+        ]
 
     async def list_models(self) -> list[ModelInfo]:
         return wire.model_infos(await self._call(self._stub.ListModels, pb.ListModelsRequest()))

@@ -254,17 +254,17 @@ def embeddings(response: pb.EmbedResponse) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, dims), dtype=np.float32)
 
 
-def tokenize_request(
-    texts: Sequence[str], *, model: str | None, input_type: str | None, truncation: str
-) -> pb.TokenizeRequest:
+def tokenize_requests(
+    texts: Sequence[str], chunk: int, *, model: str | None, input_type: str | None, truncation: str
+) -> list[pb.TokenizeRequest]:
     if isinstance(texts, str):
         raise ValueError("texts must be a list of strings, not a single string")
-    return pb.TokenizeRequest(
-        model=model or "",
-        inputs=list(texts),
-        input_type=lookup(INPUT_TYPES, input_type, "input_type"),
-        truncation=lookup(TRUNCATIONS, truncation, "truncation"),
-    )
+    fields = {
+        "model": model or "",
+        "input_type": lookup(INPUT_TYPES, input_type, "input_type"),
+        "truncation": lookup(TRUNCATIONS, truncation, "truncation"),
+    }
+    return [pb.TokenizeRequest(inputs=part, **fields) for part in split(list(texts), chunk)]
 
 
 def token_ids(response: pb.TokenizeResponse) -> list[list[int]]:

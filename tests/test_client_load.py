@@ -71,7 +71,8 @@ def test_three_callers_at_once_all_succeed(small_queue):
 
 
 def test_lists_over_the_request_limit_are_split(small_queue):
-    """`get` with 2 339 ids failed with INVALID_ARGUMENT "the limit is 2048"; delete and search_batch too."""
+    """`get` with 2 339 ids failed with INVALID_ARGUMENT "the limit is 2048"; delete, search_batch and
+    tokenize too."""
     n = 2339
     ids = [f"item-{i}" for i in range(n)]
     rng = np.random.default_rng(0)
@@ -88,6 +89,8 @@ def test_lists_over_the_request_limit_are_split(small_queue):
         assert client.delete("split", [*ids[:-1], "missing"]) == n - 1
         assert client.count("split") == 1
         client.delete_index("split")
+        tokens = client.tokenize(TEXTS[:n])
+        assert len(tokens) == n and tokens[-1] == client.tokenize([TEXTS[n - 1]])[0]
 
 
 def _embed_requests(metrics_port: int) -> float:
