@@ -150,7 +150,7 @@ class AsyncEmbedClient:
         unavailable, for an idempotent call), until ``timeout`` has passed since it was first sent."""
         timeout = timeout or self.timeout
         deadline: float | None = None  # set when first sent: waiting for a slot is not the server's time
-        attempt = 0
+        attempt = unavailable = 0  # tries so far, and how many of them found the server unavailable
         while True:
             try:
                 async with self.window.slot():
@@ -164,8 +164,10 @@ class AsyncEmbedClient:
                 code = exc.code()
                 if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     self.window.refused()
+                elif code == grpc.StatusCode.UNAVAILABLE:
+                    unavailable += 1
                 if not self.retry or not pacing.retryable(
-                    code.name, exc.details() or "", idempotent=idempotent, attempt=attempt
+                    code.name, exc.details() or "", idempotent=idempotent, attempt=max(0, unavailable - 1)
                 ):
                     raise EmbedServiceError.from_rpc(exc, attempt + 1) from None
                 delay = pacing.backoff(attempt, pacing.retry_after(exc.trailing_metadata()))  # type: ignore[arg-type]
@@ -190,9 +192,11 @@ class AsyncEmbedClient:
         tasks = [asyncio.ensure_future(one(r)) for r in requests]
         try:
             return list(await asyncio.gather(*tasks))
-        finally:
+        except BaseException:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # collected: no "never retrieved"
+            raise
 
     # ---------------------------------------------------------------- index
     async def create_index(

@@ -5,6 +5,7 @@ spreads its calls over three replicas and keeps going when one is killed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -173,3 +174,46 @@ def test_cli_takes_a_multi_address_target(small_queue, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == 1 and "hello" not in result.stderr
+
+
+@pytest.mark.slow
+def test_index_build_finishes_against_a_small_queue(tmp_path):
+    """The README's chunking flags against a freshly started server with a small queue: the old build
+    hit RESOURCE_EXHAUSTED six times in a row and stopped with exit 3."""
+    words = corpus(4000, seed=11)
+    docs = tmp_path / "docs.jsonl"
+    with open(docs, "w") as handle:
+        for i in range(150):
+            text = " ".join(words[(i * 20) % 3900 : (i * 20) % 3900 + 40])  # ~500 tokens: 3-4 chunks
+            handle.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    with ServerProcess("--max-queue-seconds", "0.5", log_path=tmp_path / "server.log") as server:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "embedsvc",
+                "index",
+                "build",
+                str(docs),
+                "--index",
+                "docs",
+                "--id-field",
+                "id",
+                "--target",
+                server.target,
+                "--chunk-tokens",
+                "200",
+                "--chunk-overlap",
+                "40",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "indexed 150 documents" in result.stdout
+        with EmbedClient(server.target, timeout=60) as client:
+            chunks = client.count("docs")
+        assert chunks > 300  # every document in 2 or more chunks
