@@ -1,19 +1,23 @@
 """Every protobuf <-> plain conversion, shared by the server and the clients.
 
 Enum tables (input types, truncations, encodings, metrics, index kinds) in both directions,
-metadata values, filters, embed options, model and index infos. Nothing else converts protobuf.
+metadata values, filters, embed options, model and index infos, and the clients' requests (split to
+the per-request limits) and replies. Nothing else converts protobuf.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from embedsvc import codecs
 from embedsvc.engine.options import EmbedOptions, ModelFacts
 from embedsvc.errors import InvalidInputError
 from embedsvc.index.filters import MAX_DEPTH as MAX_FILTER_DEPTH
-from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range
+from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range, parse_filter
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import index_pb2 as ipb
 
@@ -186,6 +190,253 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
         )
         for m in response.models
     ]
+
+
+# ------------------------------------------------------- client requests/replies
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    name: str
+    model: str
+    model_source: str
+    dimension: int
+    metric: str
+    kind: str
+    count: int
+    trained: bool
+    status: str
+    durable: bool
+    params: dict[str, int]
+
+
+def split(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` in consecutive slices of at most ``size`` (the per-request limit a client keeps to)."""
+    size = max(1, size)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def embed_requests(
+    texts: Sequence[str], chunk: int, *, model: str | None, **options: Any
+) -> list[pb.EmbedRequest]:
+    """EmbedRequests of at most ``chunk`` texts; ``options`` are :func:`embed_request_fields`'s."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not a single string")
+    base = embed_request_fields(**options)
+    items = list(texts)
+    if not items:
+        raise ValueError("texts must hold at least one string")
+    return [
+        pb.EmbedRequest(id=str(i * max(1, chunk)), inputs=part, model=model or "", **base)
+        for i, part in enumerate(split(items, chunk))
+    ]
+
+
+def embeddings(response: pb.EmbedResponse) -> np.ndarray:
+    """An EmbedResponse's vectors as float32 ``[n, dimensions]``, whatever its encoding."""
+    dims = response.dimensions
+    rows = []
+    for item in response.embeddings:
+        if response.encoding == pb.ENCODING_FLOAT16:
+            rows.append(codecs.decode_float16(item.data))
+        elif response.encoding == pb.ENCODING_INT8:
+            rows.append(codecs.decode_int8(item.data, item.scale))
+        elif response.encoding == pb.ENCODING_BINARY:
+            rows.append(codecs.decode_binary(item.data, dims))
+        else:
+            rows.append(np.asarray(item.values, dtype=np.float32))
+    return np.stack(rows) if rows else np.zeros((0, dims), dtype=np.float32)
+
+
+def tokenize_requests(
+    texts: Sequence[str], chunk: int, *, model: str | None, input_type: str | None, truncation: str
+) -> list[pb.TokenizeRequest]:
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not a single string")
+    fields = {
+        "model": model or "",
+        "input_type": lookup(INPUT_TYPES, input_type, "input_type"),
+        "truncation": lookup(TRUNCATIONS, truncation, "truncation"),
+    }
+    return [pb.TokenizeRequest(inputs=part, **fields) for part in split(list(texts), chunk)]
+
+
+def token_ids(response: pb.TokenizeResponse) -> list[list[int]]:
+    return [list(item.ids) for item in response.inputs]
+
+
+def create_index_request(
+    name: str, model: str | None, metric: str, kind: str, params: Mapping[str, int]
+) -> ipb.CreateIndexRequest:
+    return ipb.CreateIndexRequest(
+        name=name,
+        model=model or "",
+        metric=lookup(METRICS, metric, "metric"),
+        kind=lookup(KINDS, kind, "kind"),
+        params=ipb.IndexParams(**params),
+    )
+
+
+def index_info(message: ipb.IndexInfo) -> IndexInfo:
+    return IndexInfo(
+        name=message.name,
+        model=message.model,
+        model_source=message.model_source,
+        dimension=message.dimension,
+        metric=METRIC_NAMES.get(message.metric, ""),
+        kind=KIND_NAMES.get(message.kind, ""),
+        count=message.count,
+        trained=message.trained,
+        status=message.status,
+        durable=message.durable,
+        params={f.name: v for f, v in message.params.ListFields()},
+    )
+
+
+def upsert_requests(
+    index: str,
+    ids: Sequence[str],
+    texts: Sequence[str] | None,
+    vectors: Any,
+    metadata: Sequence[Mapping[str, Any]] | None,
+    chunk: int,
+) -> list[ipb.UpsertRequest]:
+    """UpsertRequests of at most ``chunk`` items; the lengths are checked before anything is sent."""
+    if (texts is None) == (vectors is None):
+        raise ValueError("pass exactly one of texts or vectors")
+    n = len(ids)
+    if texts is not None and len(texts) != n:
+        raise ValueError(f"{n} ids but {len(texts)} texts")
+    array = None if vectors is None else np.asarray(vectors, dtype=np.float32)
+    if array is not None and (array.ndim != 2 or len(array) != n):
+        raise ValueError(f"vectors must be a [{n}, dim] array")
+    if metadata is not None and len(metadata) != n:
+        raise ValueError(f"{n} ids but {len(metadata)} metadata entries")
+    items = []
+    for i, item_id in enumerate(ids):
+        meta = to_metadata(metadata[i] if metadata else None)
+        if array is None:
+            items.append(ipb.Item(id=item_id, text=texts[i], metadata=meta))  # type: ignore[index]
+        else:
+            items.append(ipb.Item(id=item_id, vector=array[i].tolist(), metadata=meta))
+    return [ipb.UpsertRequest(index=index, items=part) for part in split(items, chunk)]
+
+
+def get_requests(index: str, ids: Sequence[str], chunk: int) -> list[ipb.GetRequest]:
+    if isinstance(ids, str):
+        raise ValueError("ids must be a list of strings, not a single string")
+    return [ipb.GetRequest(index=index, ids=list(part)) for part in split(list(ids), chunk)]
+
+
+def delete_requests(index: str, ids: Sequence[str], chunk: int) -> list[ipb.DeleteRequest]:
+    if isinstance(ids, str):
+        raise ValueError("ids must be a list of strings, not a single string")
+    return [ipb.DeleteRequest(index=index, ids=list(part)) for part in split(list(ids), chunk)]
+
+
+def _set_filter(request: Any, filter: Mapping[str, Any] | None) -> None:
+    """Plain equality goes in the `filter` map (which every server version reads); anything richer is
+    parsed here, so mistakes fail before sending, and sent as `where`."""
+    if not filter:
+        return
+    condition = parse_filter(filter)  # mistakes (a list as a value, an unknown operator) fail here
+    if all(not isinstance(v, Mapping) and not k.startswith("$") for k, v in filter.items()):
+        for key, value in to_metadata(filter).items():
+            request.filter[key].CopyFrom(value)
+        return
+    if condition is not None:
+        request.where.CopyFrom(filter_to_proto(condition))
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search asks besides its queries: top ``k``, a filter, and the index's knobs."""
+
+    k: int = 10
+    filter: Mapping[str, Any] | None = None
+    ef_search: int | None = None
+    nprobe: int | None = None
+    instruction: str | None = None
+
+    def apply(self, request: Any) -> Any:
+        request.k = self.k
+        _set_filter(request, self.filter)
+        for name in ("ef_search", "nprobe", "instruction"):
+            if getattr(self, name) is not None:
+                setattr(request, name, getattr(self, name))
+        return request
+
+
+def search_request(index: str, text: str | None, vector: Any, options: SearchOptions) -> ipb.SearchRequest:
+    if (text is None) == (vector is None):
+        raise ValueError("pass exactly one of text or vector")
+    request = options.apply(ipb.SearchRequest(index=index))
+    if text is not None:
+        request.text = text
+    else:
+        request.vector.values.extend(np.asarray(vector, dtype=np.float32).ravel().tolist())
+    return request
+
+
+def search_batch_requests(
+    index: str, texts: Sequence[str] | None, vectors: Any, options: SearchOptions, chunk: int
+) -> list[ipb.SearchBatchRequest]:
+    """One request per ``chunk`` queries (fewer when k is large: a response holds at most MAX_BATCH_HITS)."""
+    if (texts is None) == (vectors is None):
+        raise ValueError("pass exactly one of texts or vectors")
+    if isinstance(texts, str):
+        raise ValueError("texts is a list of strings; for one text use search()")
+    array = None if vectors is None else np.asarray(vectors, dtype=np.float32)
+    if array is not None and array.ndim != 2:
+        raise ValueError(f"vectors must be a [queries, dim] array, got shape {array.shape}")
+    per_request = max(1, min(chunk, MAX_BATCH_HITS // max(options.k, 1)))
+    requests = []
+    for part in split(list(texts) if array is None else array, per_request):  # type: ignore[arg-type]
+        request = options.apply(ipb.SearchBatchRequest(index=index))
+        if array is None:
+            request.texts.extend(part)
+        else:
+            request.vectors.extend(ipb.Vector(values=row.tolist()) for row in part)
+        requests.append(request)
+    return requests
+
+
+@dataclass(frozen=True)
+class IdPage:
+    ids: list[str]
+    next_page_token: str  # "" after the last page
+    count: int  # items in the index when the page was read
+
+
+def list_ids_request(index: str, page_size: int, page_token: str) -> ipb.ListIdsRequest:
+    if page_size < 0:
+        raise InvalidInputError(
+            f"page_size must be 0 (the server's default) or more, got {page_size}", field="page_size"
+        )
+    return ipb.ListIdsRequest(index=index, page_size=page_size, page_token=page_token)
+
+
+def id_page(response: ipb.ListIdsResponse) -> IdPage:
+    return IdPage(list(response.ids), response.next_page_token, response.count)
+
+
+def hits(response: ipb.SearchResponse) -> list[Hit]:
+    return [Hit(h.id, h.score, from_metadata(h.metadata)) for h in response.hits]
+
+
+def batch_hits(response: ipb.SearchBatchResponse) -> list[list[Hit]]:
+    return [hits(result) for result in response.results]
+
+
+def got(response: ipb.GetResponse) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    return {i.id: (np.asarray(i.vector, dtype=np.float32), from_metadata(i.metadata)) for i in response.items}
 
 
 # ---------------------------------------------------------------------- index

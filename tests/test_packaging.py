@@ -333,7 +333,6 @@ def test_client_only_install_has_no_engine_and_its_cli_works(client_bin, dev_ser
         "embedsvc.client",
         "embedsvc.wire",
         "embedsvc.errors",
-        "embedsvc.index_client",
         "embedsvc.integrations._clients",
         "embedsvc.cli.main",
         "embedsvc.v1.index_pb2_grpc",
@@ -466,7 +465,7 @@ def run_without_engine(code: str) -> subprocess.CompletedProcess:
 
 def test_client_modules_and_cli_import_without_the_engine():
     out = run_without_engine(
-        "import embedsvc, embedsvc.client, embedsvc.wire, embedsvc.errors, embedsvc.index_client\n"
+        "import embedsvc, embedsvc.client, embedsvc.wire, embedsvc.errors\n"
         "import embedsvc.integrations._clients, embedsvc.cli.main\n"
         "from embedsvc import EmbedClient, AsyncEmbedClient\n"
         "from embedsvc.cli.main import build_parser\n"

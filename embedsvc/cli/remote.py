@@ -22,7 +22,8 @@ def connection_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--target",
         metavar="HOST:PORT",
-        help=f"the server (default: ${TARGET_ENV}, else {DEFAULT_TARGET})",
+        help=f"the server (default: ${TARGET_ENV}, else {DEFAULT_TARGET}); several replicas: "
+        "ipv4:HOST:PORT,HOST:PORT or dns:///NAME:PORT, called round-robin",
     )
     group.add_argument(
         "--api-key",

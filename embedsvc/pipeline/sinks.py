@@ -87,9 +87,14 @@ def index_exists(manager: Any, name: str) -> bool:
 
 
 class RemoteSink:
-    """A running server: batched Upsert calls with the texts; the server embeds them."""
+    """A running server: batched Upsert calls with the texts; the server embeds them.
 
-    RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+    The runner keeps several writes in flight through one client, whose window narrows when the
+    server refuses work for load and widens as it takes it (AIMD, honouring the server's retry hint:
+    :mod:`embedsvc.pacing`), so the build slows to what the server takes. A server that goes away
+    (UNAVAILABLE, or a call that outlives its deadline) is retried here with backoff, a few times."""
+
+    RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # RESOURCE_EXHAUSTED: the client paces it
 
     def __init__(
         self,
@@ -139,6 +144,7 @@ class RemoteSink:
             return None
 
     def _retry(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        from embedsvc import pacing
         from embedsvc.client import EmbedServiceError
 
         delay = 0.5
@@ -146,6 +152,13 @@ class RemoteSink:
             try:
                 return call(*args, **kwargs)
             except EmbedServiceError as exc:
+                if exc.code.name == "RESOURCE_EXHAUSTED" and pacing.retryable(
+                    exc.code.name, exc.details, idempotent=True, attempt=0
+                ):
+                    raise PipelineStopped(
+                        f"the server at {self.target} refused work for load for {self.client.timeout:g}s "
+                        f"while this build slowed down ({exc.details})"
+                    ) from exc
                 if exc.code.name not in self.RETRYABLE:
                     raise
                 if attempt == self.retries:
@@ -188,8 +201,16 @@ class RemoteSink:
         )
 
     def max_length(self) -> int | None:
-        """Tokens the served model reads of one input (ModelInfo.max_length); None if it is not served."""
-        models = self._retry(self.client.list_models)
+        """Tokens the served model reads of one input (ModelInfo.max_length); None if it is not served, or
+        the server does not list its models (a gateway without ListModels): then nothing is counted."""
+        from embedsvc.client import EmbedServiceError
+
+        try:
+            models = self._retry(self.client.list_models)
+        except EmbedServiceError as exc:
+            if exc.code.name != "UNIMPLEMENTED":
+                raise
+            return None
         wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
         return int(wanted[0].max_length) if wanted and wanted[0].max_length else None
 
