@@ -231,7 +231,7 @@ def server_settings_from_env(environ: Mapping[str, str] | None = None) -> dict[s
 def _file_keys(value: Any, path: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
         raise InvalidInputError(
-            f'{path}: [server] api_keys must be a list of strings, e.g. api_keys = ["s3cret"]',
+            f'{path}: [server] api_keys must be a list of strings, e.g. api_keys = ["KEY1", "KEY2"]',
             field="api_keys",
         )
     return value

@@ -32,8 +32,11 @@ class ServerProcess:
         startup_timeout: float = 180.0,
         env: dict[str, str] | None = None,
         http_flag: bool = True,
+        port: int | None = None,
+        secure: bool | None = None,
     ) -> None:
-        self.port = free_port()
+        """``port``: a given gRPC port (restart tests); ``secure``: TLS set outside ARGS (file, env)."""
+        self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         environment = {
@@ -52,7 +55,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env=environment,
         )
-        self._wait_serving(startup_timeout, secure="--tls-cert" in args)
+        self._wait_serving(startup_timeout, secure="--tls-cert" in args if secure is None else secure)
 
     def _wait_serving(self, timeout: float, secure: bool) -> None:
         deadline = time.monotonic() + timeout
