@@ -203,8 +203,9 @@ def api_keys_from_text(text: str, where: str) -> list[str]:
     keys = [key.strip() for key in text.split(",")]
     if not all(keys):
         raise InvalidInputError(
-            f"{where} holds an empty API key (blank, or an empty entry between commas): that would leave the server open or accept an "
-            "empty key; set the key, or unset the variable to leave authentication off",
+            f"{where} holds an empty API key (blank, or an empty entry between commas): that would "
+            "leave the server open or accept an empty key; set the key, or unset the variable to leave "
+            "authentication off",
             field="api_keys",
         )
     return keys

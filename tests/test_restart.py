@@ -59,15 +59,21 @@ def test_restart_at_once_after_sigkill_with_clients_connected(tmp_path):
 def test_restart_at_once_after_an_ordinary_stop_following_http_traffic(tmp_path):
     port, http_port = free_port(), free_port()
     ports = ("--http-port", str(http_port))
-    with ServerProcess(*ports, port=port, log_path=tmp_path / "first.log") as first:
-        with httpx.Client(timeout=60) as http:  # keep-alive: the server closes these when it stops
-            for _ in range(3):
-                assert http.post(first.http_url() + "/v1/embeddings", json={"input": ["x"]}).status_code == 200
-            assert first.stop() == 0
+    # keep-alive connections: the server closes them when it stops, so their TIME_WAIT is on its side
+    with (
+        ServerProcess(*ports, port=port, log_path=tmp_path / "first.log") as first,
+        httpx.Client(timeout=60) as http,
+    ):
+        url = first.http_url() + "/v1/embeddings"
+        for _ in range(3):
+            assert http.post(url, json={"input": ["x"]}).status_code == 200
+        assert first.stop() == 0
     assert TIME_WAIT in socket_states(http_port)
-    with ServerProcess(*ports, port=port, log_path=tmp_path / "second.log") as second:
-        with httpx.Client(timeout=60) as http:
-            assert http.post(second.http_url() + "/v1/embeddings", json={"input": ["y"]}).status_code == 200
+    with (
+        ServerProcess(*ports, port=port, log_path=tmp_path / "second.log") as second,
+        httpx.Client(timeout=60) as http,
+    ):
+        assert http.post(second.http_url() + "/v1/embeddings", json={"input": ["y"]}).status_code == 200
 
 
 def test_a_port_really_held_is_refused_naming_the_holder():
