@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     state.update("starting")
     try:
         check_before_start(config)  # the whole config, before a port is bound or a model loaded
-        logs.configure(config.log_level, config.log_json)
+        logs.configure(config.log_level, config.log_json, native=True)
         asyncio.run(serve(config, on_serving=lambda port: state.update("serving", port=port)))
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
