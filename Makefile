@@ -35,6 +35,7 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+# gRPC on $(HOST):$(PORT) and OpenAI/TEI-compatible HTTP on $(HOST):8080 (SERVE_ARGS="--no-http": gRPC only)
 serve: install
 	$(BIN)/embedsvc serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
