@@ -62,7 +62,8 @@ def port_holder(port: int) -> str | None:
 
 
 def _flag(what: str) -> str:
-    return {"gRPC": "--port", "HTTP": "--http-port", "metrics": "--metrics-port"}[what]
+    flags = {"gRPC": "--port", "HTTP": "--http-port; --no-http serves gRPC only", "metrics": "--metrics-port"}
+    return flags[what]
 
 
 def _check_http_extra() -> None:
