@@ -37,6 +37,14 @@ def state_path(port: int) -> Path:
     return runtime_dir() / f"port-{port}.json"
 
 
+def _trusted(folder: Path) -> bool:
+    """Only a folder of this user's counts: in a shared temp dir another user could plant verdicts."""
+    try:
+        return not hasattr(os, "getuid") or folder.stat().st_uid == os.getuid()
+    except OSError:
+        return False
+
+
 class StateFile:
     """The serving process's side: ``update(state)`` as start-up goes on, ``remove()`` at exit."""
 
@@ -66,6 +74,8 @@ class StateFile:
         path = state_path(self.port)
         try:  # best effort: a read-only temp folder must not stop the server
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _trusted(path.parent):
+                return
             partial = path.with_name(f".{path.name}.{os.getpid()}")
             partial.write_text(json.dumps(entry))
             os.replace(partial, path)
@@ -116,6 +126,8 @@ def died_starting(target: str, since: float) -> str | None:
     if parsed is None:
         return None
     host, port = parsed
+    if not _trusted(runtime_dir()):
+        return None
     try:
         entry = json.loads(state_path(port).read_text())
     except (OSError, ValueError):

@@ -170,3 +170,14 @@ def test_runtime_dir_is_per_user(monkeypatch, tmp_path):
     assert runtime.runtime_dir().name == f"embedsvc-{os.getuid()}"
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     assert runtime.runtime_dir() == Path(tmp_path) / "embedsvc"
+
+
+def test_a_state_folder_of_another_user_is_not_trusted(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    port = free_port()
+    runtime.StateFile("127.0.0.1", port).update("failed", error="planted")
+    assert runtime.died_starting(f"127.0.0.1:{port}", 0)
+    if os.getuid() != 0:
+        pytest.skip("changing the folder's owner needs root")
+    os.chown(runtime.runtime_dir(), os.getuid() + 4242, -1)
+    assert runtime.died_starting(f"127.0.0.1:{port}", 0) is None
