@@ -41,6 +41,7 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+# gRPC on $(HOST):$(PORT) and OpenAI/TEI-compatible HTTP on $(HOST):8080 (SERVE_ARGS="--no-http": gRPC only)
 serve: install
 	$(BIN)/embedsvc serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) $(SERVE_ARGS)
 

@@ -243,6 +243,8 @@ def _hit_dicts(hits: list[Any]) -> list[dict[str, Any]]:
 
 
 def _search(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise CommandError("-k must be at least 1 (results per query)", USAGE)
     given = [x for x in (args.text, args.vector, args.input) if x is not None]
     if len(given) != 1:
         raise CommandError("give exactly one query: TEXT, --vector JSON or --input FILE", USAGE)

@@ -372,8 +372,10 @@ def _optional_int(body: dict[str, Any], key: str) -> int | None:
 
 
 @contextlib.asynccontextmanager
-async def serve_http(app: Starlette, host: str, port: int) -> AsyncIterator[int]:
-    """Run uvicorn on the running event loop (beside gRPC); yields the bound port."""
+async def serve_http(
+    app: Starlette, host: str, port: int, tls: tuple[str, str] | None = None
+) -> AsyncIterator[int]:
+    """Run uvicorn on the running event loop (beside gRPC); yields the bound port. ``tls``: (cert, key)."""
     import asyncio
 
     import uvicorn
@@ -391,6 +393,8 @@ async def serve_http(app: Starlette, host: str, port: int) -> AsyncIterator[int]
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=10,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = _Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
