@@ -15,8 +15,15 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     # lazy: importing the client must not import torch, nor the engine grpc
     if name == "Embedder":
-        from embedsvc.engine.embedder import Embedder
+        try:
+            from embedsvc.engine.embedder import Embedder
+        except ModuleNotFoundError as exc:  # a client-only install: name the extra
+            from embedsvc.extras import install_hint
 
+            hint = install_hint("embedsvc.Embedder", exc, ("server",))
+            if hint is None:
+                raise
+            raise ImportError(hint) from exc
         return Embedder
     if name in ("EmbedClient", "AsyncEmbedClient"):
         from embedsvc import client

@@ -1,32 +1,49 @@
-"""Python clients: :class:`EmbedClient` (blocking) and :class:`AsyncEmbedClient` (asyncio).
+"""Python clients: :class:`AsyncEmbedClient` (asyncio) and :class:`EmbedClient` (blocking).
 
-Both return numpy float32 arrays and raise :class:`EmbedServiceError` (carrying
-the gRPC status code and message) on failure. Large input lists are sent as
-several requests transparently, a few at a time.
+Every method is written once, in the async client; the blocking client runs it on an event loop of its
+own (a private thread). Both return numpy float32 arrays and raise :class:`EmbedServiceError` (the gRPC
+status code and message) on failure. Lists are sent as several requests of at most ``chunk_size`` items,
+a few at a time. A refusal for load (RESOURCE_EXHAUSTED) is backpressure, not failure: the client
+sends fewer requests at once, waits what the server asks and tries again until the call's ``timeout``
+(see :mod:`embedsvc.pacing`); UNAVAILABLE is retried the same way for calls safe to repeat.
+
+``target`` may name several servers (``ipv4:10.0.0.1:50051,10.0.0.2:50051``, or ``dns:///name:50051``
+for every address a DNS name has, such as a Kubernetes headless service): calls are spread over them
+round-robin, and a replica that goes away is left out while its calls are retried on the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any
+import contextlib
+import functools
+import json
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
+import grpc.aio
 import numpy as np
 
-from embedsvc import codecs, wire
-from embedsvc import index_client as ic
-from embedsvc.index_client import Hit, IndexInfo
+from embedsvc import pacing, wire
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 from embedsvc.v1 import index_pb2 as ipb
 from embedsvc.v1 import index_pb2_grpc as ipb_grpc
-from embedsvc.wire import ModelInfo
+from embedsvc.wire import Hit, IdPage, IndexInfo, ModelInfo, SearchOptions
 
 __all__ = ["AsyncEmbedClient", "EmbedClient", "EmbedServiceError", "Hit", "IndexInfo", "ModelInfo"]
 
-DEFAULT_CHUNK = 256  # inputs per request the client sends
+DEFAULT_CHUNK = 256  # items per request the client sends (embed texts, upsert items, get/delete ids)
 IN_FLIGHT = 4  # requests of one call in flight at once
+MAX_IN_FLIGHT = 64  # requests of one client in flight at once, before any refusal narrows it
+RETRY_WITHOUT_TIMEOUT = 300.0  # how long a call without a timeout keeps retrying refusals
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class EmbedServiceError(Exception):
@@ -38,56 +55,11 @@ class EmbedServiceError(Exception):
         self.details = details
 
     @classmethod
-    def from_rpc(cls, error: grpc.RpcError) -> EmbedServiceError:
-        return cls(error.code(), error.details() or "")  # type: ignore[attr-defined]
-
-
-def build_requests(
-    texts: Sequence[str],
-    chunk: int,
-    *,
-    model: str | None,
-    input_type: str | None,
-    prompt_name: str | None,
-    instruction: str | None,
-    dimensions: int | None,
-    normalize: bool | None,
-    truncation: str,
-    encoding: str,
-    chunked: bool,
-) -> list[pb.EmbedRequest]:
-    if isinstance(texts, str):
-        raise ValueError("texts must be a list of strings, not a single string")
-    base = wire.embed_request_fields(
-        input_type=input_type,
-        prompt_name=prompt_name,
-        instruction=instruction,
-        dimensions=dimensions,
-        normalize=normalize,
-        truncation=truncation,
-        chunked=chunked,
-        encoding=encoding,
-    )
-    base["model"] = model or ""
-    items = list(texts)
-    return [
-        pb.EmbedRequest(id=str(i), inputs=items[i : i + chunk], **base) for i in range(0, len(items), chunk)
-    ]
-
-
-def decode_response(response: pb.EmbedResponse) -> np.ndarray:
-    dims = response.dimensions
-    rows = []
-    for item in response.embeddings:
-        if response.encoding == pb.ENCODING_FLOAT16:
-            rows.append(codecs.decode_float16(item.data))
-        elif response.encoding == pb.ENCODING_INT8:
-            rows.append(codecs.decode_int8(item.data, item.scale))
-        elif response.encoding == pb.ENCODING_BINARY:
-            rows.append(codecs.decode_binary(item.data, dims))
-        else:
-            rows.append(np.asarray(item.values, dtype=np.float32))
-    return np.stack(rows) if rows else np.zeros((0, dims), dtype=np.float32)
+    def from_rpc(cls, error: grpc.RpcError, tries: int = 1) -> EmbedServiceError:
+        details = error.details() or ""  # type: ignore[attr-defined]
+        if tries > 1:
+            details += f" (gave up after {tries} tries)"
+        return cls(error.code(), details)  # type: ignore[attr-defined]
 
 
 def _credentials(api_key: str | None, tls: bool, root_certificates: bytes | None) -> tuple[Any, ...]:
@@ -96,229 +68,53 @@ def _credentials(api_key: str | None, tls: bool, root_certificates: bytes | None
     return metadata, creds
 
 
+# Methods gRPC may send again by itself on UNAVAILABLE (it does so only before the server answered):
+# all but CreateIndex and DeleteIndex, which would answer ALREADY_EXISTS / NOT_FOUND the second time.
+_IDEMPOTENT_INDEX_METHODS = (
+    "ListIndexes",
+    "DescribeIndex",
+    "Upsert",
+    "Delete",
+    "Get",
+    "Search",
+    "SearchBatch",
+    "Count",
+)
+_SERVICE_CONFIG = {
+    # every address of the target takes calls in turn; a dead one is skipped until it reconnects
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [
+                {"service": "embedsvc.v1.EmbeddingService"},
+                *({"service": "embedsvc.v1.IndexService", "method": m} for m in _IDEMPOTENT_INDEX_METHODS),
+            ],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "0.5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     # a connection of its own: the server shares its queue fairly per connection (or API key), and
     # gRPC would otherwise let every channel of this process to the same server share one
     ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
 ]
 
 
-class EmbedClient:
-    """Blocking client. ``with EmbedClient("127.0.0.1:50051") as c: c.embed([...])``."""
-
-    def __init__(
-        self,
-        target: str = "127.0.0.1:50051",
-        api_key: str | None = None,
-        *,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        timeout: float | None = None,
-        chunk_size: int = DEFAULT_CHUNK,
-    ) -> None:
-        self._metadata, creds = _credentials(api_key, tls, root_certificates)
-        self._channel = (
-            grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
-            if creds
-            else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        )
-        self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
-        self._index = ipb_grpc.IndexServiceStub(self._channel)
-        self.timeout = timeout
-        self.chunk_size = chunk_size
-
-    def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise EmbedServiceError.from_rpc(exc) from None
-
-    # ---------------------------------------------------------------- index
-    def create_index(
-        self,
-        name: str,
-        *,
-        model: str | None = None,
-        metric: str = "cosine",
-        kind: str = "flat",
-        **params: int,
-    ) -> IndexInfo:
-        return ic.info(
-            self._call(self._index.CreateIndex, ic.create_request(name, model, metric, kind, params))
-        )
-
-    def delete_index(self, name: str) -> None:
-        self._call(self._index.DeleteIndex, ipb.DeleteIndexRequest(name=name))
-
-    def list_indexes(self) -> list[IndexInfo]:
-        return [ic.info(i) for i in self._call(self._index.ListIndexes, ipb.ListIndexesRequest()).indexes]
-
-    def describe_index(self, name: str) -> IndexInfo:
-        return ic.info(self._call(self._index.DescribeIndex, ipb.DescribeIndexRequest(name=name)))
-
-    def upsert(
-        self,
-        index: str,
-        ids: Sequence[str],
-        texts: Sequence[str] | None = None,
-        vectors: Any = None,
-        metadata: Sequence[Mapping[str, Any]] | None = None,
-    ) -> int:
-        """Insert or replace; returns the index's size afterwards. Each request is all or nothing."""
-        count = 0
-        for request in ic.upsert_requests(index, ids, texts, vectors, metadata, self.chunk_size):
-            count = self._call(self._index.Upsert, request).count
-        return int(count)
-
-    def delete(self, index: str, ids: Sequence[str]) -> int:
-        """Returns how many of ``ids`` existed."""
-        return int(self._call(self._index.Delete, ipb.DeleteRequest(index=index, ids=list(ids))).deleted)
-
-    def get(self, index: str, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-        """``{id: (vector, metadata)}`` for the ids that exist."""
-        return ic.got(self._call(self._index.Get, ipb.GetRequest(index=index, ids=list(ids))))
-
-    def search(
-        self,
-        index: str,
-        text: str | None = None,
-        vector: Any = None,
-        k: int = 10,
-        filter: Mapping[str, Any] | None = None,
-        *,
-        ef_search: int | None = None,
-        nprobe: int | None = None,
-        instruction: str | None = None,
-    ) -> list[Hit]:
-        """Top ``k`` for a text or a vector; ``filter`` in the plain filter language (README: Filters),
-        checked here before sending."""
-        request = ic.search_request(index, text, vector, k, filter, ef_search, nprobe, instruction)
-        return ic.hits(self._call(self._index.Search, request))
-
-    def search_batch(
-        self,
-        index: str,
-        texts: Sequence[str] | None = None,
-        vectors: Any = None,
-        k: int = 10,
-        filter: Mapping[str, Any] | None = None,
-        *,
-        ef_search: int | None = None,
-        nprobe: int | None = None,
-        instruction: str | None = None,
-    ) -> list[list[Hit]]:
-        """Top ``k`` for each of many queries (texts or a [queries, dim] array), in order; sent
-        ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index."""
-        requests = ic.search_batch_requests(
-            index, texts, vectors, k, filter, ef_search, nprobe, instruction, self.chunk_size
-        )
-        results: list[list[Hit]] = []
-        for request in requests:
-            results += ic.batch_hits(self._call(self._index.SearchBatch, request))
-        return results
-
-    def count(self, index: str) -> int:
-        return int(self._call(self._index.Count, ipb.CountRequest(index=index)).count)
-
-    # ------------------------------------------------------------ embedding
-    def embed(
-        self,
-        texts: Sequence[str],
-        *,
-        model: str | None = None,
-        input_type: str | None = None,
-        prompt_name: str | None = None,
-        instruction: str | None = None,
-        dimensions: int | None = None,
-        normalize: bool | None = None,
-        truncation: str = "end",
-        encoding: str = "float32",
-        chunked: bool = False,
-        timeout: float | None = None,
-    ) -> np.ndarray:
-        requests = build_requests(
-            texts,
-            self.chunk_size,
-            model=model,
-            input_type=input_type,
-            prompt_name=prompt_name,
-            instruction=instruction,
-            dimensions=dimensions,
-            normalize=normalize,
-            truncation=truncation,
-            encoding=encoding,
-            chunked=chunked,
-        )
-        if not requests:
-            raise ValueError("texts must hold at least one string")
-        results: list[np.ndarray] = []
-        try:
-            for start in range(0, len(requests), IN_FLIGHT):
-                futures = [
-                    self._stub.Embed.future(r, timeout=timeout or self.timeout, metadata=self._metadata)
-                    for r in requests[start : start + IN_FLIGHT]
-                ]
-                results.extend(decode_response(f.result()) for f in futures)
-        except grpc.RpcError as exc:
-            raise EmbedServiceError.from_rpc(exc) from None
-        return np.concatenate(results)
-
-    def tokenize(
-        self,
-        texts: Sequence[str],
-        *,
-        model: str | None = None,
-        input_type: str | None = None,
-        truncation: str = "end",
-    ) -> list[list[int]]:
-        request = pb.TokenizeRequest(
-            model=model or "",
-            inputs=list(texts),
-            input_type=wire.lookup(wire.INPUT_TYPES, input_type, "input_type"),
-            truncation=wire.lookup(wire.TRUNCATIONS, truncation, "truncation"),
-        )
-        try:
-            response = self._stub.Tokenize(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise EmbedServiceError.from_rpc(exc) from None
-        return [list(item.ids) for item in response.inputs]
-
-    def list_models(self) -> list[ModelInfo]:
-        try:
-            response = self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as exc:
-            raise EmbedServiceError.from_rpc(exc) from None
-        return wire.model_infos(response)
-
-    def health(self, service: str = "", timeout: float | None = None) -> int:
-        """grpc.health.v1 status of the server (or one of its services): SERVING = 1, NOT_SERVING = 2
-        while it loads models or drains. Raises EmbedServiceError when it cannot be reached."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        try:
-            reply = health_pb2_grpc.HealthStub(self._channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout
-            )
-        except grpc.RpcError as exc:
-            raise EmbedServiceError.from_rpc(exc) from None
-        return int(reply.status)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> EmbedClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class AsyncEmbedClient:
-    """asyncio client with the same methods as :class:`EmbedClient`, as coroutines."""
+    """asyncio client. ``async with AsyncEmbedClient("127.0.0.1:50051") as c: await c.embed([...])``.
+
+    ``timeout`` bounds each request in seconds, its retries included. ``retry=False`` surfaces
+    refusals (RESOURCE_EXHAUSTED, UNAVAILABLE) at once instead of pacing and retrying them."""
 
     def __init__(
         self,
@@ -329,6 +125,8 @@ class AsyncEmbedClient:
         root_certificates: bytes | None = None,
         timeout: float | None = None,
         chunk_size: int = DEFAULT_CHUNK,
+        retry: bool = True,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._metadata, creds = _credentials(api_key, tls, root_certificates)
         self._channel = (
@@ -338,14 +136,67 @@ class AsyncEmbedClient:
         )
         self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
         self._index = ipb_grpc.IndexServiceStub(self._channel)
+        self.target = target
         self.timeout = timeout
         self.chunk_size = chunk_size
+        self.retry = retry
+        self.window = pacing.Window(max_in_flight)
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    # ------------------------------------------------------------ plumbing
+    async def _call(
+        self, method: Any, request: Any, *, idempotent: bool = True, timeout: float | None = None
+    ) -> Any:
+        """One request, paced by the window and retried while the server refuses it for load (or is
+        unavailable, for an idempotent call), until ``timeout`` has passed since it was first sent."""
+        timeout = timeout or self.timeout
+        deadline: float | None = None  # set when first sent: waiting for a slot is not the server's time
+        attempt = unavailable = 0  # tries so far, and how many of them found the server unavailable
+        while True:
+            try:
+                async with self.window.slot():
+                    if deadline is None:
+                        deadline = time.monotonic() + (timeout or RETRY_WITHOUT_TIMEOUT)
+                    remaining = None if timeout is None else max(0.001, deadline - time.monotonic())
+                    reply = await method(request, timeout=remaining, metadata=self._metadata)
+                self.window.succeeded()
+                return reply
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self.window.refused()
+                elif code == grpc.StatusCode.UNAVAILABLE:
+                    unavailable += 1
+                if not self.retry or not pacing.retryable(
+                    code.name, exc.details() or "", idempotent=idempotent, attempt=max(0, unavailable - 1)
+                ):
+                    raise EmbedServiceError.from_rpc(exc, attempt + 1) from None
+                delay = pacing.backoff(attempt, pacing.retry_after(exc.trailing_metadata()))  # type: ignore[arg-type]
+                if deadline is None or time.monotonic() + delay >= deadline:
+                    raise EmbedServiceError.from_rpc(exc, attempt + 1) from None
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _each(
+        self, method: Any, requests: Sequence[Any], *, in_flight: int = IN_FLIGHT, **call: Any
+    ) -> list[Any]:
+        """Replies to ``requests`` in order, at most ``in_flight`` at once; the first failure cancels
+        the rest."""
+        if in_flight <= 1 or len(requests) <= 1:
+            return [await self._call(method, r, **call) for r in requests]
+        gate = asyncio.Semaphore(in_flight)
+
+        async def one(request: Any) -> Any:
+            async with gate:
+                return await self._call(method, request, **call)
+
+        tasks = [asyncio.ensure_future(one(r)) for r in requests]
         try:
-            return await method(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise EmbedServiceError.from_rpc(exc) from None
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # collected: no "never retrieved"
+            raise
 
     # ---------------------------------------------------------------- index
     async def create_index(
@@ -357,19 +208,20 @@ class AsyncEmbedClient:
         kind: str = "flat",
         **params: int,
     ) -> IndexInfo:
-        request = ic.create_request(name, model, metric, kind, params)
-        return ic.info(await self._call(self._index.CreateIndex, request))
+        request = wire.create_index_request(name, model, metric, kind, params)
+        return wire.index_info(await self._call(self._index.CreateIndex, request, idempotent=False))
 
     async def delete_index(self, name: str) -> None:
-        await self._call(self._index.DeleteIndex, ipb.DeleteIndexRequest(name=name))
+        await self._call(self._index.DeleteIndex, ipb.DeleteIndexRequest(name=name), idempotent=False)
 
     async def list_indexes(self) -> list[IndexInfo]:
-        return [
-            ic.info(i) for i in (await self._call(self._index.ListIndexes, ipb.ListIndexesRequest())).indexes
-        ]
+        reply = await self._call(self._index.ListIndexes, ipb.ListIndexesRequest())
+        return [wire.index_info(i) for i in reply.indexes]
 
     async def describe_index(self, name: str) -> IndexInfo:
-        return ic.info(await self._call(self._index.DescribeIndex, ipb.DescribeIndexRequest(name=name)))
+        return wire.index_info(
+            await self._call(self._index.DescribeIndex, ipb.DescribeIndexRequest(name=name))
+        )
 
     async def upsert(
         self,
@@ -379,18 +231,23 @@ class AsyncEmbedClient:
         vectors: Any = None,
         metadata: Sequence[Mapping[str, Any]] | None = None,
     ) -> int:
-        count = 0
-        for request in ic.upsert_requests(index, ids, texts, vectors, metadata, self.chunk_size):
-            count = (await self._call(self._index.Upsert, request)).count
-        return int(count)
+        """Insert or replace; returns the index's size afterwards. Each request is all or nothing; they
+        go one after another, so a later duplicate id wins."""
+        requests = wire.upsert_requests(index, ids, texts, vectors, metadata, self.chunk_size)
+        replies = await self._each(self._index.Upsert, requests, in_flight=1)
+        return int(replies[-1].count) if replies else 0
 
     async def delete(self, index: str, ids: Sequence[str]) -> int:
-        return int(
-            (await self._call(self._index.Delete, ipb.DeleteRequest(index=index, ids=list(ids)))).deleted
-        )
+        """Returns how many of ``ids`` existed."""
+        requests = wire.delete_requests(index, ids, self.chunk_size)
+        return sum(int(r.deleted) for r in await self._each(self._index.Delete, requests, in_flight=1))
 
     async def get(self, index: str, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-        return ic.got(await self._call(self._index.Get, ipb.GetRequest(index=index, ids=list(ids))))
+        """``{id: (vector, metadata)}`` for the ids that exist."""
+        found: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+        for reply in await self._each(self._index.Get, wire.get_requests(index, ids, self.chunk_size)):
+            found.update(wire.got(reply))
+        return found
 
     async def search(
         self,
@@ -404,10 +261,12 @@ class AsyncEmbedClient:
         nprobe: int | None = None,
         instruction: str | None = None,
     ) -> list[Hit]:
-        """Top ``k`` for a text or a vector; ``filter`` in the plain filter language (README: Filters),
+        """Top ``k`` for a text or a vector; ``filter`` in the plain filter language (docs/search.md),
         checked here before sending."""
-        request = ic.search_request(index, text, vector, k, filter, ef_search, nprobe, instruction)
-        return ic.hits(await self._call(self._index.Search, request))
+        options = SearchOptions(k, filter, ef_search, nprobe, instruction)
+        return wire.hits(
+            await self._call(self._index.Search, wire.search_request(index, text, vector, options))
+        )
 
     async def search_batch(
         self,
@@ -423,16 +282,33 @@ class AsyncEmbedClient:
     ) -> list[list[Hit]]:
         """Top ``k`` for each of many queries (texts or a [queries, dim] array), in order; sent
         ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index."""
-        requests = ic.search_batch_requests(
-            index, texts, vectors, k, filter, ef_search, nprobe, instruction, self.chunk_size
-        )
-        results: list[list[Hit]] = []
-        for request in requests:
-            results += ic.batch_hits(await self._call(self._index.SearchBatch, request))
-        return results
+        options = SearchOptions(k, filter, ef_search, nprobe, instruction)
+        requests = wire.search_batch_requests(index, texts, vectors, options, self.chunk_size)
+        return [
+            hits
+            for reply in await self._each(self._index.SearchBatch, requests)
+            for hits in wire.batch_hits(reply)
+        ]
 
     async def count(self, index: str) -> int:
         return int((await self._call(self._index.Count, ipb.CountRequest(index=index))).count)
+
+    async def list_ids(self, index: str, page_size: int = 0, page_token: str = "") -> IdPage:
+        """One page of the ids ``index`` holds, in write order; pass ``page.next_page_token`` for the next
+        (empty after the last). ``page_size`` 0 = the server's default (1000)."""
+        request = wire.list_ids_request(index, page_size, page_token)
+        return wire.id_page(await self._call(self._index.ListIds, request))
+
+    async def iter_ids(self, index: str, page_size: int = 0) -> AsyncIterator[str]:
+        """Every id ``index`` holds, fetched a page at a time."""
+        token = ""
+        while True:
+            page = await self.list_ids(index, page_size, token)
+            for item_id in page.ids:
+                yield item_id
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
 
     # ------------------------------------------------------------ embedding
     async def embed(
@@ -450,7 +326,7 @@ class AsyncEmbedClient:
         chunked: bool = False,
         timeout: float | None = None,
     ) -> np.ndarray:
-        requests = build_requests(
+        requests = wire.embed_requests(
             texts,
             self.chunk_size,
             model=model,
@@ -463,22 +339,8 @@ class AsyncEmbedClient:
             encoding=encoding,
             chunked=chunked,
         )
-        if not requests:
-            raise ValueError("texts must hold at least one string")
-        window = asyncio.Semaphore(IN_FLIGHT)
-
-        async def one(request: pb.EmbedRequest) -> np.ndarray:
-            async with window:
-                response = await self._stub.Embed(
-                    request, timeout=timeout or self.timeout, metadata=self._metadata
-                )
-            return decode_response(response)
-
-        try:
-            results = await asyncio.gather(*(one(r) for r in requests))
-        except grpc.RpcError as exc:
-            raise EmbedServiceError.from_rpc(exc) from None
-        return np.concatenate(results)
+        replies = await self._each(self._stub.Embed, requests, timeout=timeout)
+        return np.concatenate([wire.embeddings(r) for r in replies])
 
     async def tokenize(
         self,
@@ -488,26 +350,29 @@ class AsyncEmbedClient:
         input_type: str | None = None,
         truncation: str = "end",
     ) -> list[list[int]]:
-        request = pb.TokenizeRequest(
-            model=model or "",
-            inputs=list(texts),
-            input_type=wire.lookup(wire.INPUT_TYPES, input_type, "input_type"),
-            truncation=wire.lookup(wire.TRUNCATIONS, truncation, "truncation"),
+        requests = wire.tokenize_requests(
+            texts, self.chunk_size, model=model, input_type=input_type, truncation=truncation
         )
-        try:
-            response = await self._stub.Tokenize(request, timeout=self.timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise EmbedServiceError.from_rpc(exc) from None
-        return [list(item.ids) for item in response.inputs]
+        return [
+            ids for reply in await self._each(self._stub.Tokenize, requests) for ids in wire.token_ids(reply)
+        ]
 
     async def list_models(self) -> list[ModelInfo]:
+        return wire.model_infos(await self._call(self._stub.ListModels, pb.ListModelsRequest()))
+
+    async def health(self, service: str = "", timeout: float | None = None) -> int:
+        """grpc.health.v1 status of the server (or one of its services): SERVING = 1, NOT_SERVING = 2
+        while it loads models or drains. Raises EmbedServiceError when it cannot be reached (at once:
+        health is asked to learn that, so it is not retried)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
         try:
-            response = await self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+            reply = await health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout
             )
-        except grpc.RpcError as exc:
+        except grpc.aio.AioRpcError as exc:
             raise EmbedServiceError.from_rpc(exc) from None
-        return wire.model_infos(response)
+        return int(reply.status)
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -517,3 +382,142 @@ class AsyncEmbedClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _LoopThread:
+    """An event loop running in a daemon thread: the blocking client's async core lives there."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="embedsvc-client", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, R]) -> R:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # Ctrl-C (or a failure) in the caller's thread: stop the call too
+            raise
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+def _shut(loop: _LoopThread, core: AsyncEmbedClient) -> None:
+    """Close the channel on its loop, then end the loop's thread (close(), garbage collection or exit)."""
+    if loop.loop.is_closed():
+        return
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(core.close(), loop.loop).result(timeout=10)
+    loop.stop()
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncEmbedClient, P], Awaitable[R]],
+) -> Callable[Concatenate[EmbedClient, P], R]:
+    """The blocking form of an AsyncEmbedClient method: the same signature, run on the client's loop."""
+
+    @functools.wraps(method)
+    def call(self: EmbedClient, *args: P.args, **kwargs: P.kwargs) -> R:
+        async def run() -> R:
+            return await method(self._core, *args, **kwargs)
+
+        return self._loop.run(run())
+
+    return call
+
+
+class EmbedClient:
+    """Blocking client with :class:`AsyncEmbedClient`'s methods and arguments, for threads and scripts.
+    ``with EmbedClient("127.0.0.1:50051") as c: c.embed([...])``. Safe to share between threads."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        api_key: str | None = None,
+        *,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+        retry: bool = True,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        self._loop = _LoopThread()
+
+        async def make() -> AsyncEmbedClient:  # an asyncio channel belongs to the loop it is made on
+            return AsyncEmbedClient(
+                target,
+                api_key,
+                tls=tls,
+                root_certificates=root_certificates,
+                timeout=timeout,
+                chunk_size=chunk_size,
+                retry=retry,
+                max_in_flight=max_in_flight,
+            )
+
+        self._core = self._loop.run(make())
+        # a client dropped without close() must not leave its thread and connections behind
+        self._shut = weakref.finalize(self, _shut, self._loop, self._core)
+
+    # the settings live in the core: changing them here changes the calls
+    @property
+    def timeout(self) -> float | None:
+        return self._core.timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._core.timeout = value
+
+    @property
+    def chunk_size(self) -> int:
+        return self._core.chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int) -> None:
+        self._core.chunk_size = value
+
+    @property
+    def target(self) -> str:
+        return self._core.target
+
+    create_index = _blocking(AsyncEmbedClient.create_index)
+    delete_index = _blocking(AsyncEmbedClient.delete_index)
+    list_indexes = _blocking(AsyncEmbedClient.list_indexes)
+    describe_index = _blocking(AsyncEmbedClient.describe_index)
+    upsert = _blocking(AsyncEmbedClient.upsert)
+    delete = _blocking(AsyncEmbedClient.delete)
+    get = _blocking(AsyncEmbedClient.get)
+    search = _blocking(AsyncEmbedClient.search)
+    search_batch = _blocking(AsyncEmbedClient.search_batch)
+    count = _blocking(AsyncEmbedClient.count)
+    list_ids = _blocking(AsyncEmbedClient.list_ids)
+    embed = _blocking(AsyncEmbedClient.embed)
+    tokenize = _blocking(AsyncEmbedClient.tokenize)
+    list_models = _blocking(AsyncEmbedClient.list_models)
+    health = _blocking(AsyncEmbedClient.health)
+
+    def iter_ids(self, index: str, page_size: int = 0) -> Iterator[str]:
+        """Every id ``index`` holds, fetched a page at a time."""
+        token = ""
+        while True:
+            page = self.list_ids(index, page_size, token)
+            yield from page.ids
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def close(self) -> None:
+        self._shut()
+
+    def __enter__(self) -> EmbedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,10 +1,18 @@
-"""Server and model configuration: frozen dataclasses, from a TOML file merged with CLI flags.
+"""Server and model configuration: frozen dataclasses, from one merge of every source.
+
+Precedence, lowest first: the defaults below < the config file's ``[server]`` table < environment
+variables ``EMBEDSVC_<KEY>`` (e.g. ``EMBEDSVC_HOST``, ``EMBEDSVC_TLS_CERT``) < command-line flags. A
+flag that was not given never overrides. API keys are the one exception: the keys of every source
+are accepted together (``EMBEDSVC_API_KEY`` and ``--api-key`` add to the file's), so a key can be
+rotated without editing the file; an empty or blank key from any source is refused.
 
 A config file looks like::
 
     [server]
     host = "127.0.0.1"
     port = 50051
+    http = true                  # OpenAI/TEI-compatible HTTP beside gRPC (false: gRPC only)
+    http_port = 8080
     metrics_port = 9400          # 0 = no metrics endpoint
     api_keys = ["secret"]        # empty = no authentication
     max_inputs_per_request = 2048
@@ -25,7 +33,9 @@ A config file looks like::
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -49,7 +59,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 0
-    http_port: int | None = None  # OpenAI- and TEI-compatible HTTP; None = off, 0 = any free port
+    http: bool = True  # OpenAI- and TEI-compatible HTTP beside gRPC
+    http_port: int = 8080  # 0 = any free port
     api_keys: tuple[str, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -84,6 +95,17 @@ class ServerConfig:
         object.__setattr__(self, "max_request_bytes", request_bytes)
         if self.max_text_bytes is None:
             object.__setattr__(self, "max_text_bytes", min(1024 * 1024, request_bytes))
+        if not self.host.strip():
+            raise InvalidInputError(
+                "host must not be empty (0.0.0.0 listens on every interface)", field="host"
+            )
+        for name in ("port", "http_port", "metrics_port"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+                raise InvalidInputError(
+                    f"{name} must be a port number from 0 to 65535 (0 = any free port), not {value!r}",
+                    field=name,
+                )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidInputError("TLS needs both tls_cert and tls_key", field="tls_cert")
         for name in (
@@ -115,6 +137,13 @@ class ServerConfig:
             raise InvalidInputError(
                 'an API key is empty (e.g. --api-key "$KEY" with KEY unset): that would let anyone in '
                 "with an empty key; set the key, or leave authentication off",
+                field="api_keys",
+            )
+        odd = [key for key in self.api_keys if "," in key or key != key.strip()]
+        if odd:
+            # a client sends one key from a comma-separated variable, trimmed: such a key never matches
+            raise InvalidInputError(
+                "an API key contains a comma or starts/ends with whitespace; no client could send it",
                 field="api_keys",
             )
         check_device_setting(self.index_device)
@@ -152,10 +181,81 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise InvalidInputError(f"config file {path} is not valid TOML: {exc}", field="config") from exc
 
 
+ENV_PREFIX = "EMBEDSVC_"
+# the variable the clients read too; EMBEDSVC_API_KEYS is its name before 0.2
+API_KEY_VARIABLES = ("EMBEDSVC_API_KEY", "EMBEDSVC_API_KEYS")
+_FALSE, _TRUE = ("0", "false", "no", "off"), ("1", "true", "yes", "on")
+
+
+def _env_value(name: str, kind: str, text: str) -> Any:
+    """``text`` read as the [server] field's type, or a one-line error naming the variable."""
+    variable = ENV_PREFIX + name.upper()
+    base = kind.replace(" | None", "")
+    if not text.strip():
+        raise InvalidInputError(f"{variable} is set but empty: give it a value, or unset it", field=name)
+    try:
+        if base == "bool":
+            if text.strip().lower() not in _FALSE + _TRUE:
+                raise ValueError
+            return text.strip().lower() in _TRUE
+        if base == "int":
+            return int(text)
+        if base == "float":
+            return float(text)
+    except ValueError:
+        expected = {"int": "an integer", "float": "a number", "bool": "true or false"}[base]
+        raise InvalidInputError(f"{variable}={text!r}: expected {expected}", field=name) from None
+    return text
+
+
+def api_keys_from_text(text: str, where: str) -> list[str]:
+    """Comma-separated keys; an empty or blank entry is an error, never "no authentication"."""
+    keys = [key.strip() for key in text.split(",")]
+    if not all(keys):
+        raise InvalidInputError(
+            f"{where} holds an empty API key (blank, or an empty entry between commas): that would "
+            "leave the server open or accept an empty key; set the key, or unset the variable to leave "
+            "authentication off",
+            field="api_keys",
+        )
+    return keys
+
+
+def server_settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """[server] settings from ``EMBEDSVC_<KEY>`` variables that are set (even to an empty value)."""
+    environ = os.environ if environ is None else environ
+    settings: dict[str, Any] = {}
+    for f in fields(ServerConfig):
+        variable = ENV_PREFIX + f.name.upper()
+        if f.name in ("models", "api_keys") or variable not in environ:
+            continue
+        settings[f.name] = _env_value(f.name, str(f.type), environ[variable])
+    keys: list[str] = []
+    for variable in API_KEY_VARIABLES:
+        if variable in environ:
+            keys += api_keys_from_text(environ[variable], variable)
+    if keys:
+        settings["api_keys"] = keys
+    return settings
+
+
+def _file_keys(value: Any, path: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise InvalidInputError(
+            f'{path}: [server] api_keys must be a list of strings, e.g. api_keys = ["KEY1", "KEY2"]',
+            field="api_keys",
+        )
+    return value
+
+
 def build_server_config(
-    file_data: dict[str, Any] | None, overrides: dict[str, Any], path: str = "config"
+    file_data: dict[str, Any] | None,
+    overrides: dict[str, Any],
+    path: str = "config",
+    environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
-    """File values, then explicit CLI overrides (None = not given)."""
+    """Defaults < file < environment < flags (``overrides``; None = not given). ``environ`` None: no
+    environment (callers that want it pass os.environ); API keys of every source add up."""
     data = dict(file_data or {})
     unknown_top = sorted(set(data) - {"server", "models"})
     if unknown_top:
@@ -168,6 +268,13 @@ def build_server_config(
         raise InvalidInputError(
             f"{path}: unknown [server] key(s) {', '.join(unknown)}; known: {', '.join(sorted(_SERVER_KEYS))}"
         )
+    overrides = dict(overrides)
+    from_env = server_settings_from_env(environ) if environ is not None else {}
+    keys = [
+        *_file_keys(server.pop("api_keys", []), path),
+        *from_env.pop("api_keys", []),
+        *(overrides.pop("api_keys", None) or []),
+    ]
     models = [_model_from_table(t, f"{path} [[models]] #{i}") for i, t in enumerate(data.get("models") or [])]
     cli_models: list[ModelConfig] = overrides.pop("models", None) or []
     model_options: dict[str, Any] = overrides.pop("model_options", None) or {}
@@ -190,9 +297,6 @@ def build_server_config(
         models = [ModelConfig()]
     if model_options:
         models = [ModelConfig(m.name, m.source, m.default, {**m.options, **model_options}) for m in models]
-    for key, value in overrides.items():
-        if value is not None:
-            server[key] = value
-    if "api_keys" in server:
-        server["api_keys"] = tuple(server["api_keys"])
-    return ServerConfig(**server, models=tuple(models))
+    server.update(from_env)
+    server.update({key: value for key, value in overrides.items() if value is not None})
+    return ServerConfig(**server, api_keys=tuple(dict.fromkeys(keys)), models=tuple(models))

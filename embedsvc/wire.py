@@ -1,19 +1,23 @@
 """Every protobuf <-> plain conversion, shared by the server and the clients.
 
 Enum tables (input types, truncations, encodings, metrics, index kinds) in both directions,
-metadata values, filters, embed options, model and index infos. Nothing else converts protobuf.
+metadata values, filters, embed options, model and index infos, and the clients' requests (split to
+the per-request limits) and replies. Nothing else converts protobuf.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from embedsvc import codecs
 from embedsvc.engine.options import EmbedOptions, ModelFacts
 from embedsvc.errors import InvalidInputError
 from embedsvc.index.filters import MAX_DEPTH as MAX_FILTER_DEPTH
-from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range
+from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range, parse_filter
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import index_pb2 as ipb
 
@@ -42,6 +46,7 @@ METRIC_NAMES = {ipb.METRIC_UNSPECIFIED: "cosine", **{v: k for k, v in METRICS.it
 KIND_NAMES = {ipb.INDEX_KIND_UNSPECIFIED: "flat", **{v: k for k, v in KINDS.items()}}
 ENCODING_VALUES = {pb.ENCODING_UNSPECIFIED, *ENCODINGS.values()}
 MAX_BATCH_HITS = 100_000  # queries x k in one SearchBatch: bounds the response's size
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def lookup(table: Mapping[Any, Any], value: Any, field: str) -> Any:
@@ -187,10 +192,257 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
     ]
 
 
+# ------------------------------------------------------- client requests/replies
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    name: str
+    model: str
+    model_source: str
+    dimension: int
+    metric: str
+    kind: str
+    count: int
+    trained: bool
+    status: str
+    durable: bool
+    params: dict[str, int]
+
+
+def split(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` in consecutive slices of at most ``size`` (the per-request limit a client keeps to)."""
+    size = max(1, size)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def embed_requests(
+    texts: Sequence[str], chunk: int, *, model: str | None, **options: Any
+) -> list[pb.EmbedRequest]:
+    """EmbedRequests of at most ``chunk`` texts; ``options`` are :func:`embed_request_fields`'s."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not a single string")
+    base = embed_request_fields(**options)
+    items = list(texts)
+    if not items:
+        raise ValueError("texts must hold at least one string")
+    return [
+        pb.EmbedRequest(id=str(i * max(1, chunk)), inputs=part, model=model or "", **base)
+        for i, part in enumerate(split(items, chunk))
+    ]
+
+
+def embeddings(response: pb.EmbedResponse) -> np.ndarray:
+    """An EmbedResponse's vectors as float32 ``[n, dimensions]``, whatever its encoding."""
+    dims = response.dimensions
+    rows = []
+    for item in response.embeddings:
+        if response.encoding == pb.ENCODING_FLOAT16:
+            rows.append(codecs.decode_float16(item.data))
+        elif response.encoding == pb.ENCODING_INT8:
+            rows.append(codecs.decode_int8(item.data, item.scale))
+        elif response.encoding == pb.ENCODING_BINARY:
+            rows.append(codecs.decode_binary(item.data, dims))
+        else:
+            rows.append(np.asarray(item.values, dtype=np.float32))
+    return np.stack(rows) if rows else np.zeros((0, dims), dtype=np.float32)
+
+
+def tokenize_requests(
+    texts: Sequence[str], chunk: int, *, model: str | None, input_type: str | None, truncation: str
+) -> list[pb.TokenizeRequest]:
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not a single string")
+    fields = {
+        "model": model or "",
+        "input_type": lookup(INPUT_TYPES, input_type, "input_type"),
+        "truncation": lookup(TRUNCATIONS, truncation, "truncation"),
+    }
+    return [pb.TokenizeRequest(inputs=part, **fields) for part in split(list(texts), chunk)]
+
+
+def token_ids(response: pb.TokenizeResponse) -> list[list[int]]:
+    return [list(item.ids) for item in response.inputs]
+
+
+def create_index_request(
+    name: str, model: str | None, metric: str, kind: str, params: Mapping[str, int]
+) -> ipb.CreateIndexRequest:
+    return ipb.CreateIndexRequest(
+        name=name,
+        model=model or "",
+        metric=lookup(METRICS, metric, "metric"),
+        kind=lookup(KINDS, kind, "kind"),
+        params=ipb.IndexParams(**params),
+    )
+
+
+def index_info(message: ipb.IndexInfo) -> IndexInfo:
+    return IndexInfo(
+        name=message.name,
+        model=message.model,
+        model_source=message.model_source,
+        dimension=message.dimension,
+        metric=METRIC_NAMES.get(message.metric, ""),
+        kind=KIND_NAMES.get(message.kind, ""),
+        count=message.count,
+        trained=message.trained,
+        status=message.status,
+        durable=message.durable,
+        params={f.name: v for f, v in message.params.ListFields()},
+    )
+
+
+def upsert_requests(
+    index: str,
+    ids: Sequence[str],
+    texts: Sequence[str] | None,
+    vectors: Any,
+    metadata: Sequence[Mapping[str, Any]] | None,
+    chunk: int,
+) -> list[ipb.UpsertRequest]:
+    """UpsertRequests of at most ``chunk`` items; the lengths are checked before anything is sent."""
+    if (texts is None) == (vectors is None):
+        raise ValueError("pass exactly one of texts or vectors")
+    n = len(ids)
+    if texts is not None and len(texts) != n:
+        raise ValueError(f"{n} ids but {len(texts)} texts")
+    array = None if vectors is None else np.asarray(vectors, dtype=np.float32)
+    if array is not None and (array.ndim != 2 or len(array) != n):
+        raise ValueError(f"vectors must be a [{n}, dim] array")
+    if metadata is not None and len(metadata) != n:
+        raise ValueError(f"{n} ids but {len(metadata)} metadata entries")
+    items = []
+    for i, item_id in enumerate(ids):
+        meta = to_metadata(metadata[i] if metadata else None)
+        if array is None:
+            items.append(ipb.Item(id=item_id, text=texts[i], metadata=meta))  # type: ignore[index]
+        else:
+            items.append(ipb.Item(id=item_id, vector=array[i].tolist(), metadata=meta))
+    return [ipb.UpsertRequest(index=index, items=part) for part in split(items, chunk)]
+
+
+def get_requests(index: str, ids: Sequence[str], chunk: int) -> list[ipb.GetRequest]:
+    if isinstance(ids, str):
+        raise ValueError("ids must be a list of strings, not a single string")
+    return [ipb.GetRequest(index=index, ids=list(part)) for part in split(list(ids), chunk)]
+
+
+def delete_requests(index: str, ids: Sequence[str], chunk: int) -> list[ipb.DeleteRequest]:
+    if isinstance(ids, str):
+        raise ValueError("ids must be a list of strings, not a single string")
+    return [ipb.DeleteRequest(index=index, ids=list(part)) for part in split(list(ids), chunk)]
+
+
+def _set_filter(request: Any, filter: Mapping[str, Any] | None) -> None:
+    """Plain equality goes in the `filter` map (which every server version reads); anything richer is
+    parsed here, so mistakes fail before sending, and sent as `where`."""
+    if not filter:
+        return
+    condition = parse_filter(filter)  # mistakes (a list as a value, an unknown operator) fail here
+    if all(not isinstance(v, Mapping) and not k.startswith("$") for k, v in filter.items()):
+        for key, value in to_metadata(filter).items():
+            request.filter[key].CopyFrom(value)
+        return
+    if condition is not None:
+        request.where.CopyFrom(filter_to_proto(condition))
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search asks besides its queries: top ``k``, a filter, and the index's knobs."""
+
+    k: int = 10
+    filter: Mapping[str, Any] | None = None
+    ef_search: int | None = None
+    nprobe: int | None = None
+    instruction: str | None = None
+
+    def apply(self, request: Any) -> Any:
+        request.k = self.k
+        _set_filter(request, self.filter)
+        for name in ("ef_search", "nprobe", "instruction"):
+            if getattr(self, name) is not None:
+                setattr(request, name, getattr(self, name))
+        return request
+
+
+def search_request(index: str, text: str | None, vector: Any, options: SearchOptions) -> ipb.SearchRequest:
+    if (text is None) == (vector is None):
+        raise ValueError("pass exactly one of text or vector")
+    request = options.apply(ipb.SearchRequest(index=index))
+    if text is not None:
+        request.text = text
+    else:
+        request.vector.values.extend(np.asarray(vector, dtype=np.float32).ravel().tolist())
+    return request
+
+
+def search_batch_requests(
+    index: str, texts: Sequence[str] | None, vectors: Any, options: SearchOptions, chunk: int
+) -> list[ipb.SearchBatchRequest]:
+    """One request per ``chunk`` queries (fewer when k is large: a response holds at most MAX_BATCH_HITS)."""
+    if (texts is None) == (vectors is None):
+        raise ValueError("pass exactly one of texts or vectors")
+    if isinstance(texts, str):
+        raise ValueError("texts is a list of strings; for one text use search()")
+    array = None if vectors is None else np.asarray(vectors, dtype=np.float32)
+    if array is not None and array.ndim != 2:
+        raise ValueError(f"vectors must be a [queries, dim] array, got shape {array.shape}")
+    per_request = max(1, min(chunk, MAX_BATCH_HITS // max(options.k, 1)))
+    requests = []
+    for part in split(list(texts) if array is None else array, per_request):  # type: ignore[arg-type]
+        request = options.apply(ipb.SearchBatchRequest(index=index))
+        if array is None:
+            request.texts.extend(part)
+        else:
+            request.vectors.extend(ipb.Vector(values=row.tolist()) for row in part)
+        requests.append(request)
+    return requests
+
+
+@dataclass(frozen=True)
+class IdPage:
+    ids: list[str]
+    next_page_token: str  # "" after the last page
+    count: int  # items in the index when the page was read
+
+
+def list_ids_request(index: str, page_size: int, page_token: str) -> ipb.ListIdsRequest:
+    if page_size < 0:
+        raise InvalidInputError(
+            f"page_size must be 0 (the server's default) or more, got {page_size}", field="page_size"
+        )
+    return ipb.ListIdsRequest(index=index, page_size=page_size, page_token=page_token)
+
+
+def id_page(response: ipb.ListIdsResponse) -> IdPage:
+    return IdPage(list(response.ids), response.next_page_token, response.count)
+
+
+def hits(response: ipb.SearchResponse) -> list[Hit]:
+    return [Hit(h.id, h.score, from_metadata(h.metadata)) for h in response.hits]
+
+
+def batch_hits(response: ipb.SearchBatchResponse) -> list[list[Hit]]:
+    return [hits(result) for result in response.results]
+
+
+def got(response: ipb.GetResponse) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    return {i.id: (np.asarray(i.vector, dtype=np.float32), from_metadata(i.metadata)) for i in response.items}
+
+
 # ---------------------------------------------------------------------- index
 
 
-def to_metadata_value(value: Any) -> ipb.MetadataValue:
+def _scalar_value(value: Any) -> ipb.MetadataValue:
     if isinstance(value, bool):
         return ipb.MetadataValue(bool_value=value)
     if isinstance(value, int):
@@ -199,24 +451,84 @@ def to_metadata_value(value: Any) -> ipb.MetadataValue:
         return ipb.MetadataValue(double_value=value)
     if isinstance(value, str):
         return ipb.MetadataValue(string_value=value)
-    raise ValueError(f"metadata values must be str, int, float or bool, got {type(value).__name__}")
+    raise ValueError(
+        f"metadata values must be str, int, float, bool or a list of them, got {type(value).__name__}"
+    )
+
+
+def to_metadata_value(value: Any) -> ipb.MetadataValue:
+    """A value as the proto holds it; a list (or tuple) of scalars becomes ``list_value``."""
+    if isinstance(value, list | tuple):
+        message = ipb.MetadataValue()
+        message.list_value.SetInParent()  # set even when the list is empty
+        message.list_value.values.extend(_scalar_value(v) for v in value)
+        return message
+    return _scalar_value(value)
 
 
 def to_metadata(values: Mapping[str, Any] | None) -> dict[str, ipb.MetadataValue]:
     return {k: to_metadata_value(v) for k, v in (values or {}).items()}
 
 
+def metadata_value(value: ipb.MetadataValue, key: str) -> Any:
+    """The plain form of one item's value (a list for ``list_value``); an empty value or a list in a
+    list is InvalidInputError naming its key."""
+    which = value.WhichOneof("kind")
+    if which is None:
+        raise InvalidInputError(
+            f"metadata value of {key!r} is empty: set one of its fields", field="metadata"
+        )
+    if which != "list_value":
+        return getattr(value, which)
+    out = []
+    for element in value.list_value.values:
+        kind = element.WhichOneof("kind")
+        if kind is None or kind == "list_value":
+            raise InvalidInputError(
+                f"metadata value of {key!r}: list elements are strings, integers, doubles or booleans, "
+                f"got {'an empty value' if kind is None else 'a list'}",
+                field="metadata",
+            )
+        out.append(getattr(element, kind))
+    return out
+
+
 def from_metadata(values: Mapping[str, ipb.MetadataValue]) -> dict[str, Any]:
     """Plain metadata; an empty value (no field set) is InvalidInputError naming its key."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        which = value.WhichOneof("kind")
-        if which is None:
-            raise InvalidInputError(
-                f"metadata value of {key!r} is empty: set one of its fields", field="metadata"
-            )
-        out[key] = getattr(value, which)
-    return out
+    return {key: metadata_value(value, key) for key, value in values.items()}
+
+
+# ------------------------------------------------------------------ ListIds
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 1000, 10_000
+_TOKEN_PREFIX = "ids1:"
+
+
+def page_size(requested: int) -> int:
+    """A ListIds page size: 0 means the default; beyond the maximum is InvalidInputError."""
+    if requested > MAX_PAGE_SIZE:
+        raise InvalidInputError(
+            f"page_size {requested} is over the limit of {MAX_PAGE_SIZE}: ask for smaller pages",
+            field="page_size",
+        )
+    return requested or DEFAULT_PAGE_SIZE
+
+
+def page_position(token: str) -> int:
+    """Where a ListIds page token says to continue ("" = the start)."""
+    if not token:
+        return 0
+    number = token.removeprefix(_TOKEN_PREFIX)
+    if token == number or not number.isdigit():
+        raise InvalidInputError(
+            f"page_token {token[:40]!r} is not one this server gave: pass next_page_token as returned, "
+            "or an empty token for the first page",
+            field="page_token",
+        )
+    return int(number)
+
+
+def page_token(position: int | None) -> str:
+    return "" if position is None else f"{_TOKEN_PREFIX}{position}"
 
 
 # --------------------------------------------------------------------- filters
@@ -232,7 +544,14 @@ def filter_to_proto(condition: Condition) -> ipb.Filter:
         getattr(field_condition, "in").values.extend(to_metadata_value(v) for v in condition.values)
         return ipb.Filter(field=field_condition)  # `in` is a Python keyword: no keyword argument
     if isinstance(condition, Range):
-        bounds = {b: getattr(condition, b) for b in RANGE_BOUNDS if getattr(condition, b) is not None}
+        bounds: dict[str, Any] = {}
+        for b in RANGE_BOUNDS:
+            value = getattr(condition, b)
+            if value is None:
+                continue
+            bounds[b] = float(value)  # what servers before the integer fields read
+            if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+                bounds[f"{b}_int"] = value  # exact: a double rounds integers beyond 2^53
         return ipb.Filter(field=ipb.FieldCondition(key=condition.key, range=ipb.Range(**bounds)))
     if isinstance(condition, Exists):
         return ipb.Filter(field=ipb.FieldCondition(key=condition.key, exists=condition.present))
@@ -252,6 +571,12 @@ def _plain_value(value: ipb.MetadataValue, key: str) -> Any:
     which = value.WhichOneof("kind")
     if which is None:
         raise InvalidInputError(f"filter on {key!r}: a value is empty: set one of its fields", field="filter")
+    if which == "list_value":
+        raise InvalidInputError(
+            f"filter on {key!r}: a filter value is one string, number or boolean, not a list (eq matches "
+            "items whose list holds the value; use in to match any of several)",
+            field="filter",
+        )
     return getattr(value, which)
 
 
@@ -284,7 +609,12 @@ def filter_from_proto(message: ipb.Filter, depth: int = 0) -> dict[str, Any]:
         spec = [_plain_value(v, key) for v in getattr(field_condition, match).values]
     elif match == "range":
         bounds = field_condition.range
-        spec = {b: getattr(bounds, b) for b in RANGE_BOUNDS if bounds.HasField(b)}
+        # the exact integer form of a bound wins over its double (set beside it for older servers)
+        spec = {
+            b: getattr(bounds, f"{b}_int") if bounds.HasField(f"{b}_int") else getattr(bounds, b)
+            for b in RANGE_BOUNDS
+            if bounds.HasField(f"{b}_int") or bounds.HasField(b)
+        }
         if not spec:
             raise InvalidInputError(f"filter on {key!r}: a range needs at least one bound", field="filter")
         return {key: spec}

@@ -21,26 +21,41 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``embedsvc serve ARGS`` on a free loopback port; waits until health says SERVING."""
+    """``embedsvc serve ARGS`` on a free loopback port; waits until health says SERVING. HTTP (on by
+    default, at 8080) gets a free port too unless ARGS choose (--http-port, --no-http) or ``http_flag``
+    is False (the test sets it through a config file or the environment)."""
 
-    def __init__(self, *args: str, log_path: Path, startup_timeout: float = 180.0) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        *args: str,
+        log_path: Path,
+        startup_timeout: float = 180.0,
+        env: dict[str, str] | None = None,
+        http_flag: bool = True,
+        port: int | None = None,
+        secure: bool | None = None,
+    ) -> None:
+        """``port``: a given gRPC port (restart tests); ``secure``: TLS set outside ARGS (file, env)."""
+        self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {
+        environment = {
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
+        chooses_http = any(a in ("--http-port", "--no-http") or a.startswith("--http-port=") for a in args)
+        http = ["--http-port", "0"] if http_flag and not chooses_http else []
         self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "embedsvc", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "embedsvc", "serve", "--port", str(self.port), *http, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=environment,
         )
-        self._wait_serving(startup_timeout, secure="--tls-cert" in args)
+        self._wait_serving(startup_timeout, secure="--tls-cert" in args if secure is None else secure)
 
     def _wait_serving(self, timeout: float, secure: bool) -> None:
         deadline = time.monotonic() + timeout
@@ -70,19 +85,20 @@ class ServerProcess:
             return int(reply.status)
 
     def http_url(self) -> str:
-        """The base URL of the server's HTTP front door (started with --http-port), from its log."""
+        """The base URL of the server's HTTP front door (https with TLS), from its log."""
         import json
 
         for line in self.log().splitlines():
             if '"msg": "listening"' in line:
-                address = json.loads(line)["http"]
-                if address == "off":
-                    raise RuntimeError("the server was started without --http-port")
-                return f"http://{address}"
+                entry = json.loads(line)
+                if entry["http"] == "off":
+                    raise RuntimeError("the server was started with HTTP off")
+                return f"{'https' if entry.get('tls') else 'http'}://{entry['http']}"
         raise RuntimeError(f"no 'listening' line in the log:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:

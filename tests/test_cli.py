@@ -102,7 +102,7 @@ def test_ports_in_use_are_one_line_errors():
         taken = holder.getsockname()[1]
         grpc_clash = run_cli("serve", "--port", str(taken))
         assert_one_line_error(grpc_clash, 9, f"127.0.0.1:{taken}", "--port")
-        metrics_clash = run_cli("serve", "--port", "0", "--metrics-port", str(taken))
+        metrics_clash = run_cli("serve", "--port", "0", "--no-http", "--metrics-port", str(taken))
         assert_one_line_error(metrics_clash, 9, "metrics", "--metrics-port")
 
 

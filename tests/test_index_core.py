@@ -9,7 +9,7 @@ import pytest
 
 from embedsvc.errors import CorruptDataError, IndexExistsError, IndexNotFoundError, InvalidInputError
 from embedsvc.index.ann import AnnParams
-from embedsvc.index.collection import SNAPSHOT_FILE, WAL_FILE, Collection, IndexSpec
+from embedsvc.index.collection import MARK_FILE, SNAPSHOT_FILE, WAL_FILE, Collection, IndexSpec
 from embedsvc.index.manager import IndexManager
 
 pytest.importorskip("faiss")
@@ -98,7 +98,8 @@ def test_bad_writes_change_nothing():
         (["x"], np.zeros((1, 7), np.float32), None, "must have 32 dimensions"),
         (["x"], np.zeros((1, DIM), np.float32), None, "all zeros"),
         ([""], random_vectors(1), None, "non-empty strings"),
-        (["x"], random_vectors(1), [{"k": [1, 2]}], "must be a string, integer"),
+        (["x"], random_vectors(1), [{"k": {"a": 1}}], "must be a string, integer"),  # objects: refused
+        (["x"], random_vectors(1), [{"k": [1, [2]]}], "is a list, which must hold"),  # lists of scalars only
     ]
     for ids, vectors, metadata, message in cases:
         with pytest.raises(InvalidInputError, match=message):
@@ -127,7 +128,9 @@ def test_torn_final_record_is_ignored(tmp_path):
     folder = tmp_path / "docs"
     c = Collection.create(spec(), folder)
     c.upsert(["a"], random_vectors(1), [{"k": "v"}])
+    mark = (folder / MARK_FILE).read_bytes()
     c.upsert(["b"], random_vectors(1, seed=1), None)
+    (folder / MARK_FILE).write_bytes(mark)  # the crash came before "b" was acknowledged (see wal.mark)
     wal = folder / WAL_FILE
     data = wal.read_bytes()
     wal.write_bytes(data[:-7])  # the second record was cut mid-write

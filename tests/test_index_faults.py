@@ -9,10 +9,12 @@ parameters faiss cannot build, and two processes on one data directory.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import pytest
 from embedsvc.errors import CorruptDataError, InvalidInputError, StorageFullError
 from embedsvc.index import records
 from embedsvc.index.ann import AnnParams
-from embedsvc.index.collection import SNAPSHOT_FILE, STATE_FILE, WAL_FILE, Collection, IndexSpec
+from embedsvc.index.collection import MARK_FILE, SNAPSHOT_FILE, STATE_FILE, WAL_FILE, Collection, IndexSpec
 from embedsvc.index.lock import DataDirInUseError
 from embedsvc.index.manager import IndexManager
 from embedsvc.index.wal import scan_log
@@ -37,12 +39,19 @@ def spec(name: str = "docs", **kwargs) -> IndexSpec:
     return IndexSpec(name=name, model="m", model_source="src", dimension=DIM, **kwargs)
 
 
-def written(folder: Path, n: int = 5) -> list[int]:
-    """A collection with ``n`` one-item upserts; the byte offset where each WAL record starts."""
+def written(folder: Path, n: int = 5, *, last_acknowledged: bool = True) -> list[int]:
+    """A collection with ``n`` one-item upserts; the byte offset where each WAL record starts.
+
+    ``last_acknowledged=False``: the crash came during the last append, after its bytes reached the
+    log but before it was acknowledged (its high-water mark update never happened)."""
     c = Collection.create(spec(), folder, snapshot_every=10_000)
+    mark = b""
     for i in range(n):
+        mark = (folder / MARK_FILE).read_bytes()
         c.upsert([f"id{i}"], vectors(1, seed=i), [{"i": i}])
     del c  # a crash: no closing snapshot
+    if not last_acknowledged:
+        (folder / MARK_FILE).write_bytes(mark)
     data = (folder / WAL_FILE).read_bytes()
     starts, offset = [], 0
     while offset < len(data):
@@ -69,9 +78,9 @@ def test_a_flip_in_a_middle_record_is_corruption_and_touches_nothing(tmp_path, f
 
 
 @pytest.mark.parametrize("field", FIELD_OFFSETS)
-def test_a_flip_in_the_last_record_is_a_torn_tail_cut_with_a_trace(tmp_path, field, caplog):
+def test_a_flip_in_an_unacknowledged_last_record_is_a_torn_tail_cut_with_a_trace(tmp_path, field, caplog):
     folder = tmp_path / "docs"
-    starts = written(folder)
+    starts = written(folder, last_acknowledged=False)
     wal = folder / WAL_FILE
     data = bytearray(wal.read_bytes())
     data[starts[-1] + FIELD_OFFSETS[field]] ^= 0x40
@@ -86,7 +95,7 @@ def test_a_flip_in_the_last_record_is_a_torn_tail_cut_with_a_trace(tmp_path, fie
 
 def test_truncation_at_every_byte_of_the_last_record(tmp_path):
     folder = tmp_path / "docs"
-    starts = written(folder, 3)
+    starts = written(folder, 3, last_acknowledged=False)
     full = (folder / WAL_FILE).read_bytes()
     for cut in range(starts[-1] + 1, len(full)):
         (folder / WAL_FILE).write_bytes(full[:cut])
@@ -94,7 +103,137 @@ def test_truncation_at_every_byte_of_the_last_record(tmp_path):
             stale.unlink()
         again = Collection.open(folder)
         assert again.count() == 2, cut
-        again._wal.close()  # type: ignore[union-attr]
+        again._close_files()
+
+
+@pytest.mark.parametrize("damage", ["cut_at_record", "flip_last", "cut_inside_last", "delete_log"])
+def test_acknowledged_writes_missing_from_the_log_are_data_loss(tmp_path, damage):
+    """The log alone looks clean or torn; the high-water mark and state.json say writes were acknowledged."""
+    folder = tmp_path / "docs"
+    starts = written(folder, 6)
+    wal = folder / WAL_FILE
+    data = bytearray(wal.read_bytes())
+    if damage == "cut_at_record":
+        wal.write_bytes(bytes(data[: starts[4]]))  # records 5 and 6 gone, the cut is clean
+    elif damage == "flip_last":
+        data[starts[5] + 20] ^= 0x40
+        wal.write_bytes(bytes(data))
+    elif damage == "cut_inside_last":
+        wal.write_bytes(bytes(data[: starts[5] + 7]))
+    else:
+        wal.unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    message = (
+        r"wal\.log is missing" if damage == "delete_log" else r"record 6 was acknowledged .* up to [45] only"
+    )
+    with pytest.raises(CorruptDataError, match=message):
+        Collection.open(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing cut, nothing moved
+    report = Collection.salvage(folder)  # `index repair`: what is intact, and how much was lost
+    kept = {"cut_at_record": 4, "flip_last": 5, "cut_inside_last": 5, "delete_log": 0}[damage]
+    assert (report["items"], report["acknowledged_records_lost"]) == (kept, 6 - kept)
+    assert Collection.open(folder).count() == kept
+
+
+def test_the_mark_survives_snapshots_and_clean_restarts(tmp_path):
+    folder = tmp_path / "docs"
+    c = Collection.create(spec(), folder, snapshot_every=4)
+    for i in range(10):  # snapshots after 4 and 8; a crash right after a snapshot is consistent too
+        c.upsert([f"id{i}"], vectors(1, seed=i), None)
+    del c
+    again = Collection.open(folder)
+    assert again.count() == 10
+    again.close()
+    again = Collection.open(folder)  # the closing snapshot emptied the log: the mark agrees
+    assert again.count() == 10
+    again.delete(["id0"])
+    again.close()
+    assert Collection.open(folder).count() == 9
+
+
+def test_an_older_index_without_mark_or_state_still_opens(tmp_path):
+    folder = tmp_path / "docs"
+    written(folder, 3)
+    (folder / MARK_FILE).unlink()
+    (folder / STATE_FILE).unlink()
+    assert Collection.open(folder).count() == 3
+
+
+def test_a_damaged_mark_is_said_and_not_trusted(tmp_path, caplog):
+    folder = tmp_path / "docs"
+    written(folder, 3)
+    mark = bytearray((folder / MARK_FILE).read_bytes())
+    mark[10] ^= 0xFF  # the record number: the checksum no longer fits
+    (folder / MARK_FILE).write_bytes(bytes(mark))
+    with caplog.at_level(logging.WARNING, logger="embedsvc.index"):
+        assert Collection.open(folder).count() == 3
+    assert any("high-water mark unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_log_records_written_before_format_versions_are_read(tmp_path):
+    folder = tmp_path / "docs"
+    written(folder, 2)
+    wal = folder / WAL_FILE
+    # rewrite both records as version 1 wrote them: the same frame, no "v" in the header
+    old = b""
+    for payload in scan_log(wal).payloads:
+        header, vecs = records.unpack(payload, DIM)
+        header.pop("v")
+        head = json.dumps(header, separators=(",", ":")).encode()
+        body = len(head).to_bytes(4, "little") + head + vecs.astype("<f4").tobytes()
+        old += b"EWAL" + len(body).to_bytes(4, "little") + zlib.crc32(body).to_bytes(4, "little") + body
+    wal.write_bytes(old)
+    again = Collection.open(folder)
+    assert again.count() == 2 and again.get(["id1"])[0][0][2] == {"i": 1}
+
+
+def test_a_record_from_a_newer_format_is_refused_not_misread(tmp_path):
+    payload = records.pack({"seq": 1, "op": "delete", "ids": ["a"]}, None)
+    head_len = int.from_bytes(payload[:4], "little")
+    header = json.loads(payload[4 : 4 + head_len])
+    assert header["v"] == records.FORMAT_VERSION
+    header["v"] = records.FORMAT_VERSION + 1
+    head = json.dumps(header).encode()
+    with pytest.raises(CorruptDataError, match=r"written by a newer embedsvc"):
+        records.unpack(len(head).to_bytes(4, "little") + head, DIM)
+
+
+def test_repair_after_a_damaged_snapshot_keeps_the_logs_intact_records(tmp_path):
+    folder = tmp_path / "indexes" / "docs"
+    c = Collection.create(spec(), folder, snapshot_every=100)
+    for i in range(300):  # a snapshot after record 100 (items 0-99); the log holds records 101-300
+        c.upsert([f"id{i}"], vectors(1, seed=i), [{"i": i}])
+        if i == 99:
+            c._snapshot_retry_at = 10**9  # no further snapshot: the log keeps 200 records
+            c.snapshot_every = 10**9
+    del c
+    snap = folder / SNAPSHOT_FILE
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    snap.write_bytes(bytes(data))
+    manager = IndexManager(tmp_path)
+    assert "docs" in manager.broken
+    report = manager.repair("docs")
+    assert report["records_replayed"] == 200 and report["records_lost_with_snapshot"] == 100
+    assert report["items"] == 200 and report["last_record"] == 300
+    got, missing = manager.get("docs").get(["id100", "id299", "id0"])
+    assert [g[0] for g in got] == ["id100", "id299"] and missing == ["id0"]
+    assert got[1][2] == {"i": 299}
+    manager.close()
+    assert IndexManager(tmp_path).get("docs").count() == 200
+
+
+def test_repair_after_a_cut_log_serves_what_is_intact_and_says_what_was_lost(tmp_path):
+    folder = tmp_path / "indexes" / "docs"
+    starts = written(folder, 6)
+    wal = folder / WAL_FILE
+    wal.write_bytes(wal.read_bytes()[: starts[4]])
+    manager = IndexManager(tmp_path)
+    assert "docs" in manager.broken
+    report = manager.repair("docs")
+    assert report["acknowledged_records_lost"] == 2 and report["items"] == 4
+    manager.close()
+    assert IndexManager(tmp_path).get("docs").count() == 4
 
 
 def test_zero_filled_tail_is_torn(tmp_path):

@@ -30,8 +30,13 @@ def _number(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
+def _elements(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def oracle(meta: dict, spec: dict) -> bool:
-    """The filter language as the README states it, evaluated on one item's metadata."""
+    """The filter language as docs/search.md states it, evaluated on one item's metadata: a list value
+    matches eq / in / ranges when ANY element does, ne / not_in when NO element does."""
     for key, cond in spec.items():
         if key == "$and":
             ok = all(oracle(meta, part) for part in cond)
@@ -40,29 +45,31 @@ def oracle(meta: dict, spec: dict) -> bool:
         elif key == "$not":
             ok = not oracle(meta, cond)
         elif not isinstance(cond, dict):
-            ok = key in meta and _same(meta[key], cond)
+            ok = key in meta and any(_same(e, cond) for e in _elements(meta[key]))
         else:
-            has, value = key in meta, meta.get(key)
+            has = key in meta
+            values = _elements(meta[key]) if has else []
             checks = []
             for op, arg in cond.items():
                 if op == "eq":
-                    checks.append(has and _same(value, arg))
+                    checks.append(has and any(_same(v, arg) for v in values))
                 elif op == "ne":
-                    checks.append(not (has and _same(value, arg)))
+                    checks.append(not (has and any(_same(v, arg) for v in values)))
                 elif op == "in":
-                    checks.append(has and any(_same(value, a) for a in arg))
+                    checks.append(has and any(_same(v, a) for v in values for a in arg))
                 elif op == "not_in":
-                    checks.append(not (has and any(_same(value, a) for a in arg)))
+                    checks.append(not (has and any(_same(v, a) for v in values for a in arg)))
                 elif op == "exists":
                     checks.append(has == arg)
-                else:
-                    compare = {
-                        "gt": lambda v, a: v > a,
-                        "gte": lambda v, a: v >= a,
-                        "lt": lambda v, a: v < a,
-                        "lte": lambda v, a: v <= a,
-                    }[op]
-                    checks.append(has and _number(value) and compare(value, arg))
+            compare = {
+                "gt": lambda v, a: v > a,
+                "gte": lambda v, a: v >= a,
+                "lt": lambda v, a: v < a,
+                "lte": lambda v, a: v <= a,
+            }
+            bounds = [(compare[op], arg) for op, arg in cond.items() if op in compare]
+            if bounds:  # one range: a single element must lie within all of its bounds
+                checks.append(has and any(_number(v) and all(f(v, a) for f, a in bounds) for v in values))
             ok = all(checks)
         if not ok:
             return False
@@ -74,7 +81,9 @@ def oracle(meta: dict, spec: dict) -> bool:
 KEYS = st.sampled_from(["a", "b"])
 NUMBERS = st.one_of(st.integers(0, 3), st.sampled_from([1.0, 2.5, 2**53, 2**53 + 1]))
 VALUES = st.one_of(NUMBERS, st.sampled_from(["x", "1"]), st.booleans())
-METADATA = st.dictionaries(KEYS, VALUES, max_size=2)
+# item values: one value or a list of them (tags), empty lists and repeated elements included
+ITEM_VALUES = st.one_of(VALUES, st.lists(VALUES, max_size=3))
+METADATA = st.dictionaries(KEYS, ITEM_VALUES, max_size=2)
 RANGE_NUMBERS = st.one_of(st.integers(0, 3), st.sampled_from([1.0, 2.5, float(2**53), 2**53]))
 
 
@@ -183,6 +192,77 @@ def test_every_operator_on_every_value_matches_the_oracle(use_faiss):
             expected = {i for i, meta in zip(ids, items, strict=True) if oracle(meta, condition)}
             found = _ids(c.search(np.ones(DIM), len(items), filter=condition))
             assert found == expected, condition
+
+
+LIST_ITEMS = [
+    ["x"],
+    ["x", "1"],
+    [1, 2.5],
+    [True, 0],
+    [],
+    ["x", "x"],
+    [2**53, 2**53 + 1],
+    [1.0],
+    "x",
+    1,
+]
+
+
+@pytest.mark.parametrize("use_faiss", [False, True])
+def test_list_values_match_any_element_on_every_operator(use_faiss, tmp_path):
+    """Every operator and argument over items holding lists (and scalars beside them), against the oracle,
+    before and after a restart (log replay and snapshot both carry the lists)."""
+    folder = tmp_path / "tags"
+    c = Collection.create(spec(), folder, snapshot_every=6)
+    items = [{"a": v} for v in LIST_ITEMS] + [{}, {"b": ["x"]}]
+    ids = [f"i{n}" for n in range(len(items))]
+    rng = np.random.default_rng(0)
+    for n in range(len(items)):  # one write each: some reach the snapshot, the rest stay in the log
+        c.upsert([ids[n]], rng.standard_normal((1, DIM)), [items[n]])
+    numbers = [v for v in DOMAIN if _number(v)]
+    conditions = (
+        [{"a": {op: v}} for op in ("eq", "ne") for v in DOMAIN]
+        + [{"a": v} for v in DOMAIN]
+        + [{"a": {op: [v, w]}} for op in ("in", "not_in") for v in DOMAIN for w in ("x", 2)]
+        + [{"a": {op: v}} for op in ("gt", "gte", "lt", "lte") for v in numbers]
+        + [{"a": {"gt": lo, "lte": hi}} for lo in numbers for hi in numbers]
+        + [{"a": {"exists": flag}} for flag in (True, False)]
+    )
+    reopened = None
+    for round_ in ("written", "reopened"):
+        if round_ == "reopened":
+            del c  # a crash: the last items live only in the log
+            reopened = Collection.open(folder)
+        index = reopened if reopened is not None else c
+        with mock.patch.object(collection_module, "EXACT_SCAN_MAX", 0 if use_faiss else 10**9):
+            for condition in conditions:
+                expected = {i for i, meta in zip(ids, items, strict=True) if oracle(meta, condition)}
+                found = _ids(index.search(np.ones(DIM), len(items), filter=condition))
+                assert found == expected, (round_, condition)
+        got, _ = index.get(ids)
+        assert [meta for _, _, meta in got] == items  # stored as given: lists, their order and repeats
+    assert _ids(c_search(reopened, {"a": {"in": ["1"]}})) == {"i1"}
+    assert _ids(c_search(reopened, {"a": {"not_in": ["x"]}})) == {f"i{n}" for n in (2, 3, 4, 6, 7, 9, 10, 11)}
+
+
+def c_search(c, where):
+    return c.search(np.ones(DIM), 20, filter=where)
+
+
+def test_list_values_are_checked_and_copied():
+    c = Collection.create(spec(), None)
+    for bad in ([["nested"]], [{"k": 1}], [float("nan")], [None]):
+        with pytest.raises(InvalidInputError, match=r"item 0: metadata value of 'tags' is a list"):
+            c.upsert(["a"], np.ones((1, DIM)), [{"tags": bad}])
+    with pytest.raises(InvalidInputError, match=r"item 0: metadata value of 'o'.*got dict"):
+        c.upsert(["a"], np.ones((1, DIM)), [{"o": {"k": 1}}])
+    assert c.count() == 0
+    c.upsert(["a"], np.ones((1, DIM)), [{"tags": ("p", "q")}])  # a tuple is stored as a list
+    (found,), _ = c.get(["a"])
+    assert found[2] == {"tags": ["p", "q"]}
+    found[2]["tags"].append("changed")  # the caller's copy
+    assert c.get(["a"])[0][0][2] == {"tags": ["p", "q"]}
+    assert _ids(c.search(np.ones(DIM), 5, filter={"tags": "q"})) == {"a"}
 
 
 def test_exact_and_faiss_paths_agree_on_scores_and_order():
@@ -311,7 +391,11 @@ def test_integers_beyond_float_precision_compare_exactly():
         ({"price": {"lt": float("nan")}}, "filter on 'price': lt takes a finite number"),
         ({"price": {"gte": True}}, "filter on 'price': gte takes a finite number"),
         ({"tag": {"in": "abc"}}, "filter on 'tag': in takes a list"),
-        ({"tag": {"eq": [1]}}, "filter on 'tag': [1] is not a string"),
+        (
+            {"tag": {"eq": [1]}},
+            "filter on 'tag': a filter value is one string, number or boolean, not a list",
+        ),
+        ({"tag": ["a"]}, "filter on 'tag': a filter value is one string, number or boolean, not a list"),
         ({"tag": None}, "filter on 'tag': None is not a string"),
         ({"author": {"exists": 1}}, "filter on 'author': exists takes true or false"),
         ({"$and": []}, "$and takes a non-empty list"),

@@ -107,8 +107,8 @@ def _run(script_text: str, folder: Path) -> None:
 @pytest.mark.slow
 def test_readme_examples_run(tmp_path):
     pytest.importorskip("qdrant_client")
-    if not _port_free(50051):
-        pytest.skip("port 50051 (the README's default) is in use here")
+    if not (_port_free(50051) and _port_free(8080)):
+        pytest.skip("port 50051 or 8080 (the README's defaults: gRPC, HTTP) is in use here")
     _run(script_for(all_marked_blocks()), tmp_path)
     # the outputs are what the README says they are
     (one,) = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
@@ -127,8 +127,8 @@ def test_readme_examples_run(tmp_path):
 @pytest.mark.slow
 def test_readme_quickstart_runs_against_a_server(tmp_path):
     """The quickstart as pasted in a second terminal while `make serve` (the same command) runs."""
-    if not _port_free(50051):
-        pytest.skip("port 50051 (the README's default) is in use here")
+    if not (_port_free(50051) and _port_free(8080)):
+        pytest.skip("port 50051 or 8080 (the README's defaults: gRPC, HTTP) is in use here")
     blocks = all_marked_blocks(WITH_SERVER)
     assert blocks, "the README has a quickstart block"
     serve = "embedsvc serve --host 127.0.0.1 --port 50051 --data-dir ./data --plain-logs 2> server.log &"

@@ -259,3 +259,48 @@ def test_build_destination_mistakes(tmp_path, extra, message):
     command = [sys.executable, "-m", "embedsvc", "index", "build", str(source), "--index", "x", *extra]
     out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_list_metadata_reaches_the_store_and_its_own_filters_match_any_element(store_kind, tmp_path):
+    """Tags exported from an index stay lists: a Qdrant payload array, a JSON array in Milvus' field, so
+    each engine's own any-element filter finds them."""
+    from embedsvc.index.collection import IndexSpec
+    from embedsvc.index.manager import IndexManager
+    from embedsvc.stores.export import export_index
+
+    data = tmp_path / "data"
+    vectors = np.random.default_rng(4).standard_normal((4, 8)).astype(np.float32)
+    metadata = [{"tags": ["a", "b"], "n": 0}, {"tags": ["b"]}, {"tags": []}, {"tags": ["c", 7, True]}]
+    manager = IndexManager(data)
+    manager.create(IndexSpec("tagged", "m", "src", 8)).upsert([f"t{i}" for i in range(4)], vectors, metadata)
+    manager.close()
+    location = _location(store_kind, tmp_path)
+    store = open_store(store_kind, location)
+    try:
+        assert export_index(data, "tagged", store)["count_in_store"] == 4
+        got = store.get("tagged", [f"t{i}" for i in range(4)])
+        assert [got[f"t{i}"][1] for i in range(4)] == metadata
+    finally:
+        store.close()
+    if store_kind == "qdrant":
+        from qdrant_client import QdrantClient, models
+
+        client = QdrantClient(path=location)
+        try:
+            condition = models.FieldCondition(key="metadata.tags", match=models.MatchAny(any=["a", "c"]))
+            points, _ = client.scroll("tagged", scroll_filter=models.Filter(must=[condition]), limit=10)
+            assert sorted(p.payload["id"] for p in points) == ["t0", "t3"]
+        finally:
+            client.close()
+    else:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(location)
+        try:
+            client.load_collection("tagged")
+            rows = client.query(
+                "tagged", filter='json_contains_any(metadata["tags"], ["a", "c"])', output_fields=["id"]
+            )
+            assert sorted(r["id"] for r in rows) == ["t0", "t3"]
+        finally:
+            client.close()

@@ -1,6 +1,13 @@
 # PYTHON_ARGCOMPLETE_OK
 """Command line: ``embedsvc serve | embed | models | index ... | inspect`` (``embedsvc --help``)."""
 
+import os
+
+# gRPC's C core prints INFO lines of its own to stderr ("Got goaway" when a server stops under a
+# waiting client), outside any command's one-line messages and the server's log format. It reads the
+# level once, when grpc is imported: hence here, before anything imports it. Set it to see them.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from embedsvc.cli.main import main
 from embedsvc.cli.serve import parse_model
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from embedsvc.cli.failures import INTERRUPTED, STOPPED, USAGE, CommandError
+from embedsvc.cli.failures import INTERRUPTED, NOT_FOUND, STOPPED, USAGE, CommandError, describe
 from embedsvc.cli.remote import API_KEY_ENV, api_key_of, target_of
 
 INDEX_EPILOG = """\
@@ -136,12 +138,22 @@ def add_parsers(isub: Any, common: argparse.ArgumentParser) -> None:
     e.set_defaults(handler=_export, parser=e)
 
 
-def _repair(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _existing_data_dir(path: str) -> Path:
+    """An offline command reads a data directory; it never creates one (a typo would look empty)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CommandError(
+            f"--data-dir {path}: no such directory (give the folder `embedsvc serve --data-dir` uses)",
+            NOT_FOUND,
+        )
+    return folder
 
+
+def _repair(args: argparse.Namespace) -> int:
     from embedsvc.index.manager import IndexManager
 
-    manager = IndexManager(Path(args.data_dir))
+    data_dir = _existing_data_dir(args.data_dir)
+    manager = IndexManager(data_dir)
     try:
         report = manager.repair(args.name)
     finally:
@@ -151,17 +163,16 @@ def _repair(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from embedsvc.stores import open_store
     from embedsvc.stores.export import export_index
 
     if args.batch_size < 1:
         raise CommandError("--batch-size must be at least 1", USAGE)
+    data_dir = _existing_data_dir(args.data_dir)
     store = open_store(args.to[0], args.to[1], api_key=args.api_key)
     try:
         report = export_index(
-            Path(args.data_dir),
+            data_dir,
             args.name,
             store,
             collection=args.collection,
@@ -175,6 +186,46 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_inputs(inputs: list[str]) -> None:
+    """A folder (or a glob matching only folders) reads nothing: say so instead of indexing nothing."""
+    for pattern in inputs:
+        matched = glob.glob(pattern, recursive=True)
+        if matched and not any(Path(m).is_file() for m in matched):
+            folder = pattern.rstrip("/")
+            raise CommandError(
+                f"{pattern}: a directory, not a file; pass its files, e.g. '{folder}/*.jsonl' or "
+                f"'{folder}/**/*.jsonl' (quoted, so that the glob reaches embedsvc)",
+                USAGE,
+            )
+
+
+def _saved_documents(options: Any) -> int:
+    """Documents the checkpoint holds (0: nothing was written, there is no progress to continue)."""
+    from embedsvc.pipeline.runner import _default_paths
+
+    try:
+        checkpoint, _ = _default_paths(options)
+        return int(json.loads(checkpoint.read_text())["totals"]["documents"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _stopped(exc: BaseException, options: Any, target: str | None) -> CommandError:
+    saved = _saved_documents(options)
+    if saved:
+        return CommandError(
+            f"stopped: {exc}; progress is saved ({saved} documents): rerun the same command to continue",
+            STOPPED,
+        )
+    from embedsvc.client import EmbedServiceError
+
+    cause = exc.__cause__
+    if isinstance(cause, EmbedServiceError):  # e.g. no server ever answered: say that, with its code
+        message, code = describe(cause, target)
+        return CommandError(f"stopped before anything was written: {message}", code)
+    return CommandError(f"stopped before anything was written: {exc}", STOPPED)
+
+
 def _build(args: argparse.Namespace) -> int:
     import logging
 
@@ -182,6 +233,7 @@ def _build(args: argparse.Namespace) -> int:
     from embedsvc.pipeline.readers import ReaderOptions
     from embedsvc.pipeline.sinks import PipelineStopped
 
+    _check_inputs(args.inputs)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     fields = tuple(f.strip() for f in args.metadata_fields.split(",") if f.strip())
     options = BuildOptions(
@@ -217,12 +269,14 @@ def _build(args: argparse.Namespace) -> int:
         else:
             summary = build_index(args.inputs, options=options)
     except PipelineStopped as exc:
-        raise CommandError(
-            f"stopped: {exc}; progress is saved: rerun the same command to continue", STOPPED
-        ) from exc
+        raise _stopped(exc, options, options.target) from exc
     except KeyboardInterrupt:
+        saved = _saved_documents(options)
         raise CommandError(
-            "interrupted; progress is saved: rerun the same command to continue", INTERRUPTED
+            f"interrupted; progress is saved ({saved} documents): rerun the same command to continue"
+            if saved
+            else "interrupted before anything was written",
+            INTERRUPTED,
         ) from None
     print(summary.report())
     return 0

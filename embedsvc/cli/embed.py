@@ -33,6 +33,9 @@ output (stdout or --output FILE):
   --encoding picks what travels over the wire (float16/int8/binary are smaller); the output
   holds the decoded values.
 
+progress: a bar on stderr (texts done, of how many the --input files hold) when stderr is a terminal;
+  --progress forces it on (e.g. under a job runner's log), --no-progress turns it off.
+
 examples:
   embedsvc embed "what is a vector index?"
   embedsvc embed --input corpus.jsonl --output vectors.npy --input-type document
@@ -74,6 +77,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
     )
     p.add_argument(
         "--encoding", choices=list(ENCODINGS), default="float32", help="wire encoding (default float32)"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: on when stderr is a terminal)",
     )
     p.set_defaults(handler=run, parser=p)
 
@@ -142,6 +151,37 @@ def _slices(items: Iterator[tuple[str | None, str]]) -> Iterator[list[tuple[str 
         yield block
 
 
+def _count_texts(args: argparse.Namespace) -> int | None:
+    """How many texts the inputs hold (the bar's total), by a quick pass over the files; None with stdin."""
+    paths = list(args.input)
+    if "-" in paths or "-" in args.texts or not (args.texts or paths):
+        return None
+    total = len(args.texts)
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                total += sum(1 for line in handle if line.strip())
+        except OSError:
+            return None  # reading it for real says what is wrong
+    return total
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[Any]:
+    """A tqdm bar on stderr counting embedded texts, or None (like ``index build``'s)."""
+    enabled = args.progress if args.progress is not None else sys.stderr.isatty()
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=_count_texts(args), unit="text", dynamic_ncols=True, file=sys.stderr)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def run(args: argparse.Namespace) -> int:
     out_format = args.format or ("npy" if args.output and args.output.endswith(".npy") else "jsonl")
     if out_format == "npy" and not args.output and sys.stdout.isatty():
@@ -150,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--dimensions must be at least 1", USAGE)
     arrays: list[np.ndarray] = []
     done = 0
-    with open_client(args) as client, _open_output(args.output) as out:
+    with open_client(args) as client, _open_output(args.output) as out, _progress(args) as bar:
         for block in _slices(_inputs(args)):
             vectors = client.embed(
                 [text for _, text in block],
@@ -173,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
                     )
                     out.write(line.encode())
             done += len(block)
+            if bar is not None:
+                bar.update(len(block))
         if done == 0:
             raise CommandError("nothing to embed: the input holds no text", USAGE)
         if out_format == "npy":

@@ -14,12 +14,15 @@ from embedsvc.cli.output import print_json, print_table, vector_json, warn
 from embedsvc.cli.remote import open_client
 from embedsvc.index.ann import KIND_PARAMS, KINDS, METRICS
 
+MAX_PAGE = 10_000  # ids per ListIds call (the server's limit)
+
 EXAMPLES = """\
 examples:
   embedsvc index create docs --kind hnsw --hnsw-m 32
   embedsvc index build corpus.jsonl --index docs --target 127.0.0.1:50051
   embedsvc index list
   embedsvc index describe docs
+  embedsvc index ids docs --limit 20
   embedsvc index search docs "how do I rotate keys?" -k 5 --filter '{"lang": "en"}'
   embedsvc index get docs doc-17 --vectors
   embedsvc index delete docs doc-17 doc-18
@@ -57,6 +60,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
 
     q = command("count", "print how many items an index holds", _count)
     q.add_argument("name")
+
+    q = command("ids", "list the ids an index holds, oldest write first, a page at a time", _ids)
+    q.add_argument("name")
+    q.add_argument("--limit", type=int, help="print at most N ids (default: all)")
+    q.add_argument("--page-token", default="", help="continue where an earlier --limit stopped")
+    q.add_argument(
+        "--json", action="store_true", help='one JSON object: {"ids": [...], "next_page_token", "count"}'
+    )
 
     q = command("get", "print items by id as JSON lines (exit 4 if any id is missing)", _get)
     q.add_argument("name")
@@ -172,6 +183,30 @@ def _count(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ids(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise CommandError("--limit must be at least 1", USAGE)
+    collected: list[str] = []  # --json only: plain output streams
+    shown, token, count = 0, args.page_token, 0
+    with open_client(args) as client:
+        while True:
+            # pages end where --limit does, so the token printed continues exactly there
+            wanted = 0 if args.limit is None else min(args.limit - shown, MAX_PAGE)
+            page = client.list_ids(args.name, wanted, token)
+            token, count, shown = page.next_page_token, page.count, shown + len(page.ids)
+            if args.json:
+                collected += page.ids
+            elif page.ids:
+                print("\n".join(page.ids))
+            if not token or (args.limit is not None and shown >= args.limit):
+                break
+    if args.json:
+        print_json({"ids": collected, "next_page_token": token, "count": count})
+    elif token:
+        warn(f"{shown} ids shown ({count} in {args.name!r}); continue with --page-token {token}")
+    return 0
+
+
 def _get(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         found = client.get(args.name, args.ids)
@@ -208,6 +243,8 @@ def _hit_dicts(hits: list[Any]) -> list[dict[str, Any]]:
 
 
 def _search(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise CommandError("-k must be at least 1 (results per query)", USAGE)
     given = [x for x in (args.text, args.vector, args.input) if x is not None]
     if len(given) != 1:
         raise CommandError("give exactly one query: TEXT, --vector JSON or --input FILE", USAGE)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
 
 from embedsvc import __version__
 from embedsvc.cli import embed, index, inspect, models, serve
-from embedsvc.cli.failures import INTERRUPTED, describe
+from embedsvc.cli.failures import INTERRUPTED, MISSING_EXTRA, describe
 from embedsvc.cli.remote import connection_options, target_of
+from embedsvc.extras import install_hint
 
 EPILOG = """\
 exit codes: 0 ok, 1 unexpected (a bug: rerun with --debug), 2 invalid usage or input, 3 index build
@@ -57,6 +59,21 @@ def _complete(parser: argparse.ArgumentParser) -> None:
     argcomplete.autocomplete(parser)
 
 
+def _extras_needed(args: argparse.Namespace) -> tuple[str, ...]:
+    """Extras a command needs in this process: client commands (remote mode) need none. Server and engine
+    modules are imported only inside these commands, so `pip install embedsvc` runs all the others."""
+    if args.command in ("serve", "inspect"):
+        return ("server",)
+    sub = getattr(args, "index_command", None)
+    if sub in ("repair", "export"):
+        return ("index",)
+    if sub == "build" and args.data_dir:
+        return ("server", "index")
+    if sub == "build" and args.to and not args.target:  # embeds in this process for the store
+        return ("server",)
+    return ()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _complete(parser)
@@ -71,11 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        # the reader of our output went away (`| head -1`): a normal end for a shell filter. Point
+        # stdout at /dev/null so that the interpreter's final flush does not complain either.
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a stdout without a descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SystemExit:
         raise
     except BaseException as exc:
         if debug:
             traceback.print_exc()
+        hint = install_hint("this command", exc, _extras_needed(args))
+        if hint is not None:  # an optional dependency is missing: say which extra installs it
+            print(f"{command}: error: {hint}", file=sys.stderr)
+            return MISSING_EXTRA
         target = target_of(args) if hasattr(args, "wait") else None  # commands with connection options
         message, code = describe(exc, target)
         print(f"{command}: error: {message}", file=sys.stderr)

@@ -22,7 +22,8 @@ def connection_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--target",
         metavar="HOST:PORT",
-        help=f"the server (default: ${TARGET_ENV}, else {DEFAULT_TARGET})",
+        help=f"the server (default: ${TARGET_ENV}, else {DEFAULT_TARGET}); several replicas: "
+        "ipv4:HOST:PORT,HOST:PORT or dns:///NAME:PORT, called round-robin",
     )
     group.add_argument(
         "--api-key",
@@ -84,10 +85,14 @@ def open_client(args: argparse.Namespace) -> EmbedClient:
 
 
 def _wait_serving(client: EmbedClient, target: str, seconds: float) -> None:
-    """Poll grpc.health.v1 until the server says SERVING (it says NOT_SERVING while loading models)."""
+    """Poll grpc.health.v1 until the server says SERVING (it says NOT_SERVING while loading models);
+    stop early when the local server that was starting on ``target`` has died (embedsvc.runtime)."""
     from grpc_health.v1 import health_pb2
 
+    from embedsvc.runtime import died_starting
+
     deadline = time.monotonic() + seconds
+    began = time.time()
     status = "no answer"
     while time.monotonic() < deadline:
         try:
@@ -98,6 +103,10 @@ def _wait_serving(client: EmbedClient, target: str, seconds: float) -> None:
             if reply == health_pb2.HealthCheckResponse.SERVING:
                 return
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply)
+        gone = died_starting(target, began)
+        if gone:
+            client.close()
+            raise CommandError(f"stopped waiting for {target}: {gone}", UNREACHABLE)
         time.sleep(0.25)
     client.close()
     raise CommandError(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import Any
 
-from embedsvc.cli.remote import API_KEY_ENV, keys_from_env
+from embedsvc.cli.failures import describe
 from embedsvc.config import ModelConfig, build_server_config, load_toml
 from embedsvc.models.dtypes import DTYPE_ALIASES
 from embedsvc.models.profiles import POOLING_MODES
@@ -22,7 +23,7 @@ models:
   empty name means the default model (the first, or the one with default = true).
 
 config file (--config FILE, TOML):
-  [server]   host, port, http_port, metrics_port, api_keys, tls_cert, tls_key, max_inputs_per_request,
+  [server]   host, port, http, http_port, metrics_port, api_keys, tls_cert, tls_key, max_inputs_per_request,
              max_message_bytes, max_text_bytes, max_request_bytes, max_queue_requests,
              max_queue_tokens, max_queue_seconds, max_streams, batch_wait_ms,
              http_idle_timeout_s, max_http_connections, max_filter_leaves,
@@ -36,12 +37,20 @@ config file (--config FILE, TOML):
              token_budget, max_batch_size, attention_backend, deterministic,
              deterministic_tile_rows, quantize, trust_remote_code, base_model
   `embedsvc inspect SOURCE` shows the recipe a model gets and where each part came from.
-  Flags given on the command line win over the file. A --model whose NAME matches a
-  [[models]] entry takes that entry's options.
+  A --model whose NAME matches a [[models]] entry takes that entry's options.
 
-environment:
-  EMBEDSVC_API_KEY    API key(s), comma-separated, added to --api-key and the file's; clients
-                      (embedsvc embed, index, models) send the first one
+settings: defaults < --config file < environment < flags; a flag not given never overrides.
+  Every [server] key can be set as EMBEDSVC_<KEY> (EMBEDSVC_HOST, EMBEDSVC_PORT, EMBEDSVC_HTTP=false,
+  EMBEDSVC_TLS_CERT, EMBEDSVC_TLS_KEY, EMBEDSVC_DATA_DIR, ...).
+  EMBEDSVC_API_KEY    API key(s), comma-separated; keys from the file, the environment and --api-key
+                      are all accepted (an empty key is refused); clients (embedsvc embed, index,
+                      models) send the first one
+
+listeners: gRPC on 127.0.0.1:50051 and HTTP (OpenAI /v1/embeddings, TEI /embed) on :8080 by
+  default; --no-http (or http = false) serves gRPC only. With TLS, HTTP is HTTPS with the same
+  certificate. While it runs, the server keeps a small state file (pid, port, starting/serving)
+  in $XDG_RUNTIME_DIR/embedsvc (else a per-user temp folder) so that `--wait` in the clients stops
+  early when the server it waits for died starting.
 """
 
 
@@ -75,12 +84,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to bind (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051; 0 = any free port)")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics HTTP port (default: off)")
-    p.add_argument(
+    http = p.add_mutually_exclusive_group()
+    http.add_argument(
         "--http-port",
         type=int,
-        help="also serve OpenAI- (/v1/embeddings) and TEI-compatible (/embed) HTTP on this port "
-        "(default: off; 0 = any free port)",
+        help="port of the OpenAI- (/v1/embeddings) and TEI-compatible (/embed) HTTP front door "
+        "(default 8080; 0 = any free port)",
     )
+    http.add_argument("--no-http", action="store_true", help="serve gRPC only (config: http = false)")
     p.add_argument(
         "--api-key",
         action="append",
@@ -172,17 +183,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from embedsvc.runtime import StateFile
     from embedsvc.server import logs
     from embedsvc.server.app import serve
     from embedsvc.server.preflight import check_before_start
 
     file_data = load_toml(args.config) if args.config else None
-    # keys from the command line and the environment add to the config file's, never replace them
-    api_keys = list(args.api_keys or [])
-    api_keys += keys_from_env(API_KEY_ENV, "EMBEDSVC_API_KEYS")  # EMBEDSVC_API_KEYS: the name before 0.2
-    if api_keys:
-        from_file = (file_data or {}).get("server", {}).get("api_keys") or []
-        api_keys = list(dict.fromkeys([*from_file, *api_keys]))
     model_options = {
         k: getattr(args, k)
         for k in (
@@ -205,8 +211,9 @@ def run(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "metrics_port": args.metrics_port,
+        "http": False if args.no_http else (True if args.http_port is not None else None),
         "http_port": args.http_port,
-        "api_keys": api_keys,
+        "api_keys": args.api_keys,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "max_inputs_per_request": args.max_inputs_per_request,
@@ -228,8 +235,18 @@ def run(args: argparse.Namespace) -> int:
         "models": args.models,
         "model_options": model_options,
     }
-    config = build_server_config(file_data, overrides, path=args.config or "config")
-    check_before_start(config)  # the whole config, before a port is bound or a model loaded
-    logs.configure(config.log_level, config.log_json)
-    asyncio.run(serve(config))
+    config = build_server_config(file_data, overrides, path=args.config or "config", environ=os.environ)
+    state = StateFile(config.host, config.port)  # what `--wait` in a client reads
+    state.update("starting")
+    try:
+        check_before_start(config)  # the whole config, before a port is bound or a model loaded
+        logs.configure(config.log_level, config.log_json, native=True)
+        asyncio.run(serve(config, on_serving=lambda port: state.update("serving", port=port)))
+    except BaseException as exc:
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            state.update("failed", error=describe(exc)[0])
+            raise
+        state.remove()
+        raise
+    state.remove()
     return 0

@@ -127,6 +127,7 @@ class InputEncoder:
             return_offsets_mapping=True,
             return_special_tokens_mask=True,
             return_attention_mask=False,
+            verbose=False,  # no "longer than 512" warning: _fit cuts or chunks to the model's own limit
         )
         out: list[EncodedInput] = []
         for i, (_, region_starts, _) in enumerate(rendered):

@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,10 @@ def _export(model: Any, token_types: bool, path: Path) -> None:
         args: tuple[torch.Tensor, ...] = (ids, mask, torch.zeros_like(ids)) if token_types else (ids, mask)
         names = ["input_ids", "attention_mask", "token_type_ids"][: len(args)]
         axes = {name: {0: "batch", 1: "sequence"} for name in [*names, "last_hidden_state"]}
-        with torch.inference_mode(False), torch.no_grad():
+        # the tracer warns about Python control flow (TracerWarning) and index ops on every export:
+        # expected here, and the exported graph is checked by the tests, so it is not news to the user
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 _ExportWrapper(model, token_types),
                 args,

@@ -5,11 +5,12 @@ and see either all or none of a write (a readers-writer lock around apply/search
 A write is appended to the log and fsynced *before* it is applied and acknowledged.
 
 On disk: ``spec.json`` (immutable), ``snapshot.bin`` (all items as of record ``seq``),
-``state.json`` (the ``seq`` of the last snapshot taken) and ``wal.log`` (records after it,
-numbered consecutively). Recovery checks that they fit together: a snapshot older than
-``state.json`` says, a log that starts after the snapshot ends or skips a number, or a damaged
-record with intact ones after it is corruption — the index is reported damaged (DATA_LOSS) and
-its files are left as they are, never served partially.
+``state.json`` (the ``seq`` of the last snapshot taken; written at creation), ``wal.log`` (records
+after it, numbered consecutively) and ``wal.mark`` (the last acknowledged record: see
+wal.HighWaterMark). Recovery checks that they fit together: a snapshot older than ``state.json``
+says, a missing log, a log that starts after the snapshot ends or skips a number, a damaged record
+with intact ones after it, or fewer records than the mark acknowledged is corruption — the index
+is reported damaged (DATA_LOSS) and its files are left as they are, never served partially.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from embedsvc.index import records
 from embedsvc.index.ann import KINDS, MAX_EF_SEARCH, MAX_K, METRICS, AnnIndex, AnnParams, check_params
 from embedsvc.index.filters import Condition, MetadataValue, both, parse_filter
 from embedsvc.index.metadata import MetadataIndex, labels_array
-from embedsvc.index.wal import LogContents, WriteAheadLog, cut_torn_tail, fsync_dir, scan_log
+from embedsvc.index.wal import HighWaterMark, LogContents, WriteAheadLog, cut_torn_tail, fsync_dir, scan_log
 
 log = logging.getLogger("embedsvc.index")
 SPEC_FILE, SNAPSHOT_FILE, WAL_FILE, STATE_FILE = "spec.json", "snapshot.bin", "wal.log", "state.json"
+MARK_FILE = "wal.mark"
 # the largest vector norm whose square float32 still holds: beyond it l2 / inner-product scores overflow
 _FLOAT32_NORM_LIMIT = math.sqrt(float(np.finfo(np.float32).max))
 # a filter matching at most this many items is searched exactly over them (a gather and one matrix
@@ -164,22 +166,42 @@ def check_vectors(vectors: np.ndarray, dimension: int, field_name: str = "vector
 
 
 _METADATA_TYPES = (str, int, float, bool)
+MAX_LIST_VALUES = 10_000  # elements in one list value
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, _METADATA_TYPES) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _copied(metadata: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+    """A caller's copy: changing a returned list must not change the stored item."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in metadata.items()}
 
 
 def check_metadata(metadata: Mapping[str, Any], item: int) -> dict[str, MetadataValue]:
-    """A copy of one item's metadata, or InvalidInputError naming the item and key."""
+    """A copy of one item's metadata, or InvalidInputError naming the item and key.
+
+    Values: strings, integers, finite numbers, booleans, or lists of them (tuples become lists)."""
     out: dict[str, MetadataValue] = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidInputError(f"item {item}: metadata keys must be non-empty strings", field="metadata")
-        if (type(value) not in _METADATA_TYPES and not isinstance(value, _METADATA_TYPES)) or (
-            isinstance(value, float) and not math.isfinite(value)
-        ):
+        if isinstance(value, list | tuple):
+            if len(value) > MAX_LIST_VALUES or not all(_scalar(v) for v in value):
+                raise InvalidInputError(
+                    f"item {item}: metadata value of {key!r} is a list, which must hold at most "
+                    f"{MAX_LIST_VALUES} strings, integers, finite numbers or booleans (no lists or objects)",
+                    field="metadata",
+                )
+            out[key] = list(value)
+        elif _scalar(value):
+            out[key] = value
+        else:
             raise InvalidInputError(
-                f"item {item}: metadata value of {key!r} must be a string, integer, finite number or boolean",
+                f"item {item}: metadata value of {key!r} must be a string, integer, finite number, boolean "
+                f"or a list of them, got {type(value).__name__}",
                 field="metadata",
             )
-        out[key] = value
     return out
 
 
@@ -211,6 +233,7 @@ class Collection:
         self._seq = 0
         self._ann = AnnIndex(spec.kind, spec.metric, spec.dimension, spec.params, gpu_device)
         self._wal: WriteAheadLog | None = None
+        self._mark: HighWaterMark | None = None
         self._fsync = fsync
         self._ann_error: str | None = None
         self._ann_failed_at = 0
@@ -229,6 +252,12 @@ class Collection:
         try:
             staging.mkdir(parents=True)
             _write_json(staging / SPEC_FILE, spec.to_json())
+            # state.json and an empty log from the start: a log missing later is then known to be lost
+            _write_json(staging / STATE_FILE, {"snapshot_seq": 0})
+            (staging / WAL_FILE).write_bytes(b"")
+            mark = HighWaterMark(staging / MARK_FILE)
+            mark.update(0, 0, sync=True)
+            mark.close()
             fsync_dir(staging)
             os.rename(staging, folder)  # the index appears whole or not at all
             fsync_dir(folder.parent)
@@ -254,11 +283,12 @@ class Collection:
         collection = cls(spec, folder)
         stamp = time.strftime("%Y%m%dT%H%M%S")
         report: dict[str, Any] = {"index": spec.name, "moved_aside": []}
-        snapshot_seq = 0
+        snapshot_seq, snapshot_usable = 0, True
         try:
             snapshot_seq = collection._load_snapshot()
         except CorruptDataError as exc:
             report["snapshot"] = f"unusable: {exc}"
+            snapshot_usable = False
             collection = cls(spec, folder)
             if (folder / SNAPSHOT_FILE).exists():
                 aside = folder / f"{SNAPSHOT_FILE}.damaged-{stamp}"
@@ -269,6 +299,11 @@ class Collection:
         for payload in contents.payloads:
             header, vectors = records.unpack(payload, spec.dimension)
             seq = int(header["seq"])
+            if not snapshot_usable and replayed == 0 and seq > collection._seq + 1:
+                # the records before the log's first lived only in the lost snapshot: the log's own
+                # intact records still apply in order after them
+                report["records_lost_with_snapshot"] = seq - 1 - collection._seq
+                collection._seq = seq - 1
             if seq <= collection._seq:
                 continue
             if seq != collection._seq + 1:
@@ -281,6 +316,9 @@ class Collection:
                 collection._apply_delete(header["ids"])
         seqs = [int(records.unpack(p, spec.dimension)[0]["seq"]) for p in contents.payloads]
         later = sum(1 for seq in seqs if seq > collection._seq) + contents.records_after_damage
+        mark = HighWaterMark.read(folder / MARK_FILE)
+        if mark is not None and mark[0] > collection._seq:
+            report["acknowledged_records_lost"] = mark[0] - collection._seq
         report.update(
             snapshot_records=snapshot_seq,
             records_replayed=replayed,
@@ -294,22 +332,49 @@ class Collection:
             os.replace(folder / WAL_FILE, aside)
             report["moved_aside"].append(str(aside))
         collection._open_wal()
-        collection.snapshot()  # what was recovered, durable; the log starts afresh
-        collection._wal.close()  # type: ignore[union-attr]
+        collection.snapshot()  # what was recovered, durable; the log and its mark start afresh
+        collection._close_files()
         return report
 
     def _open_wal(self) -> None:
         if self.folder is not None:
             self._wal = WriteAheadLog(self.folder / WAL_FILE, fsync=self._fsync)
+            self._mark = HighWaterMark(self.folder / MARK_FILE)
+
+    def _close_files(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
 
     def _recover(self) -> None:
         assert self.folder is not None
+        wal, mark_path = self.folder / WAL_FILE, self.folder / MARK_FILE
+        witness = next((f for f in (STATE_FILE, MARK_FILE) if (self.folder / f).exists()), None)
+        if not wal.exists() and witness is not None:
+            raise CorruptDataError(
+                f"{wal} is missing, but {witness} shows the index was created with one: writes since the "
+                "last snapshot would be lost; the files were left untouched (embedsvc index repair serves "
+                "what the snapshot holds)"
+            )
         snapshot_seq = self._load_snapshot()
-        contents = scan_log(self.folder / WAL_FILE)
+        contents = scan_log(wal)
         if contents.corruption:
             raise CorruptDataError(contents.corruption)
         self._replay(contents, snapshot_seq)
-        cut_torn_tail(self.folder / WAL_FILE, contents)
+        mark = HighWaterMark.read(mark_path)
+        if mark is not None and mark[0] > self._seq:
+            lost = mark[0] - self._seq
+            raise CorruptDataError(
+                f"{wal}: {mark_path.name} says record {mark[0]} was acknowledged (the log {mark[1]} bytes "
+                f"long), but the snapshot and the log hold records up to {self._seq} only "
+                f"({contents.good_end + contents.torn_bytes} bytes): {lost} acknowledged write(s) are "
+                "missing (the log was cut, replaced or damaged at its end); the files were left untouched "
+                "(embedsvc index repair serves what is intact)"
+            )
+        cut_torn_tail(wal, contents)
         self._rebuild_ann()
 
     def _load_snapshot(self) -> int:
@@ -367,6 +432,11 @@ class Collection:
                     ) from exc
                 raise
         self._seq += 1  # only once the record is durable
+        if self._mark is not None and self._wal is not None:
+            try:
+                self._mark.update(self._seq, self._wal.size())  # no fsync: see HighWaterMark
+            except OSError as exc:  # the write is durable: a mark left behind only weakens the check
+                log.warning("write-ahead log: high-water mark not updated", extra={"error": str(exc)})
 
     def snapshot(self) -> None:
         """Write all live items to a new snapshot (atomic rename), then empty the log."""
@@ -382,6 +452,8 @@ class Collection:
         # recorded before the log is emptied: a later start can tell a lost snapshot from no snapshot
         _write_json(self.folder / STATE_FILE, {"snapshot_seq": self._seq})
         self._wal.reset()
+        if self._mark is not None:
+            self._mark.update(self._seq, 0, sync=True)
 
     def _try_snapshot(self) -> None:
         """A snapshot that fails (a full disk) leaves the log in charge: nothing is lost, it is retried."""
@@ -401,8 +473,9 @@ class Collection:
             if self._wal is not None:
                 if self._wal.records_since_open:
                     self._try_snapshot()
-                self._wal.close()
-                self._wal = None
+                if self._mark is not None:
+                    self._mark.sync()
+                self._close_files()
 
     # ------------------------------------------------------------ mutation
     def _labels_and_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -571,6 +644,28 @@ class Collection:
         with self._lock.read():
             return list(self._id_of.values())  # labels only grow: insertion order is label order
 
+    def ids_page(self, after: int, limit: int) -> tuple[list[str], int | None]:
+        """Up to ``limit`` ids in write order from label ``after`` on, and the label to continue from
+        (None after the last). Labels only grow, so a cursor stays valid across writes: a rewritten id
+        gets a new label and shows up again later; a deleted one is skipped."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        with self._lock.read():
+            found: list[int] = []
+            start = max(after, 0)
+            while start < self._next_label and len(found) < limit:
+                stop = min(self._next_label, start + max(4 * limit, 4096))  # a bounded scan per step
+                found += (np.flatnonzero(self._alive[start:stop]) + start).tolist()
+                start = stop
+            page, rest = found[:limit], found[limit:]
+            if rest:
+                following: int | None = rest[0]
+            elif start < self._next_label:
+                following = start
+            else:
+                following = None
+            return [self._id_of[label] for label in page], following
+
     def get(
         self, ids: Sequence[str]
     ) -> tuple[list[tuple[str, np.ndarray, dict[str, MetadataValue]]], list[str]]:
@@ -581,7 +676,7 @@ class Collection:
                 if label is None:
                     missing.append(item_id)
                 else:
-                    found.append((item_id, self._matrix[label].copy(), dict(self._metadata[label])))
+                    found.append((item_id, self._matrix[label].copy(), _copied(self._metadata[label])))
             return found, missing
 
     def _check_search(self, k: int, ef_search: int | None, nprobe: int | None) -> None:
@@ -795,7 +890,7 @@ class Collection:
     def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
         return [
             [
-                Hit(self._id_of[label], score, dict(self._metadata[label]))
+                Hit(self._id_of[label], score, _copied(self._metadata[label]))
                 for label, score in zip(row_labels.tolist(), row_scores.tolist(), strict=True)
             ]
             for row_labels, row_scores in zip(labels, scores, strict=True)

@@ -10,7 +10,11 @@
 Values are strings, integers, finite numbers or booleans and match with their type: ``True`` does not
 equal ``1``, ``"1"`` does not equal ``1``; ranges compare integers and floats numerically and never match
 booleans or strings. ``ne`` and ``not_in`` also match items that lack the key (as Qdrant's ``must_not``).
-Mistakes are InvalidInputError naming the key.
+
+An item's value may also be a list of such values (``"tags": ["a", "b"]``): ``eq``, ``in`` and ranges
+hold when ANY element matches; ``ne`` / ``not_in`` are their negations, holding when NO element matches
+(an empty list included); ``exists`` holds for any list, empty or not. Filter values themselves are
+never lists. Mistakes are InvalidInputError naming the key.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
-MetadataValue = str | int | float | bool
+Scalar = str | int | float | bool
+MetadataValue = Scalar | list[Scalar]  # what an item holds under a key
 _OPERATORS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists")
 RANGE_BOUNDS = ("gt", "gte", "lt", "lte")
 MAX_DEPTH = 16
@@ -30,13 +35,13 @@ MAX_VALUES = 10_000
 @dataclass(frozen=True)
 class Eq:
     key: str
-    value: MetadataValue
+    value: Scalar
 
 
 @dataclass(frozen=True)
 class In:
     key: str
-    values: tuple[MetadataValue, ...]
+    values: tuple[Scalar, ...]
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,14 @@ class Any_:
 Condition = Union[Eq, In, Not, Range, Exists, All, Any_]  # noqa: UP007 - a recursive alias
 
 
-def value_key(value: MetadataValue) -> tuple[str, MetadataValue]:
+def value_key(value: Scalar) -> tuple[str, Scalar]:
     """A value with its type, so True, 1 and "1" stay different."""
     return (type(value).__name__, value)
+
+
+def elements(value: MetadataValue) -> list[Scalar]:
+    """The values a filter looks at: a list's elements, or the one value."""
+    return value if isinstance(value, list) else [value]
 
 
 def _error(message: str, key: str | None) -> Exception:
@@ -95,11 +105,17 @@ def _error(message: str, key: str | None) -> Exception:
     return InvalidInputError(message if key is None else f"filter on {key!r}: {message}", field="filter")
 
 
-def _value(value: Any, key: str) -> MetadataValue:
+def _value(value: Any, key: str) -> Scalar:
     if isinstance(value, bool | str | int):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
+    if isinstance(value, list | tuple):
+        raise _error(
+            "a filter value is one string, number or boolean, not a list: an item whose list holds the "
+            'value matches {"eq": value}; use {"in": [...]} to match any of several values',
+            key,
+        )
     raise _error(f"{value!r} is not a string, integer, finite number or boolean", key)
 
 
@@ -176,15 +192,20 @@ def matches(metadata: Mapping[str, MetadataValue], condition: Condition | None) 
     if condition is None:
         return True
     if isinstance(condition, Eq):
-        return condition.key in metadata and value_key(metadata[condition.key]) == value_key(condition.value)
+        if condition.key not in metadata:
+            return False
+        return any(value_key(e) == value_key(condition.value) for e in elements(metadata[condition.key]))
     if isinstance(condition, In):
         if condition.key not in metadata:
             return False
-        return value_key(metadata[condition.key]) in {value_key(v) for v in condition.values}
+        wanted = {value_key(v) for v in condition.values}
+        return any(value_key(e) in wanted for e in elements(metadata[condition.key]))
     if isinstance(condition, Not):
         return not matches(metadata, condition.inner)
     if isinstance(condition, Range):
-        return condition.key in metadata and condition.holds(metadata[condition.key])
+        return condition.key in metadata and any(
+            condition.holds(e) for e in elements(metadata[condition.key])
+        )
     if isinstance(condition, Exists):
         return (condition.key in metadata) == condition.present
     if isinstance(condition, All):

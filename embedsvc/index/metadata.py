@@ -4,7 +4,8 @@ per query at 100 000 items).
 
 Per key: value -> roaring bitmap of labels (values keyed with their type), the bitmap of labels that have
 the key, and for numbers a sorted map number -> bitmap (1 and 1.0 share an entry: ranges ignore type),
-so a range is a walk over the values in it.
+so a range is a walk over the values in it. A list value puts its label under each of its elements, so
+eq / in / ranges match any element and their negations (live minus matches) none.
 Maintained on every write and rebuilt with the collection on recovery.
 """
 
@@ -16,7 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedsvc.index.filters import All, Any_, Condition, Eq, Exists, In, MetadataValue, Not, Range, value_key
+from embedsvc.index.filters import (
+    All,
+    Any_,
+    Condition,
+    Eq,
+    Exists,
+    In,
+    MetadataValue,
+    Not,
+    Range,
+    Scalar,
+    elements,
+    value_key,
+)
 
 if TYPE_CHECKING:
     from pyroaring import BitMap64
@@ -38,21 +52,31 @@ class MetadataIndex:
     def __init__(self) -> None:
         bitmap, sorted_dict = _libraries()
         self._bitmap = bitmap
-        self._values: dict[str, dict[tuple[str, MetadataValue], BitMap64]] = defaultdict(dict)
+        self._values: dict[str, dict[tuple[str, Scalar], BitMap64]] = defaultdict(dict)
         self._present: dict[str, BitMap64] = defaultdict(bitmap)
         self._numbers: dict[str, SortedDict] = defaultdict(sorted_dict)
         self.live = bitmap()  # every live label
 
     def add_many(self, labels: list[int], metadatas: list[dict[str, MetadataValue]]) -> None:
         """Index a block of new labels: one bitmap update per distinct value rather than per item."""
-        by_value: dict[tuple[str, tuple[str, MetadataValue]], list[int]] = defaultdict(list)
-        numbers: dict[tuple[str, MetadataValue], list[int]] = defaultdict(list)
+        by_value: dict[tuple[str, tuple[str, Scalar]], list[int]] = defaultdict(list)
+        numbers: dict[tuple[str, Scalar], list[int]] = defaultdict(list)
+        present: dict[str, list[int]] = defaultdict(list)
         for label, metadata in zip(labels, metadatas, strict=True):
             for key, value in metadata.items():
+                if isinstance(value, list):
+                    present[key].append(label)  # an empty list has no element to say the key is there
+                    for element in value:
+                        by_value[key, value_key(element)].append(label)
+                        if isinstance(element, int | float) and not isinstance(element, bool):
+                            numbers[key, element].append(label)
+                    continue
                 by_value[key, value_key(value)].append(label)
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     numbers[key, value].append(label)
         self.live.update(labels)
+        for key, members in present.items():
+            self._present[key].update(members)
         for (key, typed), members in by_value.items():
             self._values[key].setdefault(typed, self._bitmap()).update(members)
             self._present[key].update(members)
@@ -62,20 +86,21 @@ class MetadataIndex:
     def remove(self, label: int, metadata: Mapping[str, MetadataValue]) -> None:
         self.live.discard(label)
         for key, value in metadata.items():
-            values = self._values[key]
-            bitmap = values.get(value_key(value))
-            if bitmap is not None:
-                bitmap.discard(label)
-                if not bitmap:
-                    del values[value_key(value)]
             self._present[key].discard(label)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                numbers = self._numbers[key]
-                number = numbers.get(value)
-                if number is not None:
-                    number.discard(label)
-                    if not number:
-                        del numbers[value]
+            values = self._values[key]
+            for element in elements(value):  # a list's repeated elements: found gone the second time
+                bitmap = values.get(value_key(element))
+                if bitmap is not None:
+                    bitmap.discard(label)
+                    if not bitmap:
+                        del values[value_key(element)]
+                if isinstance(element, int | float) and not isinstance(element, bool):
+                    numbers = self._numbers[key]
+                    number = numbers.get(element)
+                    if number is not None:
+                        number.discard(label)
+                        if not number:
+                            del numbers[element]
 
     def evaluate(self, condition: Condition) -> BitMap64:
         """The live labels ``condition`` matches."""

@@ -1,4 +1,15 @@
-"""Binary encoding of log records and snapshots: a JSON header followed by raw float32 vectors."""
+"""Binary encoding of log records and snapshots: a JSON header followed by raw float32 vectors.
+
+Payload: ``u32 header length | header (JSON) | float32 vectors (little-endian, row-major)``.
+The header carries the record format version as ``"v"``:
+
+* 1 (no ``"v"``: logs and snapshots written before versions) — metadata values are strings,
+  numbers or booleans;
+* 2 — metadata values may also be lists of those (``"tags": ["a", "b"]``).
+
+Every version up to ``FORMAT_VERSION`` is read; a newer one is refused (CorruptDataError naming
+it) rather than misread by an older embedsvc.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +27,12 @@ from embedsvc.index.wal import fsync_dir
 
 _LEN = struct.Struct("<I")
 SNAPSHOT_MAGIC = b"ESNAP001"
+FORMAT_VERSION = 2
 _SNAP_HEADER = struct.Struct("<8sQI")  # magic, body length, crc32(body)
 
 
 def pack(header: dict[str, Any], vectors: np.ndarray | None) -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = json.dumps({**header, "v": FORMAT_VERSION}, separators=(",", ":")).encode()
     body = b"" if vectors is None else np.ascontiguousarray(vectors, dtype="<f4").tobytes()
     return _LEN.pack(len(head)) + head + body
 
@@ -28,6 +40,12 @@ def pack(header: dict[str, Any], vectors: np.ndarray | None) -> bytes:
 def unpack(payload: bytes, dimension: int) -> tuple[dict[str, Any], np.ndarray]:
     (n,) = _LEN.unpack_from(payload, 0)
     header = json.loads(payload[_LEN.size : _LEN.size + n])
+    version = header.get("v", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CorruptDataError(
+            f"a record in format version {version!r}, this embedsvc reads versions 1-{FORMAT_VERSION}: "
+            "it was written by a newer embedsvc; upgrade to open this index"
+        )
     raw = payload[_LEN.size + n :]
     vectors = (
         np.frombuffer(raw, dtype="<f4").reshape(-1, dimension) if raw else np.zeros((0, dimension), "<f4")

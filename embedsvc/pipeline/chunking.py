@@ -28,14 +28,24 @@ class Chunker:
     def count(self, text: str) -> int:
         if self.tokenizer is None:
             return len(text.split())
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # verbose=False: a text longer than the tokenizer's model_max_length is expected here (it is
+        # counted, and chunked or reported as truncated), not a warning printed into the progress bar
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def text_limit(self, max_length: int | None) -> int | None:
+        """Text tokens a model with ``max_length`` keeps of one input (its special tokens take the
+        rest); None where it cannot be told (no limit known, or word counts without a tokenizer)."""
+        if max_length is None or self.tokenizer is None:
+            return None
+        special = getattr(self.tokenizer, "num_special_tokens_to_add", None)
+        return max_length - (special(pair=False) if special is not None else 0)
 
     def split(self, text: str) -> list[Chunk]:
         if self.chunk_tokens is None:
             return [Chunk(text, 0, 0, len(text), self.count(text))]
         if self.tokenizer is None:
             raise ValueError("chunking needs a tokenizer")
-        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
             "offset_mapping"
         ]
         if len(offsets) <= self.chunk_tokens:

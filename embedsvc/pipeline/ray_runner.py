@@ -42,14 +42,16 @@ def _tokenizer_for(options: BuildOptions) -> Any:
     return AutoTokenizer.from_pretrained(st.transformer_dir if st else resolved.folder)
 
 
-def _read_and_chunk(row: dict[str, Any], options: BuildOptions) -> list[dict[str, Any]]:
-    """One file -> rows of chunks (and rejects), in file order."""
+def _read_and_chunk(
+    row: dict[str, Any], options: BuildOptions, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """One file -> rows of chunks (and rejects), in file order; ``limit``: text tokens the model reads."""
     path = Path(row["path"])
     chunker = Chunker(_tokenizer_for(options), options.chunk_tokens, options.chunk_overlap)
     rows: list[dict[str, Any]] = []
     for record in read_records(path, options.reader):
         batch = _Batch(str(path), record.position)
-        _add(batch, record, chunker, path)
+        _add(batch, record, chunker, path, limit)
         for reject in batch.rejects:
             rows.append(
                 {
@@ -58,6 +60,7 @@ def _read_and_chunk(row: dict[str, Any], options: BuildOptions) -> list[dict[str
                     "metadata": "{}",
                     "tokens": 0,
                     "documents": 0,
+                    "truncated": 0,
                     "reject": json.dumps(reject),
                 }
             )
@@ -69,6 +72,7 @@ def _read_and_chunk(row: dict[str, Any], options: BuildOptions) -> list[dict[str
                     "metadata": json.dumps(meta),
                     "tokens": batch.tokens if i == 0 else 0,
                     "documents": 1 if i == 0 else 0,
+                    "truncated": batch.truncated if i == 0 else 0,
                     "reject": "",
                 }
             )
@@ -124,13 +128,16 @@ def build_index_ray(
     summary = Summary(rejects_file=str(rejects_path))
     try:
         sink.open(options.restart)
+        summary.max_length = sink.max_length()
+        summary.max_tokens = Chunker(_tokenizer_for(options), None).text_limit(summary.max_length)
+        summary.chunk_tokens = options.chunk_tokens
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pool = actors or max(1, cpus // 2)  # an actor per two CPU slots: torch uses its own threads
         dataset: Any = ray.data.from_items(
             [{"path": str(f)} for f in files], override_num_blocks=max(len(files), 1)
         )
         reader: Any = _read_and_chunk  # Ray passes options through fn_kwargs
-        dataset = dataset.flat_map(reader, fn_kwargs={"options": options})
+        dataset = dataset.flat_map(reader, fn_kwargs={"options": options, "limit": summary.max_tokens})
         dataset = dataset.map_batches(
             _EmbedActor,
             fn_constructor_kwargs={"options": options},
@@ -152,6 +159,7 @@ def build_index_ray(
                 summary.chunks += len(keep)
                 summary.documents += int(batch["documents"].sum())
                 summary.tokens += int(batch["tokens"].sum())
+                summary.truncated += int(batch["truncated"].sum())
     finally:
         sink.close()
     summary.seconds = time.monotonic() - started

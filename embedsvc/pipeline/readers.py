@@ -2,7 +2,9 @@
 
 Each yields :class:`Record` in file order with a stable position, so a run can
 resume after the last checkpointed position. Bad records are yielded too, with
-``error`` set, so they are counted and written to the rejects file.
+``error`` set, so they are counted and written to the rejects file: among them records
+whose metadata fields hold an object, a nested list or a non-finite number (never
+stored without that field). A null or missing metadata field is no key.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import glob
 import io
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,9 +81,44 @@ def _fields(row: dict[str, Any], record: Record, options: ReaderOptions) -> Reco
         return record
     for name in options.metadata_fields:
         value = row.get(name)
-        if isinstance(value, str | int | float | bool):
-            record.metadata[name] = value
+        if value is None:
+            continue  # absent or null: the item has no such key
+        problem = metadata_problem(value)
+        if problem is not None:
+            record.error = f"metadata field {name!r} {problem}"
+            record.metadata.clear()
+            return record
+        record.metadata[name] = list(value) if isinstance(value, list | tuple) else value
     return record
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"is {value} (metadata numbers must be finite)"
+    if isinstance(value, dict):
+        return (
+            "is an object: objects are not stored (a filter could not reach inside them); name a field "
+            "that holds a string, number, boolean or list of them, or flatten the object into such fields"
+        )
+    if isinstance(value, list | tuple):
+        return "is a list of lists: list elements must be strings, numbers or booleans"
+    return f"is a {type(value).__name__}: metadata values are strings, numbers, booleans or lists of them"
+
+
+def metadata_problem(value: Any) -> str | None:
+    """Why a record's metadata value cannot be stored (the record is then rejected, never stored
+    without it), or None. Lists of strings, numbers or booleans are stored as lists."""
+    if isinstance(value, list | tuple):
+        for element in value:
+            if element is None:
+                return "is a list holding null: list elements must be strings, numbers or booleans"
+            problem = _scalar_problem(element)
+            if problem is not None:
+                return problem if isinstance(element, list | tuple) else f"holds an element that {problem}"
+        return None
+    return _scalar_problem(value)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -69,6 +69,10 @@ class Summary:
     tokens_this_run: int = 0
     rejects_file: str | None = None
     checkpoint_file: str | None = None
+    truncated: int = 0  # documents (or chunks' documents) longer than the model reads, cut to max_tokens
+    max_tokens: int | None = None  # text tokens the model reads of one input (None: not known)
+    max_length: int | None = None  # the model's limit, special tokens included
+    chunk_tokens: int | None = None
 
     @property
     def documents_per_s(self) -> float:
@@ -85,6 +89,24 @@ class Summary:
             f"{self.documents_this_run} documents in {self.seconds:.1f}s = "
             f"{self.documents_per_s:.1f} docs/s, "
             f"{self.tokens_per_s:.0f} tokens/s"
+        ) + self.truncation_note()
+
+    def truncation_note(self) -> str:
+        """What was cut, to what limit, and how not to cut it ("" when nothing was)."""
+        if not self.truncated:
+            return ""
+        text = self.max_tokens or 0
+        if self.chunk_tokens:
+            subject, fix = "had chunks longer than", f"--chunk-tokens under {text} (now {self.chunk_tokens})"
+        else:
+            subject, fix = (
+                "were longer than",
+                f"--chunk-tokens {max(1, text * 4 // 5)} --chunk-overlap {text // 6}",
+            )
+        return (
+            f"\n{self.truncated} documents {subject} the model reads ({self.max_length} tokens, "
+            f"{text} of them text) and were cut to that: only their beginning is indexed; rerun with {fix} "
+            "--restart to index them whole, in pieces"
         )
 
 
@@ -97,6 +119,7 @@ class _Batch:
     metadata: list[dict[str, Any]] = field(default_factory=list)
     documents: int = 0
     tokens: int = 0
+    truncated: int = 0  # documents with a chunk over the model's limit
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -134,7 +157,7 @@ class _Checkpoint:
         self.index = index
         self.settings = settings
         self.files: dict[str, int] = {}
-        self.totals = {"documents": 0, "chunks": 0, "tokens": 0, "rejected": 0}
+        self.totals = {"documents": 0, "chunks": 0, "tokens": 0, "rejected": 0, "truncated": 0}
 
     def load(self) -> None:
         if not self.path.exists():
@@ -163,7 +186,7 @@ class _Checkpoint:
                 f"({'; '.join(changed)}): rerun with the earlier settings to continue it, or add --restart "
                 "to rebuild the index with the new ones"
             )
-        self.files, self.totals = data["files"], data["totals"]
+        self.files, self.totals = data["files"], {"truncated": 0, **data["totals"]}  # older: no truncated
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +239,11 @@ def _count_records(files: Sequence[Path], options: ReaderOptions) -> int | None:
 
 
 def _batches(
-    files: Sequence[Path], options: BuildOptions, chunker: Chunker, done: dict[str, int]
+    files: Sequence[Path],
+    options: BuildOptions,
+    chunker: Chunker,
+    done: dict[str, int],
+    limit: int | None = None,
 ) -> Iterator[_Batch]:
     for path in files:
         source = str(path)
@@ -226,7 +253,7 @@ def _batches(
             if record.position < start:
                 continue
             batch.next_position = record.position + 1
-            _add(batch, record, chunker, path)
+            _add(batch, record, chunker, path, limit)
             if len(batch.ids) >= options.batch_size:
                 yield batch
                 batch = _Batch(source, batch.next_position)
@@ -234,7 +261,9 @@ def _batches(
             yield batch
 
 
-def _add(batch: _Batch, record: Record, chunker: Chunker, path: Path) -> None:
+def _add(batch: _Batch, record: Record, chunker: Chunker, path: Path, limit: int | None = None) -> None:
+    """A record's chunks into the batch, or the record into its rejects; ``limit``: text tokens the
+    model reads of one input, to count documents it will truncate."""
     if record.error is None and (record.text is None or not record.text.strip()):
         record.error = "empty text"
     if record.error is not None:
@@ -243,6 +272,8 @@ def _add(batch: _Batch, record: Record, chunker: Chunker, path: Path) -> None:
     doc_id = record.id or f"{path.name}:{record.position}"
     chunks = chunker.split(record.text)  # type: ignore[arg-type]
     batch.documents += 1
+    if limit is not None and any(chunk.tokens > limit for chunk in chunks):
+        batch.truncated += 1
     for chunk in chunks:
         meta = dict(record.metadata)
         if len(chunks) > 1:
@@ -317,6 +348,8 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
     try:
         sink.open(options.restart)
         chunker = Chunker(sink.tokenizer, options.chunk_tokens, options.chunk_overlap)
+        summary.max_length = sink.max_length()
+        summary.max_tokens = limit = chunker.text_limit(summary.max_length)
         embeds_here = isinstance(sink, LocalSink) or (isinstance(sink, StoreSink) and sink.remote is None)
         in_flight = 1 if embeds_here else max(options.in_flight, 1)
         with ThreadPoolExecutor(in_flight, thread_name_prefix="upsert") as pool:
@@ -336,6 +369,7 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
                     ("chunks", len(batch.ids)),
                     ("tokens", batch.tokens),
                     ("rejected", len(batch.rejects)),
+                    ("truncated", batch.truncated),
                 ):
                     checkpoint.totals[key] += value
                 checkpoint.save()
@@ -343,7 +377,7 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
                 summary.tokens_this_run += batch.tokens
                 progress.update(batch.documents, batch.tokens)
 
-            for batch in _batches(files, options, chunker, checkpoint.files):
+            for batch in _batches(files, options, chunker, checkpoint.files, limit):
                 work = pool.submit(sink.write, batch.ids, batch.texts, batch.metadata) if batch.ids else None
                 done: Future[None] = work if work is not None else _done_future()
                 pending.append((batch, done))
@@ -359,6 +393,10 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
     summary.chunks = checkpoint.totals["chunks"]
     summary.tokens = checkpoint.totals["tokens"]
     summary.rejected = checkpoint.totals["rejected"]
+    summary.truncated = checkpoint.totals["truncated"]
+    summary.chunk_tokens = options.chunk_tokens
+    if summary.truncated:
+        log.warning(summary.truncation_note().strip())
     return summary
 
 

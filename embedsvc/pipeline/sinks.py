@@ -52,6 +52,10 @@ class LocalSink:
         )
         self.tokenizer = self.model.tokenizer
 
+    def max_length(self) -> int | None:
+        """Tokens the model reads of one input; the rest of a longer one is cut off."""
+        return int(self.model.facts.max_length)
+
     def open(self, restart: bool) -> None:
         if restart and index_exists(self.manager, self.index):
             self.manager.delete(self.index)
@@ -83,9 +87,14 @@ def index_exists(manager: Any, name: str) -> bool:
 
 
 class RemoteSink:
-    """A running server: batched Upsert calls with the texts; the server embeds them."""
+    """A running server: batched Upsert calls with the texts; the server embeds them.
 
-    RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+    The runner keeps several writes in flight through one client, whose window narrows when the
+    server refuses work for load and widens as it takes it (AIMD, honouring the server's retry hint:
+    :mod:`embedsvc.pacing`), so the build slows to what the server takes. A server that goes away
+    (UNAVAILABLE, or a call that outlives its deadline) is retried here with backoff, a few times."""
+
+    RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")  # RESOURCE_EXHAUSTED: the client paces it
 
     def __init__(
         self,
@@ -114,7 +123,11 @@ class RemoteSink:
         self.tokenizer = self._tokenizer(tokenizer_source)
 
     def _tokenizer(self, source: str | None) -> Any:
-        from transformers import AutoTokenizer
+        try:
+            from transformers import AutoTokenizer
+        except ModuleNotFoundError:  # a client-only install (pip install embedsvc) builds through the server
+            log.warning("no local tokenizer (transformers is not installed): token counts are word counts")
+            return None
 
         from embedsvc.models.loading import DEFAULT_MODEL_SOURCE, default_model_path
 
@@ -131,6 +144,7 @@ class RemoteSink:
             return None
 
     def _retry(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        from embedsvc import pacing
         from embedsvc.client import EmbedServiceError
 
         delay = 0.5
@@ -138,6 +152,13 @@ class RemoteSink:
             try:
                 return call(*args, **kwargs)
             except EmbedServiceError as exc:
+                if exc.code.name == "RESOURCE_EXHAUSTED" and pacing.retryable(
+                    exc.code.name, exc.details, idempotent=True, attempt=0
+                ):
+                    raise PipelineStopped(
+                        f"the server at {self.target} refused work for load for {self.client.timeout:g}s "
+                        f"while this build slowed down ({exc.details})"
+                    ) from exc
                 if exc.code.name not in self.RETRYABLE:
                     raise
                 if attempt == self.retries:
@@ -178,6 +199,20 @@ class RemoteSink:
         return np.asarray(
             self._retry(self.client.embed, list(texts), model=self.model, input_type="document"), np.float32
         )
+
+    def max_length(self) -> int | None:
+        """Tokens the served model reads of one input (ModelInfo.max_length); None if it is not served, or
+        the server does not list its models (a gateway without ListModels): then nothing is counted."""
+        from embedsvc.client import EmbedServiceError
+
+        try:
+            models = self._retry(self.client.list_models)
+        except EmbedServiceError as exc:
+            if exc.code.name != "UNIMPLEMENTED":
+                raise
+            return None
+        wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
+        return int(wanted[0].max_length) if wanted and wanted[0].max_length else None
 
     def dimension(self) -> int:
         models = self._retry(self.client.list_models)
@@ -234,6 +269,9 @@ class StoreSink:
 
             self.local = ModelService.in_process(Embedder.from_pretrained(model))
             self.tokenizer = self.local.tokenizer
+
+    def max_length(self) -> int | None:
+        return self.remote.max_length() if self.remote is not None else int(self.local.facts.max_length)
 
     def _stopped(self, exc: Exception) -> PipelineStopped:
         return PipelineStopped(f"{self.store.kind} at {self.store.location}: {exc}")

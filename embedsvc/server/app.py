@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -93,20 +94,24 @@ class EmbedServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self._server = server
-        if self.config.http_port is not None:
+        if self.config.http:
             try:
                 from embedsvc.server.http import HttpFrontDoor, serve_http
             except ImportError as exc:
                 raise FailedPreconditionError(
-                    f"--http-port needs the HTTP extra ({exc.name} is missing): pip install 'embedsvc[http]'"
+                    f"HTTP needs the HTTP extra ({exc.name} is missing): pip install 'embedsvc[http]', "
+                    "or serve gRPC only with --no-http"
                 ) from exc
 
             app = HttpFrontDoor(self.registry, self.config, self.metrics).app()
+            cert, key = self.config.tls_cert, self.config.tls_key
+            tls = (cert, key) if cert and key else None
             self.http_port = await self._http.enter_async_context(
                 serve_http(
                     app,
                     self.config.host,
                     self.config.http_port,
+                    tls,
                     idle_timeout=self.config.http_idle_timeout_s,
                     max_connections=self.config.max_http_connections,
                 )
@@ -170,18 +175,20 @@ class EmbedServer:
             await self._server.wait_for_termination()
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM / SIGINT, then drain gracefully."""
+async def serve(config: ServerConfig, on_serving: Callable[[int], None] | None = None) -> None:
+    """Run until SIGTERM / SIGINT, then drain gracefully; ``on_serving(port)`` once models are loaded."""
     server = EmbedServer(config)
     loop = asyncio.get_running_loop()
     stop_task: list[asyncio.Task[None]] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop_task.append(loop.create_task(server.stop())))
     try:
-        await server.start()
+        port = await server.start()
     except BaseException:
         await server.stop(0)
         raise
+    if on_serving is not None:
+        on_serving(port)
     await server.wait()
     if stop_task:
         await stop_task[0]

@@ -338,6 +338,19 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
 
         return await self._guard("SearchBatch", "", context, work)
 
+    async def ListIds(
+        self, request: pb.ListIdsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListIdsResponse:
+        async def work() -> pb.ListIdsResponse:
+            collection = self.manager.get(request.index)
+            size, after = wire.page_size(request.page_size), wire.page_position(request.page_token)
+            ids, following = await asyncio.to_thread(collection.ids_page, after, size)
+            return pb.ListIdsResponse(
+                ids=ids, next_page_token=wire.page_token(following), count=collection.count()
+            )
+
+        return await self._guard("ListIds", "", context, work)
+
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
         async def work() -> pb.CountResponse:
             return pb.CountResponse(count=self.manager.get(request.index).count())

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import sys
+import threading
 import time
 from typing import Any
 
-_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# color_message: uvicorn's copy of its message with terminal colour codes
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 # third-party loggers whose INFO lines alarm or clutter (faiss's loader reports a missing AVX512 build
 # as a ModuleNotFoundError although it falls back to the generic one as designed)
 QUIET_LOGGERS = ("faiss", "faiss.loader", "httpx", "httpcore", "urllib3", "filelock", "asyncio")
@@ -52,11 +57,65 @@ class PlainFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str, json_lines: bool) -> None:
-    handler = logging.StreamHandler()
+class ThirdPartyRootInfo(logging.Filter):
+    """Drops INFO/DEBUG that libraries log on the root logger itself (``logging.info(...)``): ONNX
+    Runtime's quantizer writes ~40 "Quantization parameters for tensor ..." lines that way, and its
+    advice to pre-process models as a warning. Our own loggers are named; other libraries' warnings
+    and everyone's errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "root" or record.levelno >= logging.ERROR:
+            return True
+        return record.levelno >= logging.WARNING and "onnxruntime" not in record.pathname
+
+
+# absl / gRPC C-core prefix: "E1130 12:00:00.123456   4242 ssl_transport_security.cc:1659] message"
+_NATIVE_LINE = re.compile(r"^([DIWEF])\d{4} [\d:.]+\s+\d+ ([^\]]+)\] ?(.*)$")
+_NATIVE_LEVELS = {"D": logging.DEBUG, "I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR}
+
+
+def _pump_native(read_fd: int) -> None:
+    log = logging.getLogger("native")
+    with os.fdopen(read_fd, "rb") as lines:
+        for raw in lines:
+            text = raw.decode(errors="replace").rstrip()
+            if not text:
+                continue
+            match = _NATIVE_LINE.match(text)
+            if match:
+                level = _NATIVE_LEVELS.get(match.group(1), logging.CRITICAL)
+                log.log(level, match.group(3), extra={"source": match.group(2)})
+            else:
+                log.warning(text)
+
+
+def capture_native_stderr() -> None:
+    """Route what native code writes to file descriptor 2 (gRPC's C core, ONNX Runtime's C++ logger)
+    into the log, one record per line, so that every line the server prints has the log's format
+    (a wrong-protocol client made gRPC print a raw "Handshake failed" line). Python's own stderr keeps
+    the original descriptor, so error messages at exit never depend on the reader thread."""
+    try:
+        original = os.dup(2)
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        return
+    sys.stderr.flush()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    sys.stderr = open(original, "w", buffering=1, errors="backslashreplace")  # noqa: SIM115 - process-long
+    threading.Thread(target=_pump_native, args=(read_fd,), name="native-stderr", daemon=True).start()
+
+
+def configure(level: str, json_lines: bool, native: bool = False) -> None:
+    """Log lines to stderr; ``native``: native libraries' stderr lines become records too."""
+    if native:
+        capture_native_stderr()
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter())
+    handler.addFilter(ThirdPartyRootInfo())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # warnings.warn from libraries: records in the same format
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -14,20 +14,67 @@ from embedsvc.models.profiles import POOLING_MODES
 
 
 def _check_port(host: str, port: int, what: str) -> None:
+    """Bind and listen as the real servers do: SO_REUSEADDR set (gRPC, uvicorn and the metrics server
+    all set it), so the TIME_WAIT connections a stopped or killed server leaves behind pass, and only
+    a socket that really listens there fails."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
+            probe.listen(1)
         except OSError as exc:
+            held = ""
+            if exc.errno == errno.EADDRINUSE:
+                holder = port_holder(port)
+                held = f" (held by {holder})" if holder else " (another listener holds it)"
             raise StartupError(
-                f"cannot listen on {host}:{port} for {what}: {exc.strerror}"
-                + (" (another process holds it)" if exc.errno == errno.EADDRINUSE else "")
-                + f"; choose another port ({_flag(what)}), or 0 for any free one"
+                f"cannot listen on {host}:{port} for {what}: {exc.strerror}{held}"
+                f"; choose another port ({_flag(what)}), or 0 for any free one"
             ) from exc
 
 
+def port_holder(port: int) -> str | None:
+    """``pid N (command)`` of a process of this user listening on ``port``, from /proc (Linux); None
+    where it cannot be seen (another user's process, another OS)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{parts[9]}]")  # state 0A = LISTEN
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                return f"pid {proc.name} ({command.strip()[:120]})"
+        except OSError:
+            continue
+    return None
+
+
 def _flag(what: str) -> str:
-    return {"gRPC": "--port", "HTTP": "--http-port", "metrics": "--metrics-port"}[what]
+    flags = {"gRPC": "--port", "HTTP": "--http-port; --no-http serves gRPC only", "metrics": "--metrics-port"}
+    return flags[what]
+
+
+def _check_http_extra() -> None:
+    import importlib.util
+
+    missing = [name for name in ("starlette", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"HTTP (served by default) needs {', '.join(missing)}: pip install 'embedsvc[http]', "
+            "or serve gRPC only with --no-http"
+        )
 
 
 def _check_readable(path: str, what: str) -> None:
@@ -90,7 +137,11 @@ def check_before_start(config: ServerConfig) -> None:
         _check_readable(config.tls_key, "TLS key")
     if config.data_dir:
         _check_data_dir(config.data_dir)
-    ports = [("gRPC", config.port), ("HTTP", config.http_port), ("metrics", config.metrics_port)]
+    if config.http:
+        _check_http_extra()
+    ports = [("gRPC", config.port), ("metrics", config.metrics_port)]
+    if config.http:
+        ports.insert(1, ("HTTP", config.http_port))
     chosen = [(what, port) for what, port in ports if port]
     numbers = [port for _, port in chosen]
     for what, port in chosen:

@@ -2,8 +2,9 @@
 
 Collections embedsvc creates: ``id`` VARCHAR primary key (the item id itself), ``vector``
 FLOAT_VECTOR with an AUTOINDEX for the metric, ``metadata`` JSON (filter with expressions such as
-``metadata["lang"] == "en"``). Metadata is one JSON field rather than dynamic fields: Milvus Lite 3.2's
-upsert keeps dynamic fields the new row lacks (checked), so a rewritten item would keep stale keys.
+``metadata["lang"] == "en"``; list values are JSON arrays: ``json_contains(metadata["tags"], "a")``).
+Metadata is one JSON field rather than dynamic fields: Milvus Lite 3.2's upsert keeps dynamic fields
+the new row lacks (checked), so a rewritten item would keep stale keys.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Points: id = uuid5(POINT_NAMESPACE, item id) (Qdrant ids are integers or UUIDs), payload
 ``{"id": item id, "metadata": {...}}`` (filter with keys such as ``metadata.lang``), one unnamed vector.
+List values (tags) are payload arrays: Qdrant's ``match`` on ``metadata.tags`` holds when any element does.
 Qdrant's upsert replaces a point's payload whole, so a rewritten item keeps no stale metadata.
 """
 

@@ -52,16 +52,18 @@ class IndexParams(_message.Message):
     def __init__(self, hnsw_m: _Optional[int] = ..., hnsw_ef_construction: _Optional[int] = ..., hnsw_ef_search: _Optional[int] = ..., ivf_nlist: _Optional[int] = ..., ivf_nprobe: _Optional[int] = ..., pq_m: _Optional[int] = ..., pq_bits: _Optional[int] = ..., rerank: _Optional[int] = ...) -> None: ...
 
 class MetadataValue(_message.Message):
-    __slots__ = ("string_value", "int_value", "double_value", "bool_value")
+    __slots__ = ("string_value", "int_value", "double_value", "bool_value", "list_value")
     STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
     INT_VALUE_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
     BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
     string_value: str
     int_value: int
     double_value: float
     bool_value: bool
-    def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: _Optional[bool] = ...) -> None: ...
+    list_value: MetadataValueList
+    def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., list_value: _Optional[_Union[MetadataValueList, _Mapping]] = ...) -> None: ...
 
 class CreateIndexRequest(_message.Message):
     __slots__ = ("name", "model", "metric", "kind", "params")
@@ -269,16 +271,24 @@ class MetadataValueList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[_Union[MetadataValue, _Mapping]]] = ...) -> None: ...
 
 class Range(_message.Message):
-    __slots__ = ("gt", "gte", "lt", "lte")
+    __slots__ = ("gt", "gte", "lt", "lte", "gt_int", "gte_int", "lt_int", "lte_int")
     GT_FIELD_NUMBER: _ClassVar[int]
     GTE_FIELD_NUMBER: _ClassVar[int]
     LT_FIELD_NUMBER: _ClassVar[int]
     LTE_FIELD_NUMBER: _ClassVar[int]
+    GT_INT_FIELD_NUMBER: _ClassVar[int]
+    GTE_INT_FIELD_NUMBER: _ClassVar[int]
+    LT_INT_FIELD_NUMBER: _ClassVar[int]
+    LTE_INT_FIELD_NUMBER: _ClassVar[int]
     gt: float
     gte: float
     lt: float
     lte: float
-    def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
+    gt_int: int
+    gte_int: int
+    lt_int: int
+    lte_int: int
+    def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ..., gt_int: _Optional[int] = ..., gte_int: _Optional[int] = ..., lt_int: _Optional[int] = ..., lte_int: _Optional[int] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
     __slots__ = ("index", "texts", "vectors", "k", "filter", "where", "ef_search", "nprobe", "instruction")
@@ -355,3 +365,23 @@ class CountResponse(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     count: int
     def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class ListIdsRequest(_message.Message):
+    __slots__ = ("index", "page_size", "page_token")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    page_size: int
+    page_token: str
+    def __init__(self, index: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListIdsResponse(_message.Message):
+    __slots__ = ("ids", "next_page_token", "count")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    next_page_token: str
+    count: int
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...

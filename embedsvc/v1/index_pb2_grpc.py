@@ -84,6 +84,11 @@ class IndexServiceStub:
                 request_serializer=embedsvc_dot_v1_dot_index__pb2.CountRequest.SerializeToString,
                 response_deserializer=embedsvc_dot_v1_dot_index__pb2.CountResponse.FromString,
                 _registered_method=True)
+        self.ListIds = channel.unary_unary(
+                '/embedsvc.v1.IndexService/ListIds',
+                request_serializer=embedsvc_dot_v1_dot_index__pb2.ListIdsRequest.SerializeToString,
+                response_deserializer=embedsvc_dot_v1_dot_index__pb2.ListIdsResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -152,6 +157,13 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIds(self, request, context):
+        """The ids an index holds, a page at a time, oldest write first (see ListIdsRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +216,11 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.Count,
                     request_deserializer=embedsvc_dot_v1_dot_index__pb2.CountRequest.FromString,
                     response_serializer=embedsvc_dot_v1_dot_index__pb2.CountResponse.SerializeToString,
+            ),
+            'ListIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIds,
+                    request_deserializer=embedsvc_dot_v1_dot_index__pb2.ListIdsRequest.FromString,
+                    response_serializer=embedsvc_dot_v1_dot_index__pb2.ListIdsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -476,6 +493,33 @@ class IndexService:
             '/embedsvc.v1.IndexService/Count',
             embedsvc_dot_v1_dot_index__pb2.CountRequest.SerializeToString,
             embedsvc_dot_v1_dot_index__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsvc.v1.IndexService/ListIds',
+            embedsvc_dot_v1_dot_index__pb2.ListIdsRequest.SerializeToString,
+            embedsvc_dot_v1_dot_index__pb2.ListIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

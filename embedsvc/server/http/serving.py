@@ -80,11 +80,12 @@ async def serve_http(
     app: Starlette,
     host: str,
     port: int,
+    tls: tuple[str, str] | None = None,
     *,
     idle_timeout: float = 10.0,
     max_connections: int | None = None,
 ) -> AsyncIterator[int]:
-    """Run uvicorn on the running event loop (beside gRPC); yields the bound port."""
+    """Run uvicorn on the running event loop (beside gRPC); yields the bound port. ``tls``: (cert, key)."""
     import uvicorn
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -104,6 +105,8 @@ async def serve_http(
         lifespan="off",
         timeout_keep_alive=max(1, round(idle_timeout)),
         timeout_graceful_shutdown=10,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
