@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -490,13 +491,17 @@ class Embedder:
         return pool_padded(hidden, mask, self.settings.pooling, starts, ends)
 
     def _forward_packed(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
-        lengths = [len(s.ids) for s in seqs]
-        ids = torch.tensor([t for s in seqs for t in s.ids], dtype=torch.long, device=self.device)
-        positions = torch.cat([torch.arange(n) for n in lengths]).to(self.device) + self._position_offset
-        cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
-        cu[1:] = torch.tensor(lengths).cumsum(0)
-        cu = cu.to(self.device)
-        longest = max(lengths)
+        # ids, positions and boundaries built in bulk (numpy), never token by token in Python
+        lengths = np.fromiter((len(s.ids) for s in seqs), dtype=np.int64, count=len(seqs))
+        total = int(lengths.sum())
+        flat = np.fromiter(itertools.chain.from_iterable(s.ids for s in seqs), dtype=np.int64, count=total)
+        bounds = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=bounds[1:])
+        positions_np = np.arange(total) - np.repeat(bounds[:-1], lengths) + self._position_offset
+        ids = torch.from_numpy(flat).to(self.device)
+        positions = torch.from_numpy(positions_np).to(self.device)
+        cu = torch.from_numpy(bounds.astype(np.int32)).to(self.device)
+        longest = int(lengths.max())
         kwargs: dict[str, Any] = {
             "input_ids": ids[None],
             "position_ids": positions[None],
