@@ -77,6 +77,8 @@ def build_requests(
 
 def decode_response(response: pb.EmbedResponse) -> np.ndarray:
     dims = response.dimensions
+    if response.encoding in (pb.ENCODING_UNSPECIFIED, pb.ENCODING_FLOAT32):
+        return wire.float32_rows(response)  # each row's bytes read by numpy
     rows = []
     for item in response.embeddings:
         if response.encoding == pb.ENCODING_FLOAT16:

@@ -19,6 +19,7 @@ from embedsvc.engine.deterministic import DEFAULT_TILE_ROWS, FixedTileLinear, ma
 from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template
 from embedsvc.engine.onnx_int8 import load_int8
 from embedsvc.engine.pooling import finalize, pool_packed, pool_padded, sqrt_len_scale
+from embedsvc.engine.threads import apply_threads, resolve_threads
 from embedsvc.errors import InvalidInputError
 from embedsvc.models.dtypes import DTYPE_ALIASES
 from embedsvc.models.loading import LoadedModel, load_model
@@ -42,6 +43,7 @@ _ENGINE_OPTIONS = (
     "quantize",
     "trust_remote_code",
     "base_model",
+    "threads",
 )
 
 
@@ -66,6 +68,7 @@ class EngineOptions:
     deterministic: bool = False
     tile_rows: int = 0  # deterministic mode: rows per fixed GEMM tile
     quantize: str = "none"
+    threads: int | None = None  # intra-op + tokenizer pool size; None: every core (engine/threads.py)
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -163,9 +166,12 @@ class Embedder:
         ``max_batch_size``, ``batching`` (auto/packed/padded), ``attention_backend``,
         ``deterministic`` (bitwise batch-invariant vectors), ``deterministic_tile_rows``,
         ``quantize`` (``"int8"``: int8 linear layers on CPU through ONNX Runtime),
-        ``trust_remote_code``, ``base_model``.
+        ``trust_remote_code``, ``base_model``, ``threads`` (torch's intra-op threads and the
+        tokenizer's pool, process-wide; default every core or ``EMBEDSVC_THREADS``).
         """
         check_options(options, dtype=dtype, device=device)
+        threads = resolve_threads(options.get("threads"))
+        apply_threads(threads)
         loaded = load_model(
             source,
             device=device,
@@ -237,6 +243,7 @@ class Embedder:
             attention_backend=backend,
             deterministic=deterministic,
             tile_rows=tile_rows,
+            threads=threads,
         )
         quantize = options.get("quantize") or "none"
         if quantize != "none":
@@ -630,6 +637,7 @@ def check_options(options: dict[str, Any], *, dtype: Any = None, device: Any = N
             f"unknown attention_backend {backend!r}; choose one of {', '.join(attention.BACKENDS)}",
             field="attention_backend",
         )
+    resolve_threads(options.get("threads"))
     deterministic = bool(options.get("deterministic", False))
     if deterministic and batching == "padded":
         raise InvalidInputError(
