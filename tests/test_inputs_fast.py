@@ -182,3 +182,50 @@ def test_long_texts_cost_what_their_kept_part_costs(tokenizers: dict[str, Any]) 
 
     ratio = min(best(long) / best(short) for _ in range(2))
     assert ratio < 4.0, f"200 x 100 KB cost {ratio:.1f}x 200 x 2 KB"
+
+
+@pytest.mark.parametrize("family", [*_BUILDERS, "minilm"])
+def test_long_chunked_texts_tokenized_in_pieces_keep_the_reference_ids(
+    tokenizers: dict[str, Any], family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunked text past the piece size is tokenized in verified pieces: the same ids as whole."""
+    from embedsvc.engine import inputs
+
+    monkeypatch.setattr(inputs, "_SEGMENT_CHARS", 3_000)
+    words = ["Retrieval", "embedding", "naïve", "中文", "don't", "the", "passage", "x" * 30, "3.14"]
+    text = " ".join(words[(i * 7) % len(words)] for i in range(4_000))
+    texts = [text, "short one", text.replace(" ", "\n")]  # the last has no single space to split at
+    for rule in ("none", "bos_eos_exclude"):
+        encoder = _encoder(tokenizers[family], rule, 64)
+        tpl = _TEMPLATES["plain"]
+        fast = _outcome(lambda: encoder.encode(texts, tpl, chunked=True))  # noqa: B023
+        assert fast == _outcome(lambda: encoder.encode_reference(texts, tpl, chunked=True))  # noqa: B023
+        assert len(fast) > 100
+
+
+def test_one_8mib_chunked_text_costs_little_memory(tmp_path: Path) -> None:
+    """Peak RSS of encoding one 8 MiB text chunked, in a fresh process: the tokenizer's own per-byte
+    bookkeeping (~200 bytes per input byte whole) is bounded by the piece size. Generous bound."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys
+from transformers import AutoTokenizer
+from embedsvc.engine.inputs import InputEncoder, Template
+from embedsvc.models.loading import default_model_path
+tok = AutoTokenizer.from_pretrained(default_model_path())
+encoder = InputEncoder(tok, 256, append_eos=False, exclude_prompt=False)
+words = "the quick brown fox jumps over the lazy dog while naive retrieval embeddings wait".split()
+text = " ".join(words[i % len(words)] for i in range(2_000_000))[: 8 << 20]
+encoder.encode(["warm up"], Template.build(), chunked=True)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = encoder.encode([text], Template.build(), chunked=True)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(out), (peak - before) / 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    chunks, grown_mb = done.stdout.split()
+    assert int(chunks) > 5_000
+    assert float(grown_mb) < 300, f"peak RSS grew {grown_mb} MiB"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import copy
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,10 @@ _CHARS_PER_TOKEN = 8
 _SNAP = 256
 # characters a cut text keeps of its other end: where it meets the template's next part
 _EDGE = 64
+# a chunked text longer than this is tokenized in pieces of about this size (memory), each split
+# checked on _JUNCTION characters either side
+_SEGMENT_CHARS = 256 * 1024
+_JUNCTION = 512
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,14 @@ class InputEncoder:
         # only a text cut to the model's limit needs a bound; chunks and "none" need every token
         limit = (self.max_length + _SLACK) * _CHARS_PER_TOKEN if truncation != "none" and not chunked else 0
         todo = list(range(len(items)))
+        if plain and chunked:
+            # a very long text chunked: tokenized in pieces, so memory follows the piece, not the text
+            for i in [i for i in todo if len(items[i]) > _SEGMENT_CHARS]:
+                pieces_ids = self._segmented(items[i])
+                if pieces_ids is not None:
+                    ids, special = pieces_ids
+                    results[i] = self._fit_plain(ids, special, first_index + i, truncation, chunked, False)
+            todo = [i for i in todo if results[i] is None]
         while todo:
             pieces = [_cut(items[i], limit, truncation) for i in todo]
             retry = []
@@ -188,8 +201,8 @@ class InputEncoder:
 
     def _fit_plain(
         self,
-        ids: list[int],
-        special: list[int],
+        ids: list[int] | np.ndarray,
+        special: list[int] | np.ndarray,
         index: int,
         truncation: str,
         chunked: bool,
@@ -204,10 +217,12 @@ class InputEncoder:
         while trail < n - lead and special[n - 1 - trail]:
             trail += 1
         if lead + trail != sum(special):  # a special token inside the text: the general rule
-            return self._fit_general_ids(ids, special, 1, index, truncation, chunked, was_cut)
+            return self._fit_general_ids(
+                _as_list(ids), _as_list(special), 1, index, truncation, chunked, was_cut
+            )
         content = n - lead - trail
-        needs_eos = self.append_eos and (not ids or ids[-1] != self.eos_id)
-        needs_bos = self.prepend_bos and (not ids or ids[0] != self.bos_id)
+        needs_eos = self.append_eos and (n == 0 or int(ids[-1]) != self.eos_id)
+        needs_bos = self.prepend_bos and (n == 0 or int(ids[0]) != self.bos_id)
         budget = self.max_length - (lead + trail + int(needs_eos) + int(needs_bos))
         if budget < 1 and content > 0:
             raise InvalidInputError(
@@ -227,10 +242,10 @@ class InputEncoder:
             windows = [(0, budget)]
         else:
             windows = [(content - budget, content)]
-        head, tail = ids[:lead], ids[n - trail :]
+        head, tail = _as_list(ids[:lead]), _as_list(ids[n - trail :])
         encoded = []
         for lo, hi in windows:
-            new_ids = head + ids[lead + lo : lead + hi] + tail
+            new_ids = head + _as_list(ids[lead + lo : lead + hi]) + tail
             if needs_eos:
                 new_ids.append(self.eos_id)  # type: ignore[arg-type]
             if needs_bos:
@@ -242,6 +257,53 @@ class InputEncoder:
                 )
             encoded.append(EncodedInput(new_ids, 0, len(new_ids), hi - lo, index))
         return encoded
+
+    def _segmented(self, text: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Ids and special-token mask of ``text`` with the tokenizer's special tokens, tokenized in
+        pieces of about ``_SEGMENT_CHARS`` split at single spaces between words. Each split is
+        verified: the text around it must tokenize to the same tokens whole as in two halves. None
+        where no split point is found or one fails the check (then the text is tokenized whole)."""
+        assert self._backend is not None
+        splits = [0]
+        while len(text) - splits[-1] > _SEGMENT_CHARS:
+            at = _split_point(text, splits[-1] + _SEGMENT_CHARS)
+            if at is None:
+                return None
+            splits.append(at)
+        splits.append(len(text))
+        for at in splits[1:-1]:
+            window = text[at - _JUNCTION : at + _JUNCTION]
+            whole, left, right = self._backend.encode_batch_fast(
+                [window, window[:_JUNCTION], window[_JUNCTION:]], add_special_tokens=False
+            )
+            if whole.ids != left.ids + right.ids:
+                return None
+        parts = []
+        for lo, hi in itertools.pairwise(splits):
+            enc = self._backend.encode_batch_fast([text[lo:hi]], add_special_tokens=False)[0]
+            parts.append(np.asarray(enc.ids, dtype=np.int64))
+        # the special tokens the tokenizer puts around a text, taken from the first piece
+        first = self._backend.encode_batch_fast([text[: splits[1]]], add_special_tokens=True)[0]
+        mask = first.special_tokens_mask
+        lead = next((k for k, m in enumerate(mask) if not m), len(mask))
+        trail = len(mask) - lead - len(parts[0])
+        if (
+            trail < 0
+            or any(mask[lead : len(mask) - trail])
+            or first.ids[lead : len(mask) - trail] != parts[0].tolist()
+        ):
+            return None
+        ids = np.concatenate(
+            [
+                np.asarray(first.ids[:lead], np.int64),
+                *parts,
+                np.asarray(first.ids[len(mask) - trail :], np.int64),
+            ]
+        )
+        special = np.zeros(len(ids), dtype=np.int64)
+        special[:lead] = 1
+        special[len(ids) - trail :] = 1
+        return ids, special
 
     def _fit_general_ids(
         self,
@@ -548,3 +610,16 @@ def _cut(text: str, limit: int, truncation: str) -> str:
             at = k  # the kept part ends with a whole word
             break
     return text[:at] + text[-_EDGE:]
+
+
+def _as_list(ids: list[int] | np.ndarray) -> list[int]:
+    return ids.tolist() if isinstance(ids, np.ndarray) else ids
+
+
+def _split_point(text: str, target: int) -> int | None:
+    """A single space between two words at or before ``target`` (within ``_SNAP * 16`` characters)
+    and at least ``_JUNCTION`` characters from either end; None if there is none."""
+    for k in range(min(target, len(text) - _JUNCTION - 1), max(target - _SNAP * 16, _JUNCTION), -1):
+        if text[k] == " " and not text[k - 1].isspace() and not text[k + 1].isspace():
+            return k
+    return None
