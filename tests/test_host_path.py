@@ -132,3 +132,32 @@ def test_packed_pooling_in_bulk_matches_each_sequence_alone(mode: str) -> None:
                 )
                 want = (span * w[:, None]).sum(0) / w.sum()
             torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-6)
+
+
+def test_overlapped_slices_give_the_same_vectors(bert_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """embed() tokenizing the next slice while the current one runs: same vectors (bitwise in the
+    deterministic mode), chunked texts merged within their slice, errors naming the caller's index."""
+    from embedsvc import Embedder
+    from embedsvc.engine import embedder as embedder_module
+    from embedsvc.errors import TextTooLongError
+    from tests.tiny_models import corpus
+
+    monkeypatch.setattr(embedder_module, "OVERLAP_TEXTS", 8)
+    texts = corpus(30, seed=5)[:30]
+    texts[13] = " ".join(texts) * 3  # long: several chunks, or too long without truncation
+    for options in ({}, {"deterministic": True}):
+        engine = Embedder.from_pretrained(bert_dir, max_length=32, **options)
+        for chunked in (False, True):
+            engine.overlap = True
+            sliced = engine.embed(texts, chunked=chunked)
+            engine.overlap = False
+            whole = engine.embed(texts, chunked=chunked)
+            assert sliced.shape == whole.shape == (30, engine.dimension)
+            if options:
+                assert sliced.tobytes() == whole.tobytes()
+            else:
+                cos = (sliced * whole).sum(1) / np.linalg.norm(sliced, axis=1) / np.linalg.norm(whole, axis=1)
+                assert cos.min() >= 0.99999
+        engine.overlap = True
+        with pytest.raises(TextTooLongError, match="input 13 "):
+            engine.embed(texts, truncation="none")

@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import itertools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ _ENGINE_OPTIONS = (
 
 # tokens per forward pass: big batches feed a GPU; on CPU smaller ones stay in cache (measured faster)
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 16384}
+# embed(): texts per slice when the next slice is tokenized while the current one runs
+OVERLAP_TEXTS = 512
 # ONNX Runtime's int8 kernels: padded batches of 1024 tokens ran 20 % faster than 4096 (2 000 texts)
 INT8_TOKEN_BUDGET = 1024
 # int8: the linear layers through ONNX Runtime (engine/onnx_int8.py)
@@ -131,6 +134,9 @@ class Embedder:
             rstrip_input=settings.rstrip_input,
         )
         self._pad_id = self.tokenizer.pad_token_id or 0
+        # embed() tokenizes the next slice of a long list while the current one runs (measured in
+        # docs/performance.md); off: one tokenizing pass, then the forward
+        self.overlap = True
         # the fused Triton pooling kernel (one program per sequence, no atomics) on CUDA when triton exists
         self._fused_pooling = self.device.type == "cuda" and _triton_available()
         self._takes_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
@@ -331,16 +337,33 @@ class Embedder:
         """Embed ``texts``; returns float32 ``[len(texts), dimensions or self.dimension]``."""
         items = _check_texts(texts)
         self.check_dimensions(dimensions)
-        encoded = self.prepare(
-            items,
-            input_type=input_type,
-            prompt_name=prompt_name,
-            instruction=instruction,
-            truncation=truncation,
-            chunked=chunked,
-        )
-        pooled = self.forward(encoded)
-        return self.combine(pooled, encoded, len(items), dimensions=dimensions, normalize=normalize)
+        self._check_truncation(truncation)
+        template = self.template_for(input_type=input_type, prompt_name=prompt_name, instruction=instruction)
+        step = OVERLAP_TEXTS if self.overlap and len(items) > OVERLAP_TEXTS else max(len(items), 1)
+        starts = range(0, len(items), step)
+
+        def encode(start: int) -> list[EncodedInput]:
+            part = items[start : start + step]
+            return self._encoder.encode(
+                part, template, truncation=truncation, chunked=chunked, first_index=start
+            )
+
+        if len(starts) <= 1:
+            encoded = encode(0) if items else []
+            pooled = self.forward(encoded)
+            return self.combine(pooled, encoded, len(items), dimensions=dimensions, normalize=normalize)
+        # double buffering: the next slice is tokenized (Rust, without the GIL) while this one runs
+        parts = []
+        with ThreadPoolExecutor(1, thread_name_prefix="embed-tokenize") as pool:
+            upcoming = pool.submit(encode, starts[0])
+            for k, start in enumerate(starts):
+                encoded = upcoming.result()
+                if k + 1 < len(starts):
+                    upcoming = pool.submit(encode, starts[k + 1])
+                pooled = self.forward(encoded)
+                n = min(step, len(items) - start)
+                parts.append(self.combine(pooled, encoded, n, dimensions=dimensions, normalize=normalize))
+        return np.concatenate(parts)
 
     def template_for(
         self,
