@@ -17,7 +17,7 @@ import torch
 from embedsvc.engine import attention
 from embedsvc.engine.batching import plan_batches
 from embedsvc.engine.deterministic import DEFAULT_TILE_ROWS, FixedTileLinear, make_batch_invariant
-from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template
+from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template, trim_heap
 from embedsvc.engine.onnx_int8 import load_int8
 from embedsvc.engine.pooling import finalize, pool_packed, pool_padded, sqrt_len_scale
 from embedsvc.engine.threads import apply_threads, resolve_threads
@@ -50,6 +50,8 @@ _ENGINE_OPTIONS = (
 
 # tokens per forward pass: big batches feed a GPU; on CPU smaller ones stay in cache (measured faster)
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 16384}
+# forward(): more sequences than this (a huge chunked text) and freed memory is handed back after
+TRIM_AFTER_SEQUENCES = 2048
 # embed(): texts per slice when the next slice is tokenized while the current one runs
 OVERLAP_TEXTS = 512
 # ONNX Runtime's int8 kernels: padded batches of 1024 tokens ran 20 % faster than 4096 (2 000 texts)
@@ -498,6 +500,8 @@ class Embedder:
             for linear, activation in self._dense:
                 pooled = activation(linear(pooled))
             out[torch.tensor(batch, device=self.device)] = pooled
+        if len(encoded) > TRIM_AFTER_SEQUENCES:
+            trim_heap()  # a huge input's batches freed: their memory back to the system
         return out
 
     def _forward_padded(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:

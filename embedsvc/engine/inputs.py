@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import ctypes
 import functools
 import itertools
 from collections.abc import Sequence
@@ -170,6 +171,8 @@ class InputEncoder:
                 if pieces_ids is not None:
                     ids, special = pieces_ids
                     results[i] = self._fit_plain(ids, special, first_index + i, truncation, chunked, False)
+            if len(todo) != sum(r is None for r in results):
+                trim_heap()  # the pieces' transient memory back to the system, not kept for the next
             todo = [i for i in todo if results[i] is None]
         while todo:
             pieces = [_cut(items[i], limit, truncation) for i in todo]
@@ -623,3 +626,18 @@ def _split_point(text: str, target: int) -> int | None:
         if text[k] == " " and not text[k - 1].isspace() and not text[k + 1].isspace():
             return k
     return None
+
+
+@functools.cache
+def _libc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it per thread arena otherwise)."""
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
