@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from embedsvc import wire
-from embedsvc.wire import embeddings as decode_response
 from embedsvc.engine.pooling import pool_packed
 from embedsvc.engine.threads import apply_threads, resolve_threads
 from embedsvc.errors import InvalidInputError
 from embedsvc.v1 import embedding_pb2 as pb
+from embedsvc.wire import embeddings as decode_response
 
 
 def _reference(vectors: np.ndarray, tokens: list[int]) -> pb.EmbedResponse:
