@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from embedsvc.errors import FailedPreconditionError
+from embedsvc.pipeline.batching import Batch
 from embedsvc.pipeline.options import BuildOptions
 from embedsvc.pipeline.sinks import PipelineStopped
 
@@ -88,6 +89,19 @@ class Checkpoint:
                 "to rebuild the index with the new ones"
             )
         self.files, self.totals = data["files"], {"truncated": 0, **data["totals"]}  # older: no truncated
+
+    def record(self, batch: Batch) -> None:
+        """A batch the destination stored: the file position it reached and its counts, saved."""
+        self.files[batch.source] = batch.next_position
+        for key, value in (
+            ("documents", batch.documents),
+            ("chunks", len(batch.ids)),
+            ("tokens", batch.tokens),
+            ("rejected", len(batch.rejects)),
+            ("truncated", batch.truncated),
+        ):
+            self.totals[key] += value
+        self.save()
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

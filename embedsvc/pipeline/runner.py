@@ -66,16 +66,7 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
                     with open(rejects_path, "a", encoding="utf-8") as handle:
                         for reject in batch.rejects:
                             handle.write(json.dumps(reject) + "\n")
-                checkpoint.files[batch.source] = batch.next_position
-                for key, value in (
-                    ("documents", batch.documents),
-                    ("chunks", len(batch.ids)),
-                    ("tokens", batch.tokens),
-                    ("rejected", len(batch.rejects)),
-                    ("truncated", batch.truncated),
-                ):
-                    checkpoint.totals[key] += value
-                checkpoint.save()
+                checkpoint.record(batch)
                 summary.documents_this_run += batch.documents
                 summary.tokens_this_run += batch.tokens
                 progress.update(batch.documents, batch.tokens)
