@@ -78,6 +78,11 @@ class ServerConfig:
     max_queue_tokens: int = 2_000_000
     max_queue_seconds: float = 20.0  # work queued per model, in seconds of its measured throughput
     max_streams: int = 256  # EmbedStreams open at once
+    # HTTP: seconds a connection may sit without a request in progress (headers, keep-alive), and
+    # connections open at once (None: a quarter of the process's file descriptor limit, at most 1024)
+    http_idle_timeout_s: float = 10.0
+    max_http_connections: int | None = None
+    max_filter_leaves: int = 16_384  # conditions + listed values in one search filter
     batch_wait_ms: float = 2.0
     grace_period_s: float = 10.0
     tokenizer_threads: int = 2
@@ -117,9 +122,14 @@ class ServerConfig:
             "max_queue_requests",
             "max_queue_tokens",
             "max_streams",
+            "max_filter_leaves",
         ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1", field=name)
+        if self.max_http_connections is not None and self.max_http_connections < 1:
+            raise InvalidInputError("max_http_connections must be at least 1", field="max_http_connections")
+        if not self.http_idle_timeout_s > 0:
+            raise InvalidInputError("http_idle_timeout_s must be above 0", field="http_idle_timeout_s")
         if not self.max_queue_seconds > 0:
             raise InvalidInputError("max_queue_seconds must be above 0", field="max_queue_seconds")
         assert self.max_text_bytes is not None and self.max_request_bytes is not None

@@ -25,11 +25,13 @@ class InvalidInputError(EmbedsvcError, ValueError):
 class TextTooLongError(InvalidInputError):
     """A text exceeds the model's max length while truncation is ``"none"``."""
 
-    def __init__(self, index: int, n_tokens: int, limit: int) -> None:
+    # how to ask for truncation, in the words of the door the request came through
+    REMEDY = "pass truncation='end' (keep the start), 'start' (keep the end) or enable chunked mode"
+
+    def __init__(self, index: int, n_tokens: int, limit: int, remedy: str = REMEDY) -> None:
         super().__init__(
             f"input {index} has {n_tokens} tokens, more than the model's limit of {limit}; "
-            "shorten it, or pass truncation='end' (keep the start), 'start' (keep the end) "
-            "or enable chunked mode",
+            f"shorten it, or {remedy}",
             field="inputs",
         )
         self.index = index
@@ -54,15 +56,30 @@ class ModelNotFoundError(EmbedsvcError, LookupError):
 
 
 class OverloadedError(EmbedsvcError):
-    """A bounded queue is full, or a request is over a size limit (maps to RESOURCE_EXHAUSTED)."""
+    """A bounded queue is full, or a request is over a size limit (maps to RESOURCE_EXHAUSTED).
+
+    ``retry_after_s`` is how long the caller should wait before retrying; the doors send it (gRPC
+    trailing metadata ``retry-after-ms``, HTTP ``Retry-After``)."""
+
+    DEFAULT_RETRY_AFTER_S = 1.0
+
+    def __init__(self, message: str, *, retry_after_s: float = DEFAULT_RETRY_AFTER_S) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class StorageFullError(EmbedsvcError):
     """The disk holding an index is full; nothing was written (maps to RESOURCE_EXHAUSTED)."""
 
+    retry_after_s = 10.0  # an operator has to free space: retrying at once is pointless
+
 
 class UnavailableError(EmbedsvcError):
-    """The service is loading or draining (maps to UNAVAILABLE)."""
+    """The service is loading or draining (maps to UNAVAILABLE); ``retry_after_s`` when known."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class IndexNotFoundError(EmbedsvcError, LookupError):

@@ -7,3 +7,7 @@ torch, transformers, numpy. Never grpc or generated code (``embedsvc.v1``), ``wi
 ``server/``, ``index/``, ``pipeline/``, ``cli/`` or ``config``: callers hand it plain values and get
 numpy arrays back (``tests/test_layering.py`` pins this).
 """
+
+from embedsvc.engine.threads import default_wait_policy
+
+default_wait_policy()  # before any engine module imports torch (engine/threads.py says why)

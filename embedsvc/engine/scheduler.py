@@ -10,7 +10,9 @@ Overload is refused early and fairly:
   The queue is bounded in **seconds of work** on this machine (tokens / the measured forward
   throughput), so a refusal (RESOURCE_EXHAUSTED) comes in microseconds instead of after minutes
   in a queue. A caller (tenant: a connection or an API key) still under its fair share of the queue
-  is admitted even when the queue is full, so one heavy caller cannot lock light ones out.
+  is admitted even when the queue is full, so one heavy caller cannot lock light ones out; a caller
+  alone on the model is never refused by this bound (it would be refused for its own earlier work).
+  Every refusal carries ``retry_after_s``: about how long until the request would fit.
 * batches are filled round-robin across tenants, one sequence each in turn: a light caller's
   request rides in the next batch instead of waiting behind a flood.
 * deadlines and cancellations drop a request's remaining work, started or not.
@@ -32,6 +34,8 @@ from embedsvc.engine.inputs import EncodedInput
 from embedsvc.errors import EmbedsvcError, OverloadedError, UnavailableError
 
 DEFAULT_TENANT = "-"
+MIN_RETRY_AFTER_S = 0.05  # a retry hint below this would only invite a busy loop of refusals
+MAX_RETRY_AFTER_S = 30.0
 
 
 class DeadlineExceededError(EmbedsvcError, TimeoutError):
@@ -125,6 +129,10 @@ class BatchScheduler:
         """Estimated seconds of work admitted and not yet done."""
         return sum(self._admitted.values()) / self.tokens_per_second
 
+    def _drain_seconds(self, tokens: int) -> float:
+        """A retry hint: how long the model takes to work through ``tokens``, within sane bounds."""
+        return min(max(tokens / self.tokens_per_second, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
+
     def start(self) -> None:
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"scheduler-{self.name}")
@@ -134,23 +142,27 @@ class BatchScheduler:
         """Reserve room for a request before it is tokenized; OverloadedError (at once) if there is none.
 
         A tenant under its fair share (the queue bound divided among the tenants with work) is always
-        admitted, and so is anything while nothing else is admitted; others only while the whole queue
-        stays under ``max_queue_seconds``."""
+        admitted, and so is a tenant alone on the model (nobody else has work admitted): its own earlier
+        requests are what it waits on, so it is queued, bounded by its deadline, never refused. Others
+        are admitted only while the whole queue stays under ``max_queue_seconds``. A refusal says how
+        long to wait: about the time the queue needs to drain to where this request fits."""
         if self._closed:
             raise UnavailableError(f"model {self.name} is shutting down")
         rate = self.tokens_per_second
         total = sum(self._admitted.values())
-        active = len([t for t, n in self._admitted.items() if n > 0 and t != tenant]) + 1
-        fair_share = self.max_queue_seconds / active
+        others = [t for t, n in self._admitted.items() if n > 0 and t != tenant]
+        fair_share = self.max_queue_seconds / (len(others) + 1)
         own = (self._admitted[tenant] + estimated_tokens) / rate
         # an idle model takes any request, however big: the bound is on waiting, not on size
-        if total and (total + estimated_tokens) / rate > self.max_queue_seconds and own > fair_share:
+        over = (total + estimated_tokens) / rate - self.max_queue_seconds
+        if others and over > 0 and own > fair_share:
             self.stats.rejected_requests += 1
             held = self._admitted[tenant] / rate
             raise OverloadedError(
                 f"model {self.name} has about {total / rate:.1f}s of work queued (max_queue_seconds="
                 f"{self.max_queue_seconds:g}) and this caller already holds {held:.1f}s of it; "
-                "retry with backoff, or send smaller requests"
+                "retry after the hinted delay, or send smaller requests",
+                retry_after_s=min(max(over, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S),
             )
         self._admitted[tenant] += estimated_tokens
         try:
@@ -174,14 +186,17 @@ class BatchScheduler:
             self.stats.rejected_requests += 1
             raise OverloadedError(
                 f"model {self.name} has {self._queued_requests} requests queued, the limit "
-                f"(max_queue_requests={self.max_queue_requests}); retry with backoff"
+                f"(max_queue_requests={self.max_queue_requests}); retry after the hinted delay",
+                retry_after_s=self._drain_seconds(self._queued_tokens),
             )
+        # hard memory bounds, for lone tenants too (the bound in seconds, in admit, spares them)
         if self._queued_tokens + tokens > self.max_queue_tokens and self._queued_requests:
             self.stats.rejected_requests += 1
             raise OverloadedError(
                 f"model {self.name} has {self._queued_tokens} tokens queued; this request's {tokens} "
                 f"would pass the limit (max_queue_tokens={self.max_queue_tokens}); "
-                "retry with backoff or send less"
+                "retry after the hinted delay, or send less",
+                retry_after_s=self._drain_seconds(self._queued_tokens + tokens - self.max_queue_tokens),
             )
         now = loop.time()
         if timeout is not None and timeout <= 0:

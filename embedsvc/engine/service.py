@@ -203,6 +203,11 @@ class ModelService:
     def tokenizer(self) -> Any:
         return self._embedder.tokenizer
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids of the tokenizer's special tokens (CLS, SEP, EOS, ...), for doors that mark them."""
+        return frozenset(self._embedder.tokenizer.all_special_ids)
+
     # ------------------------------------------------------------- requests
     def _validate(self, options: EmbedOptions) -> None:
         if options.truncation not in TRUNCATIONS:

@@ -22,6 +22,7 @@ from embedsvc.server.embedding import EmbeddingServicer
 from embedsvc.server.index import IndexServicer
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry
+from embedsvc.server.rpc import MalformedRequestInterceptor
 from embedsvc.v1 import embedding_pb2, embedding_pb2_grpc, index_pb2, index_pb2_grpc
 
 log = logging.getLogger("embedsvc.server")
@@ -47,7 +48,9 @@ class EmbedServer:
     async def start(self) -> int:
         """Listen at once (health NOT_SERVING), then load models and switch to SERVING."""
         limit = self.config.max_message_bytes
-        interceptors = [ApiKeyInterceptor(self.config.api_keys)] if self.config.api_keys else []
+        interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
+        if self.config.api_keys:
+            interceptors.insert(0, ApiKeyInterceptor(self.config.api_keys))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -104,7 +107,14 @@ class EmbedServer:
             cert, key = self.config.tls_cert, self.config.tls_key
             tls = (cert, key) if cert and key else None
             self.http_port = await self._http.enter_async_context(
-                serve_http(app, self.config.host, self.config.http_port, tls)
+                serve_http(
+                    app,
+                    self.config.host,
+                    self.config.http_port,
+                    tls,
+                    idle_timeout=self.config.http_idle_timeout_s,
+                    max_connections=self.config.max_http_connections,
+                )
             )
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_port, self.config.host)

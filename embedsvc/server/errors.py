@@ -44,6 +44,21 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+RETRY_AFTER_MS = "retry-after-ms"  # trailing metadata: how long to wait before retrying, decimal ms
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds a refused caller should wait before retrying, when the error says (overload, loading)."""
+    value = getattr(exc, "retry_after_s", None)
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def retry_metadata(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """The retry hint as trailing metadata (``retry-after-ms``), or nothing."""
+    seconds = retry_after_s(exc)
+    return () if seconds is None else ((RETRY_AFTER_MS, str(max(1, round(seconds * 1000)))),)
+
+
 def message_for(exc: BaseException) -> str:
     field = getattr(exc, "field", None)
     text = str(exc)

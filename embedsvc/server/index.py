@@ -40,6 +40,32 @@ def _damaged(metrics: Metrics) -> set[str]:
     return {sample.labels["index"] for family in metrics.index_damaged.collect() for sample in family.samples}
 
 
+def check_filter_size(where: pb.Filter, max_leaves: int) -> None:
+    """InvalidInputError when a filter holds more than ``max_leaves`` conditions and listed values;
+    stops counting there, so the check costs at most that many steps."""
+    leaves = 0
+    stack = [where]
+    while stack:
+        node = stack.pop()
+        which = node.WhichOneof("condition")
+        if which == "field":
+            match = node.field.WhichOneof("match")
+            leaves += len(getattr(node.field, match).values) if match in ("in", "not_in") else 1
+        elif which is not None:
+            children = getattr(node, which).filters
+            leaves += 1 if not children else 0
+            if len(children) + len(stack) + leaves <= max_leaves:  # len() first: O(1) on a huge list
+                stack.extend(children)
+            else:
+                leaves = max_leaves + 1
+        if leaves > max_leaves:
+            raise InvalidInputError(
+                f"the filter holds more than {max_leaves} conditions and listed values (max_filter_leaves): "
+                "narrow it, or split the search",
+                field="where",
+            )
+
+
 class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
     def __init__(
         self,
@@ -58,6 +84,8 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
         return self.registry.serving(collection.spec.model_source)
 
     def _require_model(self, collection: Collection) -> ModelService:
+        if self.registry.state != "serving":
+            self.registry.get("")  # UNAVAILABLE while loading or draining: the model may yet be served
         served = self._model_for(collection)
         if served is None:
             raise FailedPreconditionError(
@@ -237,9 +265,18 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 field="vector" if what == "vector" else "vectors",
             )
 
+    async def _search_options(self, request: pb.SearchRequest | pb.SearchBatchRequest) -> dict[str, Any]:
+        """The filters, ef_search and nprobe: converted on a thread, after a bounded check of their size
+        (a 10 MB filter once held the event loop, /health included, for 11 s)."""
+        return await asyncio.to_thread(self._convert_search_options, request, self.config.max_filter_leaves)
+
     @staticmethod
-    def _search_options(request: pb.SearchRequest | pb.SearchBatchRequest) -> dict[str, Any]:
+    def _convert_search_options(
+        request: pb.SearchRequest | pb.SearchBatchRequest, max_leaves: int
+    ) -> dict[str, Any]:
         """k, the filters (the equality map and `where`, both must hold), ef_search and nprobe."""
+        if request.HasField("where"):
+            check_filter_size(request.where, max_leaves)
         where = wire.filter_from_proto(request.where) if request.HasField("where") else None
         return {
             "filter": wire.from_metadata(request.filter),
@@ -257,7 +294,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         async def work() -> pb.SearchResponse:
             collection = self.manager.get(request.index)
-            options = self._search_options(request)
+            options = await self._search_options(request)
             which = request.WhichOneof("query")
             if which is None:
                 raise InvalidInputError("set exactly one of text or vector", field="query")
@@ -277,7 +314,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
     ) -> pb.SearchBatchResponse:
         async def work() -> pb.SearchBatchResponse:
             collection = self.manager.get(request.index)
-            options = self._search_options(request)
+            options = await self._search_options(request)
             texts, vectors = list(request.texts), request.vectors
             if bool(texts) == bool(vectors):
                 raise InvalidInputError("set texts or vectors (one of them, not empty)", field="query")

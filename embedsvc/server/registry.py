@@ -91,7 +91,8 @@ class ModelRegistry:
     def get(self, name: str) -> ModelService:
         if self.state == "loading":
             raise UnavailableError(
-                "models are still loading; retry shortly (health reports SERVING when ready)"
+                "models are still loading; retry shortly (health reports SERVING when ready)",
+                retry_after_s=1.0,
             )
         if self.state == "draining":
             raise UnavailableError("the server is shutting down; retry on another replica")
