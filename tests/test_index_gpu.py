@@ -158,9 +158,11 @@ def test_device_settings():
     assert gpu.resolve_device("gpu:1", two_gpus) == 1 and gpu.resolve_device("gpu", two_gpus) == 0
     with pytest.raises(InvalidInputError, match="has 2 GPU"):
         gpu.resolve_device("gpu:2", two_gpus)
+    from embedsvc.server.preflight import check_before_start  # config holds the value; preflight checks it
+
     for bad in ("cuda", "auto:1", "gpu:x", ""):
         with pytest.raises(InvalidInputError, match="expected auto, cpu, gpu or gpu:N"):
-            ServerConfig(index_device=bad)
+            check_before_start(ServerConfig(index_device=bad, port=0, http=False))
 
 
 @pytest.mark.skipif(gpu.gpu_count(faiss) > 0, reason="this faiss has GPUs")

@@ -20,12 +20,12 @@ from embedsvc.engine.deterministic import DEFAULT_TILE_ROWS, FixedTileLinear, ma
 from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template, trim_heap
 from embedsvc.engine.onnx_int8 import load_int8
 from embedsvc.engine.pooling import finalize, pool_packed, pool_padded, sqrt_len_scale
+from embedsvc.engine.recipe import Recipe, describe_recipe
 from embedsvc.engine.threads import apply_threads, resolve_threads
 from embedsvc.errors import InvalidInputError
 from embedsvc.models.dtypes import DTYPE_ALIASES
 from embedsvc.models.loading import LoadedModel, load_model
 from embedsvc.models.profiles import CONVERSION_TEMPLATES, ICL_EXAMPLE_TEMPLATE, select_profile
-from embedsvc.models.recipe import Recipe, describe_recipe
 from embedsvc.models.settings import SETTING_OPTIONS, ModelSettings, resolve_settings
 from embedsvc.models.st_files import DenseLayer
 from embedsvc.models.tokens import TokenizerFacts, probe_tokenizer
