@@ -219,7 +219,14 @@ class Indexes:
         """Write embedded items (a [n, dimension] array): the same checks as ``upsert``'s vectors."""
         collection = self.manager.get(index)
         self.check_batch(len(ids), "items")
-        count = await asyncio.to_thread(collection.upsert, list(ids), vectors, list(metadata))
+        array = np.asarray(vectors, dtype=np.float32)
+        if array.ndim == 2 and len(ids) and array.shape[1] != collection.spec.dimension:
+            raise InvalidInputError(  # every row has this width: item 0 is named, as upsert does
+                f"item 0 ({ids[0]!r}): vector has {array.shape[1]} dimensions, the index "
+                f"{collection.spec.dimension}",
+                field="vector",
+            )
+        count = await asyncio.to_thread(collection.upsert, list(ids), array, list(metadata))
         return len(ids), count
 
     async def delete(self, index: str, ids: Sequence[str]) -> tuple[int, int]:
