@@ -166,6 +166,14 @@ class Indexes:
     def drop(self, name: str) -> None:
         self.manager.delete(name)
 
+    def collection(self, name: str) -> Collection:
+        """The open index ``name``: NOT_FOUND if none, DATA_LOSS if damaged."""
+        return self.manager.get(name)
+
+    def damage(self, name: str) -> Exception | None:
+        """What is wrong with a damaged index (None: not damaged)."""
+        return self.manager.broken.get(name)
+
     def exists(self, name: str) -> bool:
         return name in self.manager.collections or name in self.manager.broken
 

@@ -79,7 +79,7 @@ class LocalSink:
             self.indexes.drop(self.index)
         if not self.indexes.exists(self.index):
             self.indexes.create(self.index, "", metric=self.metric, kind=self.kind)
-        spec = self.manager.get(self.index).spec
+        spec = self.indexes.collection(self.index).spec
         if spec.model_source != self.model.source:
             raise PipelineStopped(
                 f"index {self.index!r} was built with model {spec.model_source}, "

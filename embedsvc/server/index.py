@@ -126,10 +126,10 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
 
     async def DescribeIndex(self, request: pb.DescribeIndexRequest, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> pb.IndexInfo:
-            damage = self.manager.broken.get(request.name)
+            damage = self.indexes.damage(request.name)
             if damage is not None:  # described, not raised: the caller learns what is wrong
                 return pb.IndexInfo(name=request.name, status=f"error: {damage}")
-            return self._info(self.indexes.describe(self.manager.get(request.name)))
+            return self._info(self.indexes.describe(self.indexes.collection(request.name)))
 
         return await self._guard("DescribeIndex", "", context, work)
 
@@ -185,7 +185,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         async def work() -> pb.SearchResponse:
-            self.manager.get(request.index)  # an unknown index is named before a bad filter
+            self.indexes.collection(request.index)  # an unknown index is named before a bad filter
             which = request.WhichOneof("query")
             hits = await self.indexes.search(
                 request.index,
@@ -203,7 +203,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
         self, request: pb.SearchBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchBatchResponse:
         async def work() -> pb.SearchBatchResponse:
-            self.manager.get(request.index)  # an unknown index is named before a bad filter
+            self.indexes.collection(request.index)  # an unknown index is named before a bad filter
             results = await self.indexes.search_many(
                 request.index,
                 self._search_options(request),
