@@ -16,8 +16,8 @@ import pytest
 
 from embedsvc.config import ServerConfig
 from embedsvc.errors import InvalidInputError
-from embedsvc.index import collection as collection_module
 from embedsvc.index import gpu
+from embedsvc.index import store as store_module
 from embedsvc.index.ann import AnnParams
 from embedsvc.index.collection import Collection, IndexSpec
 from embedsvc.index.manager import IndexManager
@@ -181,7 +181,7 @@ def test_real_gpu_copy(kind):
 
 
 def test_a_failing_gpu_copy_never_fails_a_write(stand_in_gpu, monkeypatch):
-    monkeypatch.setattr(collection_module, "BULK_BLOCK", 1)  # writes go to faiss and the copy at once
+    monkeypatch.setattr(store_module, "BULK_BLOCK", 1)  # writes go to faiss and the copy at once
     exact, mirrored = pair("flat", 0)
     data = vectors(100, 1)
     for c in (exact, mirrored):
