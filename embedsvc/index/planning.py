@@ -14,7 +14,7 @@ from embedsvc.index.ann import MAX_EF_SEARCH, MAX_K
 from embedsvc.index.filters import Condition, both, parse_filter
 from embedsvc.index.metadata import labels_array
 from embedsvc.index.spec import Hit
-from embedsvc.index.store import Store, _copied, check_vectors
+from embedsvc.index.store import Store, check_vectors, copied_metadata
 
 # a filter matching at most this many items is searched exactly over them (a gather and one matrix
 # product beat faiss walking a graph or every list for the few that pass); larger ones go to faiss
@@ -238,7 +238,7 @@ class SearchPlanner(Store):
     def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
         return [
             [
-                Hit(self._id_of[label], score, _copied(self._metadata[label]))
+                Hit(self._id_of[label], score, copied_metadata(self._metadata[label]))
                 for label, score in zip(row_labels.tolist(), row_scores.tolist(), strict=True)
             ]
             for row_labels, row_scores in zip(labels, scores, strict=True)

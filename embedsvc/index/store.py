@@ -84,7 +84,7 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, _METADATA_TYPES) and not (isinstance(value, float) and not math.isfinite(value))
 
 
-def _copied(metadata: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+def copied_metadata(metadata: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
     """A caller's copy: changing a returned list must not change the stored item."""
     return {k: list(v) if isinstance(v, list) else v for k, v in metadata.items()}
 
@@ -293,7 +293,9 @@ class Store:
                 if label is None:
                     missing.append(item_id)
                 else:
-                    found.append((item_id, self._matrix[label].copy(), _copied(self._metadata[label])))
+                    found.append(
+                        (item_id, self._matrix[label].copy(), copied_metadata(self._metadata[label]))
+                    )
             return found, missing
 
     def describe(self) -> dict[str, Any]:
