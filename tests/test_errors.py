@@ -8,6 +8,7 @@ import os
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -101,6 +102,22 @@ def test_each_door_has_one_row_per_category_and_says_what_the_contract_says():
         assert grpc_errors.CODES[category] == code
         assert ((row.status, row.openai), (row.tei_status, row.tei)) == (openai, tei)
         assert failures.EXIT_CODES[category] == exit_code
+
+
+def test_the_documented_table_is_the_code_s():
+    page = (Path(__file__).parent.parent / "docs" / "serving.md").read_text()
+    rows = {}
+    for line in page.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in {c.value for c in Category}:
+            openai, tei = cells[3].split(), cells[4].split()
+            rows[Category(cells[0])] = (
+                C[cells[2]],
+                (int(openai[0]), openai[1]),
+                (int(tei[0]), tei[1]),
+                int(cells[5]),
+            )
+    assert rows == DOORS
 
 
 def test_foreign_exceptions_keep_their_meaning():
