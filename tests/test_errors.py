@@ -218,3 +218,16 @@ def test_a_deadline_passed_in_process_is_exit_5_not_a_bug():
     # before categories the CLI had no row for DeadlineExceededError: exit 1, "internal error"
     message, code = failures.describe(errors.DeadlineExceededError("deadline passed after 2.000s"))
     assert (message, code) == ("deadline passed after 2.000s", 5)
+
+
+def test_a_missing_extra_is_its_own_class_and_still_an_import_error():
+    from embedsvc.stores.base import needs
+
+    with pytest.raises(errors.MissingExtraError) as caught:
+        needs("embedsvc_no_such_module", "qdrant")
+    assert isinstance(caught.value, ImportError)  # callers catching ImportError still do
+    assert failures.describe(caught.value) == (
+        "this store needs embedsvc_no_such_module: pip install 'embedsvc[qdrant]'",
+        10,
+    )
+    assert grpc_errors.status_for(caught.value) == C.FAILED_PRECONDITION

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedsvc.errors import InvalidInputError
+from embedsvc.errors import InvalidInputError, MissingExtraError
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "text")
 
@@ -176,7 +176,9 @@ def read_records(path: Path, options: ReaderOptions) -> Iterator[Record]:
         try:
             import pyarrow.parquet as pq
         except ImportError as exc:
-            raise ImportError("reading Parquet needs pyarrow: pip install 'embedsvc[pipeline]'") from exc
+            raise MissingExtraError(
+                "reading Parquet needs pyarrow: pip install 'embedsvc[pipeline]'"
+            ) from exc
         number = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
             for row in batch.to_pylist():
