@@ -1,5 +1,10 @@
 """Server and model configuration: frozen dataclasses, from one merge of every source.
 
+Plain values only: this module imports no embedsvc subpackage, so anything may read a config. A
+check that needs faiss, torch or a checkpoint lives with what it checks and runs before a server
+starts (``server/preflight.py``): the index device against the installed faiss, dtypes and devices
+against torch.
+
 Precedence, lowest first: the defaults below < the config file's ``[server]`` table < environment
 variables ``EMBEDSVC_<KEY>`` (e.g. ``EMBEDSVC_HOST``, ``EMBEDSVC_TLS_CERT``) < command-line flags. A
 flag that was not given never overrides. API keys are the one exception: the keys of every source
@@ -41,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 from embedsvc.errors import InvalidInputError
-from embedsvc.index.gpu import check_device_setting
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,9 @@ class ServerConfig:
     data_dir: str | None = None  # index collections live here; None = in memory, lost on exit
     index_fsync: bool = True  # fsync the write-ahead log before acknowledging writes
     snapshot_every: int = 5000  # log records between snapshots
-    index_device: str = "auto"  # auto | cpu | gpu | gpu:N: where FAISS answers unfiltered searches
+    # auto | cpu | gpu | gpu:N: where FAISS answers unfiltered searches (checked by the index, which
+    # knows the GPUs its faiss has, and by server/preflight.py before a server starts)
+    index_device: str = "auto"
     models: tuple[ModelConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -146,7 +152,6 @@ class ServerConfig:
                 "an API key contains a comma or starts/ends with whitespace; no client could send it",
                 field="api_keys",
             )
-        check_device_setting(self.index_device)
         names = [m.name for m in self.models if m.name]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -242,6 +242,8 @@ def embed_requests(
 def embeddings(response: pb.EmbedResponse) -> np.ndarray:
     """An EmbedResponse's vectors as float32 ``[n, dimensions]``, whatever its encoding."""
     dims = response.dimensions
+    if response.encoding in (pb.ENCODING_UNSPECIFIED, pb.ENCODING_FLOAT32):
+        return float32_rows(response)  # each row's bytes read by numpy
     rows = []
     for item in response.embeddings:
         if response.encoding == pb.ENCODING_FLOAT16:
@@ -621,3 +623,90 @@ def filter_from_proto(message: ipb.Filter, depth: int = 0) -> dict[str, Any]:
     else:
         spec = field_condition.exists
     return {key: {match: spec}}
+
+
+# ----------------------------------------------------------------- float32 embeddings as arrays
+# An Embedding with float32 values is, on the wire, field 1 (packed floats: the array's little-endian
+# bytes) then field 4 (tokens, a varint). Responses are built from the [n, d] array in one pass and
+# parsed by protobuf's own C code; clients read each row's bytes back with numpy. No per-element Python.
+_VARINT_WIDTH = 5  # a uint32 as a fixed 5-byte varint: protobuf parsers accept non-minimal varints
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+def pack_float32_embeddings(vectors: np.ndarray, token_counts: Sequence[int]) -> bytes:
+    """Serialized ``repeated Embedding embeddings = 3`` entries (float32 values + tokens), ready for
+    ``EmbedResponse.MergeFromString``: every row laid out by numpy, the same bytes width for each."""
+    rows = np.ascontiguousarray(vectors, dtype="<f4")
+    n, dims = rows.shape
+    values_head = b"\x0a" + _varint(4 * dims)
+    body_len = len(values_head) + 4 * dims + 1 + _VARINT_WIDTH
+    head = b"\x1a" + _varint(body_len) + values_head
+    out = np.empty((n, len(head) + body_len - len(values_head)), dtype=np.uint8)
+    out[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
+    out[:, len(head) : len(head) + 4 * dims] = rows.view(np.uint8).reshape(n, 4 * dims)
+    tokens = np.asarray(token_counts, dtype=np.uint64).reshape(n)
+    out[:, -_VARINT_WIDTH - 1] = 0x20  # field 4, varint
+    for k in range(_VARINT_WIDTH):
+        byte = (tokens >> np.uint64(7 * k)) & np.uint64(0x7F)
+        out[:, -_VARINT_WIDTH + k] = byte | np.uint64(0x80 if k < _VARINT_WIDTH - 1 else 0)
+    return out.tobytes()
+
+
+def embed_response(
+    *,
+    request_id: str,
+    model: str,
+    vectors: np.ndarray,
+    token_counts: Sequence[int],
+    encoding: pb.Encoding,
+    total_tokens: int,
+) -> pb.EmbedResponse:
+    """The EmbedResponse for ``vectors`` (float32 [n, d]) in ``encoding``: float32 rows packed in
+    bulk; the byte encodings (float16, int8, binary) one ``data`` field per row."""
+    response = pb.EmbedResponse(
+        id=request_id,
+        model=model,
+        dimensions=vectors.shape[1],
+        encoding=encoding,
+        usage=pb.Usage(total_tokens=total_tokens, inputs=len(token_counts)),
+    )
+    if encoding == pb.ENCODING_FLOAT32:
+        if len(token_counts):
+            response.MergeFromString(pack_float32_embeddings(vectors, token_counts))
+        return response
+    add = response.embeddings.add
+    for vector, n_tokens in zip(vectors, token_counts, strict=True):
+        if encoding == pb.ENCODING_FLOAT16:
+            add(data=codecs.encode_float16(vector), tokens=n_tokens)
+        elif encoding == pb.ENCODING_INT8:
+            data, scale = codecs.encode_int8(vector)
+            add(data=data, scale=scale, tokens=n_tokens)
+        else:
+            add(data=codecs.encode_binary(vector), tokens=n_tokens)
+    return response
+
+
+def float32_rows(response: pb.EmbedResponse) -> np.ndarray:
+    """The float32 values of every embedding as one [n, dimensions] array, read from each row's
+    serialized bytes (protobuf writes field 1 first: tag, length, the floats)."""
+    dims = response.dimensions
+    out = np.empty((len(response.embeddings), dims), dtype=np.float32)
+    head = b"\x0a" + _varint(4 * dims)
+    for i, item in enumerate(response.embeddings):
+        raw = item.SerializeToString()
+        if dims and raw.startswith(head) and len(raw) >= len(head) + 4 * dims:
+            out[i] = np.frombuffer(raw, dtype="<f4", count=dims, offset=len(head))
+        elif len(item.values) == dims:  # no values (dims 0), or an unexpected layout: read them one by one
+            out[i] = np.asarray(item.values, dtype=np.float32)
+        else:
+            raise ValueError(f"embedding {i} has {len(item.values)} values, the response says {dims}")
+    return out

@@ -118,7 +118,9 @@ def test_light_callers_are_served_while_heavy_ones_flood(server):
     for thread in flood:
         thread.join()
     assert not failures, failures
-    assert statistics.median(latencies) < 1.5 and max(latencies) < 5, latencies
+    # generous: starved, the light caller waited ~22 s; on a loaded 2-core machine the median measured
+    # 0.4-2.2 s (the light request waits for the batch in progress, then rides the next one)
+    assert statistics.median(latencies) < 4 and max(latencies) < 15, latencies
     assert refusals and statistics.median(refusals) < 0.2, statistics.median(refusals or [0])
     assert heavy_ok[0] > 0
 

@@ -299,7 +299,7 @@ def test_crash_between_the_steps_of_a_snapshot(tmp_path, monkeypatch, crash_afte
         raise Crash
 
     if crash_after == "snapshot":
-        monkeypatch.setattr("embedsvc.index.collection._write_json", crash)
+        monkeypatch.setattr("embedsvc.index.durability._write_json", crash)
     else:
         monkeypatch.setattr("embedsvc.index.wal.WriteAheadLog.reset", crash)
     with pytest.raises(Crash):

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from embedsvc import wire
 from embedsvc.errors import InvalidInputError
-from embedsvc.index import collection as collection_module
+from embedsvc.index import planning as planning_module
+from embedsvc.index import store as store_module
 from embedsvc.index.collection import Collection, IndexSpec
 from embedsvc.index.filters import parse_filter
 
@@ -130,7 +131,7 @@ def _ids(hits) -> set[str]:
     bulk=st.sampled_from([1, 4, 2048]),  # writes reach faiss at once, in blocks, or stay pending
 )
 def test_filtered_search_matches_the_oracle(items, rewrites, deletes, filter_spec, bulk):
-    with mock.patch.object(collection_module, "BULK_BLOCK", bulk):
+    with mock.patch.object(store_module, "BULK_BLOCK", bulk):
         _check_against_oracle(items, rewrites, deletes, filter_spec)
 
 
@@ -141,7 +142,7 @@ def _check_against_oracle(items, rewrites, deletes, filter_spec):
     c.upsert(ids, rng.standard_normal((len(items), DIM)), items)
     current = dict(zip(ids, items, strict=True))
     query = rng.standard_normal(DIM)
-    with mock.patch.object(collection_module, "EXACT_SCAN_MAX", 0):  # caches this filter's selector
+    with mock.patch.object(planning_module, "EXACT_SCAN_MAX", 0):  # caches this filter's selector
         before = {i for i, meta in current.items() if oracle(meta, filter_spec)}
         assert _ids(c.search(query, len(items), filter=filter_spec)) == before
     for n, meta in rewrites:  # replaced items must leave their old values' bitmaps
@@ -158,7 +159,7 @@ def _check_against_oracle(items, rewrites, deletes, filter_spec):
     exact = c.search(query, k, filter=filter_spec)
     assert _ids(exact) == expected
     assert all(oracle(h.metadata, filter_spec) for h in exact)
-    with mock.patch.object(collection_module, "EXACT_SCAN_MAX", 0):  # faiss with a bitmap selector
+    with mock.patch.object(planning_module, "EXACT_SCAN_MAX", 0):  # faiss with a bitmap selector
         assert _ids(c.search(query, k, filter=filter_spec)) == expected  # the cached one is stale now
         assert _ids(c.search(query, k, filter=filter_spec)) == expected  # and this one reuses it
     # the proto form carries the same condition
@@ -187,7 +188,7 @@ def test_every_operator_on_every_value_matches_the_oracle(use_faiss):
         + [{"a": {"gt": lo, "lte": hi}} for lo in numbers for hi in numbers]
         + [{"a": {"exists": flag}} for flag in (True, False)]
     )
-    with mock.patch.object(collection_module, "EXACT_SCAN_MAX", 0 if use_faiss else 10**9):
+    with mock.patch.object(planning_module, "EXACT_SCAN_MAX", 0 if use_faiss else 10**9):
         for condition in conditions:
             expected = {i for i, meta in zip(ids, items, strict=True) if oracle(meta, condition)}
             found = _ids(c.search(np.ones(DIM), len(items), filter=condition))
@@ -234,7 +235,7 @@ def test_list_values_match_any_element_on_every_operator(use_faiss, tmp_path):
             del c  # a crash: the last items live only in the log
             reopened = Collection.open(folder)
         index = reopened if reopened is not None else c
-        with mock.patch.object(collection_module, "EXACT_SCAN_MAX", 0 if use_faiss else 10**9):
+        with mock.patch.object(planning_module, "EXACT_SCAN_MAX", 0 if use_faiss else 10**9):
             for condition in conditions:
                 expected = {i for i, meta in zip(ids, items, strict=True) if oracle(meta, condition)}
                 found = _ids(index.search(np.ones(DIM), len(items), filter=condition))
@@ -276,7 +277,7 @@ def test_exact_and_faiss_paths_agree_on_scores_and_order():
         queries = rng.standard_normal((5, DIM)).astype(np.float32)
         where = {"g": {"in": [1, 2]}, "price": {"lt": 50}}
         exact = c.search_many(queries, 7, filter=where)
-        with mock.patch.object(collection_module, "EXACT_SCAN_MAX", 0):
+        with mock.patch.object(planning_module, "EXACT_SCAN_MAX", 0):
             via_faiss = c.search_many(queries, 7, filter=where)
         for a, b in zip(exact, via_faiss, strict=True):
             assert [h.id for h in a] == [h.id for h in b]
@@ -316,7 +317,7 @@ def test_approximate_filtered_search_keeps_recall(kind, share):
     queries = rng.standard_normal((40, dim)).astype(np.float32)
     normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     allowed = np.flatnonzero(tags)
-    with mock.patch.object(collection_module, "EXACT_SCAN_MAX", 0):  # force faiss even for 1 %
+    with mock.patch.object(planning_module, "EXACT_SCAN_MAX", 0):  # force faiss even for 1 %
         filtered = c.search_many(queries, 10, filter={"tagged": True})
     assert all(h.metadata == {"tagged": True} for hits in filtered for h in hits)
     filtered_truth = [allowed[np.argsort(-(normed[allowed] @ q))[:10]] for q in queries]
@@ -327,7 +328,7 @@ def test_approximate_filtered_search_keeps_recall(kind, share):
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat", "ivf_pq"])
 def test_batch_search_equals_one_by_one(kind, monkeypatch):
-    monkeypatch.setattr(collection_module, "BULK_BLOCK", 700)
+    monkeypatch.setattr(store_module, "BULK_BLOCK", 700)
     rng = np.random.default_rng(9)
     n, dim = 2000, 16
     vectors = rng.standard_normal((n, dim)).astype(np.float32)

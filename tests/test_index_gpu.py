@@ -16,8 +16,8 @@ import pytest
 
 from embedsvc.config import ServerConfig
 from embedsvc.errors import InvalidInputError
-from embedsvc.index import collection as collection_module
 from embedsvc.index import gpu
+from embedsvc.index import store as store_module
 from embedsvc.index.ann import AnnParams
 from embedsvc.index.collection import Collection, IndexSpec
 from embedsvc.index.manager import IndexManager
@@ -158,9 +158,11 @@ def test_device_settings():
     assert gpu.resolve_device("gpu:1", two_gpus) == 1 and gpu.resolve_device("gpu", two_gpus) == 0
     with pytest.raises(InvalidInputError, match="has 2 GPU"):
         gpu.resolve_device("gpu:2", two_gpus)
+    from embedsvc.server.preflight import check_before_start  # config holds the value; preflight checks it
+
     for bad in ("cuda", "auto:1", "gpu:x", ""):
         with pytest.raises(InvalidInputError, match="expected auto, cpu, gpu or gpu:N"):
-            ServerConfig(index_device=bad)
+            check_before_start(ServerConfig(index_device=bad, port=0, http=False))
 
 
 @pytest.mark.skipif(gpu.gpu_count(faiss) > 0, reason="this faiss has GPUs")
@@ -179,7 +181,7 @@ def test_real_gpu_copy(kind):
 
 
 def test_a_failing_gpu_copy_never_fails_a_write(stand_in_gpu, monkeypatch):
-    monkeypatch.setattr(collection_module, "BULK_BLOCK", 1)  # writes go to faiss and the copy at once
+    monkeypatch.setattr(store_module, "BULK_BLOCK", 1)  # writes go to faiss and the copy at once
     exact, mirrored = pair("flat", 0)
     data = vectors(100, 1)
     for c in (exact, mirrored):

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,23 +94,64 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _run(script_text: str, folder: Path) -> None:
+def _run(script_text: str, folder: Path, **env: str) -> None:
     shutil.copytree(ROOT / "examples", folder / "examples")
     script = folder / "readme.sh"
     script.write_text(script_text)
     out = subprocess.run(
-        ["bash", str(script)], cwd=folder, env=_environment(), capture_output=True, text=True, timeout=900
+        ["bash", str(script)],
+        cwd=folder,
+        env={**_environment(), **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     log = (folder / "server.log").read_text() if (folder / "server.log").exists() else ""
     assert out.returncode == 0, f"{out.stderr[-4000:]}\n--- server log ---\n{log[-3000:]}"
 
 
+class _Competitor:
+    """Another tenant embedding without pause against 127.0.0.1:50051 while the README runs, so the
+    everyday commands meet a full queue and have to slow down instead of failing."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.served = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        from embedsvc.client import EmbedClient
+
+        texts = [f"competing text number {i} about nothing in particular" for i in range(256)]
+        while not self.stop.is_set():
+            try:
+                with EmbedClient("127.0.0.1:50051", timeout=60) as client:
+                    while not self.stop.is_set():
+                        client.embed(texts)
+                        self.served += 1
+            except Exception:  # the README's server starts and stops during the run
+                self.stop.wait(0.5)
+
+
 @pytest.mark.slow
-def test_readme_examples_run(tmp_path):
+@pytest.mark.parametrize("queue", ["default", "small queue, busy"])
+def test_readme_examples_run(tmp_path, queue):
     pytest.importorskip("qdrant_client")
     if not (_port_free(50051) and _port_free(8080)):
         pytest.skip("port 50051 or 8080 (the README's defaults: gRPC, HTTP) is in use here")
-    _run(script_for(all_marked_blocks()), tmp_path)
+    if queue == "default":
+        _run(script_for(all_marked_blocks()), tmp_path)
+    else:
+        # every server setting reads EMBEDSVC_<KEY>: the README's own `embedsvc serve` line gets a queue of
+        # a tenth of a second of work, and another tenant keeps it full
+        competitor = _Competitor()
+        competitor.thread.start()
+        try:
+            _run(script_for(all_marked_blocks()), tmp_path, EMBEDSVC_MAX_QUEUE_SECONDS="0.1")
+        finally:
+            competitor.stop.set()
+            competitor.thread.join(timeout=120)
+        assert competitor.served > 0, "the competing tenant never got through: the test measured nothing"
     # the outputs are what the README says they are
     (one,) = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     assert len(one["embedding"]) == 384

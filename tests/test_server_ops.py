@@ -101,6 +101,10 @@ def limits_server(tmp_path_factory):
     server = ServerProcess(
         "--max-queue-requests",
         "2",
+        # the request-count bound is what these tests exercise; a loaded machine (slow measured speed) must
+        # not make the seconds-of-work bound refuse first
+        "--max-queue-seconds",
+        "100000",
         "--max-message-bytes",
         "100000",
         "--token-budget",

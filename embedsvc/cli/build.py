@@ -201,10 +201,10 @@ def _check_inputs(inputs: list[str]) -> None:
 
 def _saved_documents(options: Any) -> int:
     """Documents the checkpoint holds (0: nothing was written, there is no progress to continue)."""
-    from embedsvc.pipeline.runner import _default_paths
+    from embedsvc.pipeline.checkpoint import default_paths
 
     try:
-        checkpoint, _ = _default_paths(options)
+        checkpoint, _ = default_paths(options)
         return int(json.loads(checkpoint.read_text())["totals"]["documents"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from embedsvc import Embedder
-    from embedsvc.models import recipe as recipe_module
+    from embedsvc.engine import recipe as recipe_module
 
     logging.basicConfig(level=logging.ERROR)  # warnings are part of the output below
     options: dict[str, Any] = {}

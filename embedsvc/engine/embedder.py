@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,15 @@ import torch
 from embedsvc.engine import attention
 from embedsvc.engine.batching import plan_batches
 from embedsvc.engine.deterministic import DEFAULT_TILE_ROWS, FixedTileLinear, make_batch_invariant
-from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template
+from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template, trim_heap
 from embedsvc.engine.onnx_int8 import load_int8
 from embedsvc.engine.pooling import finalize, pool_packed, pool_padded, sqrt_len_scale
+from embedsvc.engine.recipe import Recipe, describe_recipe
+from embedsvc.engine.threads import apply_threads, resolve_threads
 from embedsvc.errors import InvalidInputError
 from embedsvc.models.dtypes import DTYPE_ALIASES
 from embedsvc.models.loading import LoadedModel, load_model
 from embedsvc.models.profiles import CONVERSION_TEMPLATES, ICL_EXAMPLE_TEMPLATE, select_profile
-from embedsvc.models.recipe import Recipe, describe_recipe
 from embedsvc.models.settings import SETTING_OPTIONS, ModelSettings, resolve_settings
 from embedsvc.models.st_files import DenseLayer
 from embedsvc.models.tokens import TokenizerFacts, probe_tokenizer
@@ -41,11 +44,16 @@ _ENGINE_OPTIONS = (
     "quantize",
     "trust_remote_code",
     "base_model",
+    "threads",
 )
 
 
 # tokens per forward pass: big batches feed a GPU; on CPU smaller ones stay in cache (measured faster)
 DEFAULT_TOKEN_BUDGET = {"cpu": 4096, "cuda": 16384}
+# forward(): more sequences than this (a huge chunked text) and freed memory is handed back after
+TRIM_AFTER_SEQUENCES = 2048
+# embed(): texts per slice when the next slice is tokenized while the current one runs
+OVERLAP_TEXTS = 512
 # ONNX Runtime's int8 kernels: padded batches of 1024 tokens ran 20 % faster than 4096 (2 000 texts)
 INT8_TOKEN_BUDGET = 1024
 # int8: the linear layers through ONNX Runtime (engine/onnx_int8.py)
@@ -65,6 +73,7 @@ class EngineOptions:
     deterministic: bool = False
     tile_rows: int = 0  # deterministic mode: rows per fixed GEMM tile
     quantize: str = "none"
+    threads: int | None = None  # intra-op + tokenizer pool size; None: every core (engine/threads.py)
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -127,6 +136,9 @@ class Embedder:
             rstrip_input=settings.rstrip_input,
         )
         self._pad_id = self.tokenizer.pad_token_id or 0
+        # embed() tokenizes the next slice of a long list while the current one runs (measured in
+        # docs/performance.md); off: one tokenizing pass, then the forward
+        self.overlap = True
         # the fused Triton pooling kernel (one program per sequence, no atomics) on CUDA when triton exists
         self._fused_pooling = self.device.type == "cuda" and _triton_available()
         self._takes_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
@@ -162,9 +174,12 @@ class Embedder:
         ``max_batch_size``, ``batching`` (auto/packed/padded), ``attention_backend``,
         ``deterministic`` (bitwise batch-invariant vectors), ``deterministic_tile_rows``,
         ``quantize`` (``"int8"``: int8 linear layers on CPU through ONNX Runtime),
-        ``trust_remote_code``, ``base_model``.
+        ``trust_remote_code``, ``base_model``, ``threads`` (torch's intra-op threads and the
+        tokenizer's pool, process-wide; default every core or ``EMBEDSVC_THREADS``).
         """
         check_options(options, dtype=dtype, device=device)
+        threads = resolve_threads(options.get("threads"))
+        apply_threads(threads)
         loaded = load_model(
             source,
             device=device,
@@ -236,6 +251,7 @@ class Embedder:
             attention_backend=backend,
             deterministic=deterministic,
             tile_rows=tile_rows,
+            threads=threads,
         )
         quantize = options.get("quantize") or "none"
         if quantize != "none":
@@ -323,16 +339,33 @@ class Embedder:
         """Embed ``texts``; returns float32 ``[len(texts), dimensions or self.dimension]``."""
         items = _check_texts(texts)
         self.check_dimensions(dimensions)
-        encoded = self.prepare(
-            items,
-            input_type=input_type,
-            prompt_name=prompt_name,
-            instruction=instruction,
-            truncation=truncation,
-            chunked=chunked,
-        )
-        pooled = self.forward(encoded)
-        return self.combine(pooled, encoded, len(items), dimensions=dimensions, normalize=normalize)
+        self._check_truncation(truncation)
+        template = self.template_for(input_type=input_type, prompt_name=prompt_name, instruction=instruction)
+        step = OVERLAP_TEXTS if self.overlap and len(items) > OVERLAP_TEXTS else max(len(items), 1)
+        starts = range(0, len(items), step)
+
+        def encode(start: int) -> list[EncodedInput]:
+            part = items[start : start + step]
+            return self._encoder.encode(
+                part, template, truncation=truncation, chunked=chunked, first_index=start
+            )
+
+        if len(starts) <= 1:
+            encoded = encode(0) if items else []
+            pooled = self.forward(encoded)
+            return self.combine(pooled, encoded, len(items), dimensions=dimensions, normalize=normalize)
+        # double buffering: the next slice is tokenized (Rust, without the GIL) while this one runs
+        parts = []
+        with ThreadPoolExecutor(1, thread_name_prefix="embed-tokenize") as pool:
+            upcoming = pool.submit(encode, starts[0])
+            for k, start in enumerate(starts):
+                encoded = upcoming.result()
+                if k + 1 < len(starts):
+                    upcoming = pool.submit(encode, starts[k + 1])
+                pooled = self.forward(encoded)
+                n = min(step, len(items) - start)
+                parts.append(self.combine(pooled, encoded, n, dimensions=dimensions, normalize=normalize))
+        return np.concatenate(parts)
 
     def template_for(
         self,
@@ -467,6 +500,8 @@ class Embedder:
             for linear, activation in self._dense:
                 pooled = activation(linear(pooled))
             out[torch.tensor(batch, device=self.device)] = pooled
+        if len(encoded) > TRIM_AFTER_SEQUENCES:
+            trim_heap()  # a huge input's batches freed: their memory back to the system
         return out
 
     def _forward_padded(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
@@ -490,13 +525,17 @@ class Embedder:
         return pool_padded(hidden, mask, self.settings.pooling, starts, ends)
 
     def _forward_packed(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
-        lengths = [len(s.ids) for s in seqs]
-        ids = torch.tensor([t for s in seqs for t in s.ids], dtype=torch.long, device=self.device)
-        positions = torch.cat([torch.arange(n) for n in lengths]).to(self.device) + self._position_offset
-        cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
-        cu[1:] = torch.tensor(lengths).cumsum(0)
-        cu = cu.to(self.device)
-        longest = max(lengths)
+        # ids, positions and boundaries built in bulk (numpy), never token by token in Python
+        lengths = np.fromiter((len(s.ids) for s in seqs), dtype=np.int64, count=len(seqs))
+        total = int(lengths.sum())
+        flat = np.fromiter(itertools.chain.from_iterable(s.ids for s in seqs), dtype=np.int64, count=total)
+        bounds = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=bounds[1:])
+        positions_np = np.arange(total) - np.repeat(bounds[:-1], lengths) + self._position_offset
+        ids = torch.from_numpy(flat).to(self.device)
+        positions = torch.from_numpy(positions_np).to(self.device)
+        cu = torch.from_numpy(bounds.astype(np.int32)).to(self.device)
+        longest = int(lengths.max())
         kwargs: dict[str, Any] = {
             "input_ids": ids[None],
             "position_ids": positions[None],
@@ -625,6 +664,7 @@ def check_options(options: dict[str, Any], *, dtype: Any = None, device: Any = N
             f"unknown attention_backend {backend!r}; choose one of {', '.join(attention.BACKENDS)}",
             field="attention_backend",
         )
+    resolve_threads(options.get("threads"))
     deterministic = bool(options.get("deterministic", False))
     if deterministic and batching == "padded":
         raise InvalidInputError(

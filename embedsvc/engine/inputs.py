@@ -2,23 +2,53 @@
 
 A :class:`Template` is literal text around one or more copies of the input
 (``prompt + "{text}"``; echo embeddings have two copies). The whole string is
-tokenized once with offsets; each token is assigned to the part of the template
-its last character falls in, so truncation can remove tokens of the *input*
-only, never of the prompt, the template or the special tokens.
+tokenized once; each token is assigned to the part of the template its last
+character falls in, so truncation can remove tokens of the *input* only, never
+of the prompt, the template or the special tokens.
+
+Two paths give the same ids (tests/test_inputs_fast.py pins it):
+
+* :meth:`InputEncoder.encode` (the one used): the Rust tokenizer called directly,
+  no offsets for the plain template (text + the tokenizer's special tokens), a
+  vectorized region pass where a template needs one, and a text far longer than
+  the model keeps cut at a character bound before tokenizing (verified after: the
+  cut must leave ``_SLACK`` tokens beyond what is kept, else the text is tokenized
+  again with four times the bound, at worst whole);
+* :meth:`InputEncoder.encode_reference`: the original per-token walk, kept as the
+  specification the fast path is tested against.
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
+import ctypes
 import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from embedsvc.errors import InvalidInputError, TextTooLongError
 
 TRUNCATIONS = ("end", "start", "none")
 _SPECIAL = -1  # region id of special tokens added by the tokenizer
+# a cut text must tokenize to this many input tokens beyond what is kept: what a cut changes (the
+# last word, a merge across the cut) stays out of the kept tokens
+_SLACK = 16
+# characters allowed per kept token before a text is cut (English runs ~4-5 per WordPiece/BPE token);
+# a text that keeps fewer tokens in its cut is tokenized again with four times as many
+_CHARS_PER_TOKEN = 8
+# how far back a cut looks for whitespace, so that it falls between words
+_SNAP = 256
+# characters a cut text keeps of its other end: where it meets the template's next part
+_EDGE = 64
+# a chunked text longer than this is tokenized in pieces of about this size (memory), each split
+# checked on _JUNCTION characters either side
+_SEGMENT_CHARS = 256 * 1024
+_JUNCTION = 512
 
 
 @dataclass(frozen=True)
@@ -106,7 +136,301 @@ class InputEncoder:
         if prepend_bos and self.bos_id is None:
             raise InvalidInputError("prepend_bos is set but the tokenizer has no bos_token_id")
 
+        self._backend = _own_backend(tokenizer)
+
+    # ------------------------------------------------------------------ fast path
     def encode(
+        self,
+        texts: Sequence[str],
+        template: Template,
+        *,
+        truncation: str = "end",
+        chunked: bool = False,
+        first_index: int = 0,
+    ) -> list[EncodedInput]:
+        """The texts' sequences, in order (a chunked text gives several)."""
+        if truncation not in TRUNCATIONS:
+            raise InvalidInputError(
+                f"unknown truncation {truncation!r}; choose one of {', '.join(TRUNCATIONS)}",
+                field="truncation",
+            )
+        if self._backend is None:  # not a fast (Rust) tokenizer
+            return self.encode_reference(
+                texts, template, truncation=truncation, chunked=chunked, first_index=first_index
+            )
+        items = [t.rstrip() for t in texts] if self.rstrip_input else list(texts)
+        plain = template.parts == ("", "")
+        results: list[list[EncodedInput] | None] = [None] * len(items)
+        # only a text cut to the model's limit needs a bound; chunks and "none" need every token
+        limit = (self.max_length + _SLACK) * _CHARS_PER_TOKEN if truncation != "none" and not chunked else 0
+        todo = list(range(len(items)))
+        if plain and chunked:
+            # a very long text chunked: tokenized in pieces, so memory follows the piece, not the text
+            for i in [i for i in todo if len(items[i]) > _SEGMENT_CHARS]:
+                pieces_ids = self._segmented(items[i])
+                if pieces_ids is not None:
+                    ids, special = pieces_ids
+                    results[i] = self._fit_plain(ids, special, first_index + i, truncation, chunked, False)
+            if len(todo) != sum(r is None for r in results):
+                trim_heap()  # the pieces' transient memory back to the system, not kept for the next
+            todo = [i for i in todo if results[i] is None]
+        while todo:
+            pieces = [_cut(items[i], limit, truncation) for i in todo]
+            retry = []
+            if plain:
+                encodings = self._backend.encode_batch_fast(pieces, add_special_tokens=True)
+            else:
+                encodings = self._backend.encode_batch(
+                    [template.render(p)[0] for p in pieces], add_special_tokens=True
+                )
+            for i, piece, enc in zip(todo, pieces, encodings, strict=True):
+                was_cut = len(piece) < len(items[i])
+                index = first_index + i
+                if plain and piece:
+                    fitted = self._fit_plain(
+                        enc.ids, enc.special_tokens_mask, index, truncation, chunked, was_cut
+                    )
+                elif plain:
+                    fitted = self._fit_general_ids(
+                        enc.ids, enc.special_tokens_mask, 2, index, truncation, chunked, was_cut
+                    )
+                else:
+                    fitted = self._fit_general(enc, piece, template, index, truncation, chunked, was_cut)
+                if fitted is None:
+                    retry.append(i)
+                results[i] = fitted
+            todo, limit = retry, limit * 4
+        return [e for fitted in results for e in fitted or ()]
+
+    def _fit_plain(
+        self,
+        ids: list[int] | np.ndarray,
+        special: list[int] | np.ndarray,
+        index: int,
+        truncation: str,
+        chunked: bool,
+        was_cut: bool,
+    ) -> list[EncodedInput] | None:
+        """Text + the tokenizer's special tokens: slices, no region per token. None: cut too short."""
+        n = len(ids)
+        lead = 0
+        while lead < n and special[lead]:
+            lead += 1
+        trail = 0
+        while trail < n - lead and special[n - 1 - trail]:
+            trail += 1
+        if lead + trail != sum(special):  # a special token inside the text: the general rule
+            return self._fit_general_ids(
+                _as_list(ids), _as_list(special), 1, index, truncation, chunked, was_cut
+            )
+        content = n - lead - trail
+        needs_eos = self.append_eos and (n == 0 or int(ids[-1]) != self.eos_id)
+        needs_bos = self.prepend_bos and (n == 0 or int(ids[0]) != self.bos_id)
+        budget = self.max_length - (lead + trail + int(needs_eos) + int(needs_bos))
+        if budget < 1 and content > 0:
+            raise InvalidInputError(
+                f"input {index}: the prompt, instruction and template alone take {self.max_length - budget} "
+                f"tokens, leaving no room under the model's limit of {self.max_length}",
+                field="inputs",
+            )
+        if was_cut and content < budget + _SLACK:
+            return None
+        if content <= budget:
+            windows = [(0, content)]
+        elif chunked:
+            windows = [(s, min(s + budget, content)) for s in range(0, content, budget)]
+        elif truncation == "none":
+            raise TextTooLongError(index, n + int(needs_eos) + int(needs_bos), self.max_length)
+        elif truncation == "end":
+            windows = [(0, budget)]
+        else:
+            windows = [(content - budget, content)]
+        head, tail = _as_list(ids[:lead]), _as_list(ids[n - trail :])
+        encoded = []
+        for lo, hi in windows:
+            new_ids = head + _as_list(ids[lead + lo : lead + hi]) + tail
+            if needs_eos:
+                new_ids.append(self.eos_id)  # type: ignore[arg-type]
+            if needs_bos:
+                new_ids.insert(0, self.bos_id)  # type: ignore[arg-type]
+            if not new_ids:
+                raise InvalidInputError(
+                    f"input {index} is empty after tokenization and the model adds no special tokens",
+                    field="inputs",
+                )
+            encoded.append(EncodedInput(new_ids, 0, len(new_ids), hi - lo, index))
+        return encoded
+
+    def _segmented(self, text: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Ids and special-token mask of ``text`` with the tokenizer's special tokens, tokenized in
+        pieces of about ``_SEGMENT_CHARS`` split at single spaces between words. Each split is
+        verified: the text around it must tokenize to the same tokens whole as in two halves. None
+        where no split point is found or one fails the check (then the text is tokenized whole)."""
+        assert self._backend is not None
+        splits = [0]
+        while len(text) - splits[-1] > _SEGMENT_CHARS:
+            at = _split_point(text, splits[-1] + _SEGMENT_CHARS)
+            if at is None:
+                return None
+            splits.append(at)
+        splits.append(len(text))
+        for at in splits[1:-1]:
+            window = text[at - _JUNCTION : at + _JUNCTION]
+            whole, left, right = self._backend.encode_batch_fast(
+                [window, window[:_JUNCTION], window[_JUNCTION:]], add_special_tokens=False
+            )
+            if whole.ids != left.ids + right.ids:
+                return None
+        parts = []
+        for lo, hi in itertools.pairwise(splits):
+            enc = self._backend.encode_batch_fast([text[lo:hi]], add_special_tokens=False)[0]
+            parts.append(np.asarray(enc.ids, dtype=np.int64))
+        # the special tokens the tokenizer puts around a text, taken from the first piece
+        first = self._backend.encode_batch_fast([text[: splits[1]]], add_special_tokens=True)[0]
+        mask = first.special_tokens_mask
+        lead = next((k for k, m in enumerate(mask) if not m), len(mask))
+        trail = len(mask) - lead - len(parts[0])
+        if (
+            trail < 0
+            or any(mask[lead : len(mask) - trail])
+            or first.ids[lead : len(mask) - trail] != parts[0].tolist()
+        ):
+            return None
+        ids = np.concatenate(
+            [
+                np.asarray(first.ids[:lead], np.int64),
+                *parts,
+                np.asarray(first.ids[len(mask) - trail :], np.int64),
+            ]
+        )
+        special = np.zeros(len(ids), dtype=np.int64)
+        special[:lead] = 1
+        special[len(ids) - trail :] = 1
+        return ids, special
+
+    def _fit_general_ids(
+        self,
+        ids: list[int],
+        special: list[int],
+        region: int,
+        index: int,
+        truncation: str,
+        chunked: bool,
+        was_cut: bool,
+    ) -> list[EncodedInput] | None:
+        # the plain template (no literal text): every non-special token is in one region, the input's
+        # (an empty input's tokens fall in the empty literal after it, as the offsets rule says)
+        regions = np.where(np.asarray(special, dtype=bool), _SPECIAL, region)
+        return self._fit_arrays(
+            np.asarray(ids, dtype=np.int64), regions, Template(("", "")), index, truncation, chunked, was_cut
+        )
+
+    def _fit_general(
+        self,
+        enc: Any,
+        piece: str,
+        template: Template,
+        index: int,
+        truncation: str,
+        chunked: bool,
+        was_cut: bool,
+    ) -> list[EncodedInput] | None:
+        _, region_starts, _ = template.render(piece)
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        # a token belongs to the region holding its last character
+        chars = np.maximum(offsets[:, 0], offsets[:, 1] - 1)
+        regions = np.searchsorted(np.asarray(region_starts), chars, side="right") - 1
+        regions[np.asarray(enc.special_tokens_mask, dtype=bool)] = _SPECIAL
+        return self._fit_arrays(ids, regions, template, index, truncation, chunked, was_cut)
+
+    def _fit_arrays(
+        self,
+        ids: np.ndarray,
+        regions: np.ndarray,
+        template: Template,
+        index: int,
+        truncation: str,
+        chunked: bool,
+        was_cut: bool,
+    ) -> list[EncodedInput] | None:
+        """:meth:`_fit` over arrays: the same windows, in whole-array operations."""
+        n = len(ids)
+        copies = template.copies
+        is_copy = (regions >= 0) & (regions % 2 == 1)
+        counts = np.bincount(regions[is_copy], minlength=2 * copies)[1::2] if copies else np.zeros(0, int)
+        needs_eos = self.append_eos and (n == 0 or int(ids[-1]) != self.eos_id)
+        needs_bos = self.prepend_bos and (n == 0 or int(ids[0]) != self.bos_id)
+        fixed = n - int(is_copy.sum()) + int(needs_eos) + int(needs_bos)
+        budget = (self.max_length - fixed) // max(copies, 1)
+        longest = int(counts.max()) if len(counts) else 0
+        if budget < 1 and longest > 0:
+            raise InvalidInputError(
+                f"input {index}: the prompt, instruction and template alone take {fixed} tokens, "
+                f"leaving no room under the model's limit of {self.max_length}",
+                field="inputs",
+            )
+        if was_cut and (not len(counts) or int(counts.min()) < budget + _SLACK):
+            return None
+        if longest <= budget:
+            windows = [(0, longest)]
+        elif chunked:
+            windows = [(s, min(s + budget, longest)) for s in range(0, longest, budget)]
+        elif truncation == "none":
+            raise TextTooLongError(index, n + int(needs_eos) + int(needs_bos), self.max_length)
+        elif truncation == "end":
+            windows = [(0, budget)]
+        else:
+            windows = [(longest - budget, longest)]
+
+        # runs of one region; a copy's window applies within each of its runs, as in _fit
+        change = np.ones(n, dtype=bool)
+        change[1:] = regions[1:] != regions[:-1]
+        run_starts = np.flatnonzero(change)
+        run_of = np.cumsum(change) - 1
+        rank = np.arange(n) - run_starts[run_of]
+        run_len = np.diff(np.append(run_starts, n))[run_of]
+        shift = run_len - longest if truncation == "start" and not chunked else np.zeros(n, dtype=np.int64)
+        last_copy = 2 * copies - 1
+        encoded = []
+        for lo, hi in windows:
+            a = np.maximum(lo + shift, 0)
+            b = np.maximum(hi + shift, 0)
+            keep = ~is_copy | ((rank >= a) & (rank < b))
+            new_ids = ids[keep].tolist()
+            new_regions = regions[keep]
+            if needs_eos:
+                new_ids.append(self.eos_id)
+                new_regions = np.append(new_regions, _SPECIAL)
+            if needs_bos:
+                new_ids.insert(0, self.bos_id)
+                new_regions = np.insert(new_regions, 0, _SPECIAL)
+            if not new_ids:
+                raise InvalidInputError(
+                    f"input {index} is empty after tokenization and the model adds no special tokens",
+                    field="inputs",
+                )
+            start, end = self._pool_span_arrays(new_regions, template, len(new_ids))
+            text_tokens = int((new_regions == last_copy).sum()) if copies else 0
+            encoded.append(EncodedInput(new_ids, start, end, text_tokens, index))
+        return encoded
+
+    def _pool_span_arrays(self, regions: np.ndarray, template: Template, n: int) -> tuple[int, int]:
+        """:meth:`_pool_span` over an array of regions."""
+        if template.pool_last_copy:
+            where = np.flatnonzero(regions == 2 * template.copies - 1)
+            return (int(where[0]), int(where[-1]) + 1) if len(where) else (0, n)
+        if self.prompt_token_skip and template.prompt_chars > 0:
+            return min(self._prompt_tokens(template.prompt), n - 1), n
+        if self.exclude_prompt and template.prompt_chars > 0:
+            other = np.flatnonzero((regions != _SPECIAL) & (regions != 0))
+            if len(other):
+                return int(other[0]), n
+        return 0, n
+
+    # ------------------------------------------------------------- reference path
+
+    def encode_reference(
         self,
         texts: Sequence[str],
         template: Template,
@@ -255,3 +579,66 @@ class InputEncoder:
             if first_other < len(ids):
                 return first_other, len(ids)
         return 0, len(ids)
+
+
+def _own_backend(tokenizer: Any) -> Any:
+    """A private copy of a fast tokenizer's Rust tokenizer, with no truncation or padding set (the
+    transformers wrapper sets those on its own copy per call), or None for a slow tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    own = copy.deepcopy(backend)
+    own.no_truncation()
+    own.no_padding()
+    own.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+    return own
+
+
+def _cut(text: str, limit: int, truncation: str) -> str:
+    """``text`` with its middle left out: about ``limit`` characters on the side truncation keeps
+    (ending between words where whitespace is near) and ``_EDGE`` characters of the other end, so
+    the tokens where the input meets the template around it are the full text's. Unchanged when
+    short enough or ``limit`` is 0."""
+    if not limit or len(text) <= limit + _EDGE:
+        return text
+    if truncation == "start":
+        at = len(text) - limit
+        for k in range(at, min(at + _SNAP, len(text) - 1)):
+            if text[k].isspace() and not text[k + 1].isspace():
+                at = k + 1  # the kept part starts with a whole word
+                break
+        return text[:_EDGE] + text[at:]
+    at = limit
+    for k in range(limit, max(limit - _SNAP, 1), -1):
+        if text[k].isspace() and not text[k - 1].isspace():
+            at = k  # the kept part ends with a whole word
+            break
+    return text[:at] + text[-_EDGE:]
+
+
+def _as_list(ids: list[int] | np.ndarray) -> list[int]:
+    return ids.tolist() if isinstance(ids, np.ndarray) else ids
+
+
+def _split_point(text: str, target: int) -> int | None:
+    """A single space between two words at or before ``target`` (within ``_SNAP * 16`` characters)
+    and at least ``_JUNCTION`` characters from either end; None if there is none."""
+    for k in range(min(target, len(text) - _JUNCTION - 1), max(target - _SNAP * 16, _JUNCTION), -1):
+        if text[k] == " " and not text[k - 1].isspace() and not text[k + 1].isspace():
+            return k
+    return None
+
+
+@functools.cache
+def _libc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it per thread arena otherwise)."""
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)

@@ -98,20 +98,28 @@ def pool_packed(
     if mode == "last":
         return hidden[cu[:-1] + ends - 1]
 
+    # one pass over the batch: each token's sequence, then a scatter into that sequence's row; spans
+    # that leave tokens out zero their weight (mean) or mask them (max) instead of gathering the rest
     seq_id = torch.repeat_interleave(torch.arange(n_seq, device=hidden.device), lengths)
+    full = bool((starts == 0).all()) and bool((ends == lengths).all())
     index = torch.arange(hidden.shape[0], device=hidden.device) - cu[:-1][seq_id]
-    selected = (index >= starts[seq_id]) & (index < ends[seq_id])
-    rows, ids = hidden[selected], seq_id[selected]
+    selected = None if full else (index >= starts[seq_id]) & (index < ends[seq_id])
     out = hidden.new_zeros((n_seq, hidden.shape[1]))
     if mode == "max":
+        rows = hidden if selected is None else hidden.masked_fill(~selected[:, None], float("-inf"))
         out.fill_(float("-inf"))
-        return out.scatter_reduce(0, ids[:, None].expand_as(rows), rows, reduce="amax")
+        return out.scatter_reduce(0, seq_id[:, None].expand_as(rows), rows, reduce="amax")
     if mode == "mean":
-        weights = torch.ones_like(ids, dtype=hidden.dtype)
+        weights = torch.ones_like(seq_id, dtype=hidden.dtype)
+        rows = hidden
     else:
-        weights = (index[selected] + 1).to(hidden.dtype)
-    out.index_add_(0, ids, rows * weights[:, None])
-    totals = hidden.new_zeros(n_seq).index_add_(0, ids, weights)
+        weights = (index + 1).to(hidden.dtype)
+        rows = hidden * weights[:, None]
+    if selected is not None:
+        weights = weights * selected
+        rows = rows * selected[:, None]
+    out.index_add_(0, seq_id, rows)
+    totals = hidden.new_zeros(n_seq).index_add_(0, seq_id, weights)
     return out / totals[:, None].clamp(min=1e-9)
 
 

@@ -1,7 +1,7 @@
 """Model families: what a checkpoint's files cannot say about how it is meant to be used.
 
 A checkpoint's recipe (tokens, attention, pooling, prompts) is read from its files
-(``embedsvc.models.recipe``). A profile only fills what no file says — a family's
+(``embedsvc.engine.recipe``). A profile only fills what no file says — a family's
 default task instruction, its prompt format, that GritLM embeds bidirectionally —
 and names the rare file fields that a family's reference recipe overrides.
 

@@ -16,18 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from embedsvc.pipeline.batching import Batch, add_record
+from embedsvc.pipeline.checkpoint import default_paths
 from embedsvc.pipeline.chunking import Chunker
+from embedsvc.pipeline.options import BuildOptions
 from embedsvc.pipeline.readers import expand_inputs, read_records
-from embedsvc.pipeline.runner import (
-    BuildOptions,
-    Summary,
-    _add,
-    _Batch,
-    _default_paths,
-    make_sink,
-    tls_settings,
-)
+from embedsvc.pipeline.sink_factory import make_sink, tls_settings
 from embedsvc.pipeline.sinks import DOCUMENTS
+from embedsvc.pipeline.summary import Summary
 
 
 def _tokenizer_for(options: BuildOptions) -> Any:
@@ -50,8 +46,8 @@ def _read_and_chunk(
     chunker = Chunker(_tokenizer_for(options), options.chunk_tokens, options.chunk_overlap)
     rows: list[dict[str, Any]] = []
     for record in read_records(path, options.reader):
-        batch = _Batch(str(path), record.position)
-        _add(batch, record, chunker, path, limit)
+        batch = Batch(str(path), record.position)
+        add_record(batch, record, chunker, path, limit)
         for reject in batch.rejects:
             rows.append(
                 {
@@ -123,7 +119,7 @@ def build_index_ray(
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     started = time.monotonic()
     sink = make_sink(options)
-    rejects_path = _default_paths(options)[1]  # beside the index, as the in-process runner keeps it
+    rejects_path = default_paths(options)[1]  # beside the index, as the in-process runner keeps it
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
     summary = Summary(rejects_file=str(rejects_path))
     try:

@@ -3,6 +3,7 @@ vector store (Qdrant, Milvus) with vectors embedded in process or by a server.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -18,8 +19,30 @@ DOCUMENTS = EmbedOptions(input_type="document")
 log = logging.getLogger("embedsvc.pipeline")
 
 
+class _OneModel:
+    """The index facade's view of the pipeline's one in-process model (always serving)."""
+
+    state = "serving"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.models = {model.name: model}
+
+    def get(self, name: str) -> Any:
+        return self.model
+
+    def serving(self, source: str) -> Any:
+        return self.model if source == self.model.source else None
+
+
+async def _embed_here(served: Any, texts: list[str], options: EmbedOptions) -> np.ndarray:
+    """In this thread, without a queue: the pipeline's own model."""
+    return served.embed_now(texts, options).vectors  # type: ignore[no-any-return]
+
+
 class LocalSink:
-    """In-process engine writing to an index directory that a server can open later."""
+    """In-process engine writing to an index directory that a server can open later, through the
+    index facade (embedsvc.index.service), which checks writes as it does for the server."""
 
     def __init__(
         self,
@@ -33,20 +56,15 @@ class LocalSink:
     ) -> None:
         from embedsvc import Embedder
         from embedsvc.engine.service import ModelService
-        from embedsvc.index.collection import IndexSpec
         from embedsvc.index.manager import IndexManager
+        from embedsvc.index.service import Indexes
 
         self.manager = IndexManager(data_dir)  # first: a directory in use is refused before a model loads
         self.model = ModelService.in_process(Embedder.from_pretrained(model, **(model_options or {})))
+        # no request to bound in process: embed_now applies the model's own limits to texts
+        self.indexes = Indexes(self.manager, _OneModel(self.model), max_inputs=2**31, max_batch_hits=2**31)
         self.index = index
-        self._spec = IndexSpec(
-            name=index,
-            model=self.model.name,
-            model_source=self.model.source,
-            dimension=self.model.dimension,
-            metric=metric,
-            kind=kind,
-        )
+        self.metric, self.kind = metric, kind
         self.tokenizer = self.model.tokenizer
 
     def max_length(self) -> int | None:
@@ -54,33 +72,31 @@ class LocalSink:
         return int(self.model.facts.max_length)
 
     def open(self, restart: bool) -> None:
-        if restart and index_exists(self.manager, self.index):
-            self.manager.delete(self.index)
-        if not index_exists(self.manager, self.index):
-            self.manager.create(self._spec)
-        spec = self.manager.get(self.index).spec
-        if spec.model_source != self._spec.model_source:
+        if restart and self.indexes.exists(self.index):
+            self.indexes.drop(self.index)
+        if not self.indexes.exists(self.index):
+            self.indexes.create(self.index, "", metric=self.metric, kind=self.kind)
+        spec = self.indexes.collection(self.index).spec
+        if spec.model_source != self.model.source:
             raise PipelineStopped(
                 f"index {self.index!r} was built with model {spec.model_source}, "
-                f"not {self._spec.model_source}; "
+                f"not {self.model.source}; "
                 "use the same --model, another --index, or --restart"
             )
 
     def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
-        vectors = self.model.embed_now(list(texts), DOCUMENTS).vectors
-        self.write_vectors(ids, vectors, metadata)
+        from embedsvc.index.service import NewItem
+
+        items = [NewItem(i, text=t, metadata=m) for i, t, m in zip(ids, texts, metadata, strict=True)]
+        asyncio.run(self.indexes.upsert(self.index, items, _embed_here))
 
     def write_vectors(
         self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
     ) -> None:
-        self.manager.get(self.index).upsert(list(ids), vectors, list(metadata))
+        asyncio.run(self.indexes.upsert_vectors(self.index, ids, vectors, metadata))
 
     def close(self) -> None:
         self.manager.close()
-
-
-def index_exists(manager: Any, name: str) -> bool:
-    return name in manager.collections or name in manager.broken
 
 
 class RemoteSink:

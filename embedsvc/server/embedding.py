@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from embedsvc import codecs, wire
+from embedsvc import wire
 from embedsvc.config import ServerConfig
 from embedsvc.engine.options import Embedded
 from embedsvc.engine.service import ModelService
@@ -58,26 +58,13 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
 
     @staticmethod
     def _pack(request: pb.EmbedRequest, model: str, embedded: Embedded) -> pb.EmbedResponse:
-        encoding = request.encoding or pb.ENCODING_FLOAT32
-        embeddings = []
-        for vector, n_tokens in zip(embedded.vectors, embedded.token_counts, strict=True):
-            if encoding == pb.ENCODING_FLOAT32:
-                item = pb.Embedding(values=vector.tolist(), tokens=n_tokens)  # 5x faster than numpy items
-            elif encoding == pb.ENCODING_FLOAT16:
-                item = pb.Embedding(data=codecs.encode_float16(vector), tokens=n_tokens)
-            elif encoding == pb.ENCODING_INT8:
-                data, scale = codecs.encode_int8(vector)
-                item = pb.Embedding(data=data, scale=scale, tokens=n_tokens)
-            else:
-                item = pb.Embedding(data=codecs.encode_binary(vector), tokens=n_tokens)
-            embeddings.append(item)
-        return pb.EmbedResponse(
-            id=request.id,
+        return wire.embed_response(
+            request_id=request.id,
             model=model,
-            embeddings=embeddings,
-            dimensions=embedded.vectors.shape[1],
-            encoding=encoding,
-            usage=pb.Usage(total_tokens=embedded.total_tokens, inputs=len(embedded.token_counts)),
+            vectors=embedded.vectors,
+            token_counts=embedded.token_counts,
+            encoding=request.encoding or pb.ENCODING_FLOAT32,
+            total_tokens=embedded.total_tokens,
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:

@@ -109,6 +109,17 @@ def _check_source(source: str | None) -> None:
         )
 
 
+def _check_index_device(setting: str) -> None:
+    """The index device's form; an explicit GPU also against the installed faiss, as the index
+    manager will at start (``auto`` and ``cpu`` never need faiss to be imported here)."""
+    from embedsvc.index.ann import faiss_module
+    from embedsvc.index.gpu import check_device_setting, resolve_device
+
+    check_device_setting(setting)
+    if setting.startswith("gpu"):
+        resolve_device(setting, faiss_module())
+
+
 def check_before_start(config: ServerConfig) -> None:
     """Raise InvalidInputError / StartupError for anything that would stop the server later."""
     from embedsvc.engine.embedder import check_options
@@ -132,6 +143,7 @@ def check_before_start(config: ServerConfig) -> None:
             _check_source(model.source)
         except InvalidInputError as exc:
             raise InvalidInputError(f"{where}: {exc}", field=exc.field) from exc
+    _check_index_device(config.index_device)
     if config.tls_cert and config.tls_key:
         _check_readable(config.tls_cert, "TLS certificate")
         _check_readable(config.tls_key, "TLS key")

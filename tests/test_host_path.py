@@ -1,0 +1,163 @@
+"""The host path around the forward: responses packed from the float32 array and read back by numpy
+(the same bits as protobuf's own per-element fields), the thread budget, packed pooling in bulk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from embedsvc import wire
+from embedsvc.engine.pooling import pool_packed
+from embedsvc.engine.threads import apply_threads, resolve_threads
+from embedsvc.errors import InvalidInputError
+from embedsvc.v1 import embedding_pb2 as pb
+from embedsvc.wire import embeddings as decode_response
+
+
+def _reference(vectors: np.ndarray, tokens: list[int]) -> pb.EmbedResponse:
+    """The response as protobuf builds it field by field (what the server did before)."""
+    return pb.EmbedResponse(
+        id="r",
+        model="m",
+        embeddings=[pb.Embedding(values=v.tolist(), tokens=t) for v, t in zip(vectors, tokens, strict=True)],
+        dimensions=vectors.shape[1],
+        encoding=pb.ENCODING_FLOAT32,
+        usage=pb.Usage(total_tokens=sum(tokens), inputs=len(tokens)),
+    )
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (1, 1), (3, 384), (5, 31)])
+def test_packed_float32_response_equals_the_field_by_field_one(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal(shape).astype(np.float32)
+    if vectors.size:
+        vectors[0, 0] = -0.0  # signs, subnormals and extremes survive bit for bit
+        vectors.flat[-1] = np.float32(1e-45)
+    tokens = [0, 127, 128, 300_000, 2**32 - 1][: shape[0]] or []
+    tokens += [7] * (shape[0] - len(tokens))
+    packed = wire.embed_response(
+        request_id="r",
+        model="m",
+        vectors=vectors,
+        token_counts=tokens,
+        encoding=pb.ENCODING_FLOAT32,
+        total_tokens=sum(tokens),
+    )
+    assert packed == _reference(vectors, tokens)
+    # through the wire (canonical serialization) and back with numpy
+    received = pb.EmbedResponse.FromString(packed.SerializeToString())
+    assert [e.tokens for e in received.embeddings] == tokens
+    decoded = decode_response(received)
+    assert decoded.dtype == np.float32 and decoded.shape == shape
+    assert decoded.tobytes() == vectors.tobytes()
+
+
+def test_decoding_reads_a_response_built_by_any_protobuf_writer() -> None:
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    response = _reference(vectors, [1, 2, 3])
+    assert wire.float32_rows(response).tobytes() == vectors.tobytes()
+    response.embeddings[1].values.append(1.0)  # a row that disagrees with dimensions is an error
+    with pytest.raises(ValueError, match="embedding 1 has 5 values"):
+        wire.float32_rows(response)
+
+
+@pytest.mark.parametrize("encoding", [pb.ENCODING_FLOAT16, pb.ENCODING_INT8, pb.ENCODING_BINARY])
+def test_byte_encodings_still_round_trip(encoding: int) -> None:
+    vectors = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
+    response = wire.embed_response(
+        request_id="r", model="m", vectors=vectors, token_counts=[3, 4], encoding=encoding, total_tokens=7
+    )  # type: ignore[arg-type]
+    assert [e.tokens for e in response.embeddings] == [3, 4]
+    assert np.allclose(
+        decode_response(response), vectors if encoding != pb.ENCODING_BINARY else vectors > 0, atol=0.02
+    )
+
+
+def test_thread_budget_from_option_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EMBEDSVC_THREADS", raising=False)
+    assert resolve_threads(None) is None
+    assert resolve_threads(3) == 3
+    monkeypatch.setenv("EMBEDSVC_THREADS", "2")
+    assert resolve_threads(None) == 2
+    assert resolve_threads(1) == 1  # the option wins over the environment
+    for bad in (0, -1, "many", True):
+        with pytest.raises(InvalidInputError, match="threads must be a whole number"):
+            resolve_threads(bad)
+    monkeypatch.setenv("EMBEDSVC_THREADS", "0")
+    with pytest.raises(InvalidInputError, match="EMBEDSVC_THREADS must be"):
+        resolve_threads(None)
+    before = torch.get_num_threads()
+    try:
+        apply_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_idle_openmp_threads_sleep_unless_told_otherwise() -> None:
+    code = "import os, embedsvc.engine.embedder; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "ACTIVE", out.stderr
+
+
+@pytest.mark.parametrize("mode", ["mean", "weighted_mean", "max"])
+def test_packed_pooling_in_bulk_matches_each_sequence_alone(mode: str) -> None:
+    """One scatter over the batch gives each sequence's own reduction, spans included."""
+    torch.manual_seed(0)
+    lengths = [5, 1, 9, 3]
+    hidden = torch.randn(sum(lengths), 6)
+    cu = torch.tensor([0, 5, 6, 15, 18], dtype=torch.int32)
+    for starts, ends in ((None, None), (torch.tensor([1, 0, 2, 0]), torch.tensor([4, 1, 9, 2]))):
+        got = pool_packed(hidden, cu, mode, starts, ends)
+        for i, n in enumerate(lengths):
+            lo = 0 if starts is None else int(starts[i])
+            hi = n if ends is None else int(ends[i])
+            span = hidden[int(cu[i]) + lo : int(cu[i]) + hi]
+            if mode == "max":
+                want = span.max(dim=0).values
+            else:
+                w = (
+                    torch.ones(hi - lo)
+                    if mode == "mean"
+                    else torch.arange(lo + 1, hi + 1, dtype=torch.float32)
+                )
+                want = (span * w[:, None]).sum(0) / w.sum()
+            torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-6)
+
+
+def test_overlapped_slices_give_the_same_vectors(bert_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """embed() tokenizing the next slice while the current one runs: same vectors (bitwise in the
+    deterministic mode), chunked texts merged within their slice, errors naming the caller's index."""
+    from embedsvc import Embedder
+    from embedsvc.engine import embedder as embedder_module
+    from embedsvc.errors import TextTooLongError
+    from tests.tiny_models import corpus
+
+    monkeypatch.setattr(embedder_module, "OVERLAP_TEXTS", 8)
+    texts = corpus(30, seed=5)[:30]
+    texts[13] = " ".join(texts) * 3  # long: several chunks, or too long without truncation
+    for options in ({}, {"deterministic": True}):
+        engine = Embedder.from_pretrained(bert_dir, max_length=32, **options)
+        for chunked in (False, True):
+            engine.overlap = True
+            sliced = engine.embed(texts, chunked=chunked)
+            engine.overlap = False
+            whole = engine.embed(texts, chunked=chunked)
+            assert sliced.shape == whole.shape == (30, engine.dimension)
+            if options:
+                assert sliced.tobytes() == whole.tobytes()
+            else:
+                cos = (sliced * whole).sum(1) / np.linalg.norm(sliced, axis=1) / np.linalg.norm(whole, axis=1)
+                assert cos.min() >= 0.99999
+        engine.overlap = True
+        with pytest.raises(TextTooLongError, match="input 13 "):
+            engine.embed(texts, truncation="none")
