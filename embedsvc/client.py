@@ -29,6 +29,8 @@ import grpc.aio
 import numpy as np
 
 from embedsvc import pacing, wire
+from embedsvc.errors import EmbedsvcError
+from embedsvc.server.errors import category_for
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 from embedsvc.v1 import index_pb2 as ipb
@@ -46,13 +48,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class EmbedServiceError(Exception):
-    """A failed RPC: ``code`` is the grpc.StatusCode, ``details`` the server's message."""
+class EmbedServiceError(EmbedsvcError):
+    """A failed RPC: ``code`` is the grpc.StatusCode, ``details`` the server's message, ``category`` the
+    kind of failure that code stands for (the reverse of the server's table)."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        self.category = category_for(code)
 
     @classmethod
     def from_rpc(cls, error: grpc.RpcError, tries: int = 1) -> EmbedServiceError:

@@ -21,39 +21,39 @@ CANNOT_START = 9  # serve: a port in use, a model that does not load
 MISSING_EXTRA = 10  # an optional dependency is not installed: the message names the extra
 INTERRUPTED = 130
 
-_STATUS_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT: USAGE,
-    grpc.StatusCode.OUT_OF_RANGE: USAGE,
-    grpc.StatusCode.NOT_FOUND: NOT_FOUND,
-    grpc.StatusCode.UNAVAILABLE: UNREACHABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: UNREACHABLE,
-    grpc.StatusCode.UNAUTHENTICATED: DENIED,
-    grpc.StatusCode.PERMISSION_DENIED: DENIED,
-    grpc.StatusCode.ALREADY_EXISTS: CONFLICT,
-    grpc.StatusCode.FAILED_PRECONDITION: CONFLICT,
-    grpc.StatusCode.ABORTED: CONFLICT,
-    grpc.StatusCode.DATA_LOSS: CONFLICT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: EXHAUSTED,
+# the CLI's one table: every category has an exit code (tests/test_errors.py pins that)
+EXIT_CODES: dict[errors.Category, int] = {
+    errors.Category.INVALID: USAGE,
+    errors.Category.TOO_LARGE: USAGE,
+    errors.Category.TOO_LONG: USAGE,
+    errors.Category.UNAUTHENTICATED: DENIED,
+    errors.Category.NOT_FOUND: NOT_FOUND,
+    errors.Category.ALREADY_EXISTS: CONFLICT,
+    errors.Category.FAILED_PRECONDITION: CONFLICT,
+    errors.Category.DATA_LOSS: CONFLICT,
+    errors.Category.OVERLOADED: EXHAUSTED,
+    errors.Category.STORAGE_FULL: EXHAUSTED,
+    errors.Category.UNAVAILABLE: UNREACHABLE,
+    errors.Category.DEADLINE_EXCEEDED: UNREACHABLE,
+    errors.Category.CANNOT_LOAD: CANNOT_START,
+    errors.Category.MISSING_EXTRA: MISSING_EXTRA,
+    errors.Category.STOPPED: STOPPED,
+    errors.Category.INTERNAL: FAILED,
 }
 
-_ERROR_CODES: tuple[tuple[type[BaseException], int], ...] = (
-    (errors.InvalidInputError, USAGE),
-    (errors.ModelNotFoundError, NOT_FOUND),
-    (errors.IndexNotFoundError, NOT_FOUND),
-    (errors.UnavailableError, UNREACHABLE),
-    (errors.UnauthenticatedError, DENIED),
-    (errors.IndexExistsError, CONFLICT),
-    (errors.FailedPreconditionError, CONFLICT),
-    (errors.CorruptDataError, CONFLICT),
-    (errors.OverloadedError, EXHAUSTED),
-    (errors.StorageFullError, EXHAUSTED),
-    (errors.ModelLoadError, CANNOT_START),
-    (errors.StartupError, CANNOT_START),
-    (FileNotFoundError, NOT_FOUND),
-    (IsADirectoryError, USAGE),
-    (ImportError, MISSING_EXTRA),
-    (ValueError, USAGE),
+# what the command's own file and argument checks raise, in categories (the CLI reads local files)
+_LOCAL: tuple[tuple[type[BaseException], errors.Category], ...] = (
+    (FileNotFoundError, errors.Category.NOT_FOUND),
+    (IsADirectoryError, errors.Category.INVALID),
+    (ValueError, errors.Category.INVALID),
 )
+
+
+def _category(exc: BaseException) -> errors.Category:
+    category = errors.category_of(exc)
+    if category is errors.Category.INTERNAL:
+        category = next((c for kind, c in _LOCAL if isinstance(exc, kind)), category)
+    return category
 
 
 class CommandError(Exception):
@@ -84,14 +84,14 @@ def describe(exc: BaseException, target: str | None = None) -> tuple[str, int]:
     """The one-line message and the exit code for ``exc``."""
     if isinstance(exc, CommandError):
         return str(exc), exc.code
+    code = EXIT_CODES[_category(exc)]
     if isinstance(exc, EmbedServiceError):
-        return _server_message(exc, target), _STATUS_CODES.get(exc.code, FAILED)
-    for kind, code in _ERROR_CODES:
-        if isinstance(exc, kind):
-            text = str(exc)
-            if isinstance(exc, FileNotFoundError) and exc.filename:
-                text = f"no such file: {exc.filename}"
-            return text, code
+        return _server_message(exc, target), code
+    if code != FAILED:
+        text = str(exc)
+        if isinstance(exc, FileNotFoundError) and exc.filename:
+            text = f"no such file: {exc.filename}"
+        return text, code
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", FAILED
     return f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", FAILED

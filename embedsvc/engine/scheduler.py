@@ -31,15 +31,11 @@ from dataclasses import dataclass, field
 import torch
 
 from embedsvc.engine.inputs import EncodedInput
-from embedsvc.errors import EmbedsvcError, OverloadedError, UnavailableError
+from embedsvc.errors import DeadlineExceededError, OverloadedError, UnavailableError
 
 DEFAULT_TENANT = "-"
 MIN_RETRY_AFTER_S = 0.05  # a retry hint below this would only invite a busy loop of refusals
 MAX_RETRY_AFTER_S = 30.0
-
-
-class DeadlineExceededError(EmbedsvcError, TimeoutError):
-    """The request's deadline passed before its work could finish (maps to DEADLINE_EXCEEDED)."""
 
 
 @dataclass

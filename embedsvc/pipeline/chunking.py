@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from embedsvc.errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -18,9 +20,9 @@ class Chunk:
 class Chunker:
     def __init__(self, tokenizer: Any, chunk_tokens: int | None, overlap: int = 0) -> None:
         if chunk_tokens is not None and chunk_tokens < 1:
-            raise ValueError("--chunk-tokens must be at least 1")
+            raise InvalidInputError("--chunk-tokens must be at least 1")
         if chunk_tokens is not None and not 0 <= overlap < chunk_tokens:
-            raise ValueError("--chunk-overlap must be at least 0 and smaller than --chunk-tokens")
+            raise InvalidInputError("--chunk-overlap must be at least 0 and smaller than --chunk-tokens")
         self.tokenizer = tokenizer
         self.chunk_tokens = chunk_tokens
         self.overlap = overlap
@@ -44,7 +46,7 @@ class Chunker:
         if self.chunk_tokens is None:
             return [Chunk(text, 0, 0, len(text), self.count(text))]
         if self.tokenizer is None:
-            raise ValueError("chunking needs a tokenizer")
+            raise InvalidInputError("chunking needs a tokenizer")
         offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
             "offset_mapping"
         ]

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedsvc.errors import InvalidInputError, MissingExtraError
+
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "text")
 
 
@@ -56,7 +58,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
 def detect_format(path: Path, forced: str | None) -> str:
     if forced:
         if forced not in FORMATS:
-            raise ValueError(f"unknown format {forced!r}; choose one of {', '.join(FORMATS)}")
+            raise InvalidInputError(f"unknown format {forced!r}; choose one of {', '.join(FORMATS)}")
         return forced
     suffix = path.suffix.lower().lstrip(".")
     return {"jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "tsv": "tsv", "parquet": "parquet"}.get(
@@ -174,7 +176,9 @@ def read_records(path: Path, options: ReaderOptions) -> Iterator[Record]:
         try:
             import pyarrow.parquet as pq
         except ImportError as exc:
-            raise ImportError("reading Parquet needs pyarrow: pip install 'embedsvc[pipeline]'") from exc
+            raise MissingExtraError(
+                "reading Parquet needs pyarrow: pip install 'embedsvc[pipeline]'"
+            ) from exc
         number = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
             for row in batch.to_pylist():

@@ -13,13 +13,10 @@ from typing import Any
 import numpy as np
 
 from embedsvc.engine.options import EmbedOptions
+from embedsvc.errors import PipelineStopped
 
 DOCUMENTS = EmbedOptions(input_type="document")
 log = logging.getLogger("embedsvc.pipeline")
-
-
-class PipelineStopped(RuntimeError):
-    """The run stopped with its progress saved; rerunning the same command continues it."""
 
 
 class _OneModel:

@@ -1,47 +1,51 @@
-"""One place that maps embedsvc exceptions to gRPC status codes."""
+"""The gRPC door's one error table: error categories to status codes, and back for the client."""
 
 from __future__ import annotations
 
 import grpc
 
-from embedsvc.engine.scheduler import DeadlineExceededError
-from embedsvc.errors import (
-    CorruptDataError,
-    FailedPreconditionError,
-    IndexExistsError,
-    IndexNotFoundError,
-    InvalidInputError,
-    ModelLoadError,
-    ModelNotFoundError,
-    OverloadedError,
-    StorageFullError,
-    UnauthenticatedError,
-    UnavailableError,
-)
+from embedsvc.errors import Category, category_of
 
-_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
-    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (StorageFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
-    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
-    (IndexNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (IndexExistsError, grpc.StatusCode.ALREADY_EXISTS),
-    (CorruptDataError, grpc.StatusCode.DATA_LOSS),
-    (ImportError, grpc.StatusCode.FAILED_PRECONDITION),  # an optional extra is not installed
-)
+# the gRPC door's one table: every category has a code (tests/test_errors.py pins that)
+CODES: dict[Category, grpc.StatusCode] = {
+    Category.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Category.TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,  # gRPC refuses big messages itself
+    Category.TOO_LONG: grpc.StatusCode.INVALID_ARGUMENT,
+    Category.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Category.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Category.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Category.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Category.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Category.STORAGE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Category.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Category.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Category.DATA_LOSS: grpc.StatusCode.DATA_LOSS,
+    Category.CANNOT_LOAD: grpc.StatusCode.FAILED_PRECONDITION,
+    Category.MISSING_EXTRA: grpc.StatusCode.FAILED_PRECONDITION,
+    Category.STOPPED: grpc.StatusCode.ABORTED,
+    Category.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+# the reverse, for a client: the first category of each code above, plus codes only other servers send
+_CATEGORIES: dict[grpc.StatusCode, Category] = {
+    grpc.StatusCode.OUT_OF_RANGE: Category.INVALID,
+    grpc.StatusCode.PERMISSION_DENIED: Category.UNAUTHENTICATED,
+    grpc.StatusCode.ABORTED: Category.FAILED_PRECONDITION,  # a conflict; STOPPED is the CLI's own
+}
+for _category, _code in CODES.items():
+    _CATEGORIES.setdefault(_code, _category)
+
+
+def category_for(code: grpc.StatusCode) -> Category:
+    """The category a status code received from a server stands for (INTERNAL for unknown codes)."""
+    return _CATEGORIES.get(code, Category.INTERNAL)
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
     """The status code of an expected error, or None for a bug (INTERNAL)."""
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    return None
+    category = category_of(exc)
+    return None if category is Category.INTERNAL else CODES[category]
 
 
 RETRY_AFTER_MS = "retry-after-ms"  # trailing metadata: how long to wait before retrying, decimal ms

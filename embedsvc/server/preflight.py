@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 from embedsvc.config import ServerConfig
-from embedsvc.errors import InvalidInputError, StartupError
+from embedsvc.errors import InvalidInputError, MissingExtraError, StartupError
 from embedsvc.models.profiles import POOLING_MODES
 
 
@@ -71,7 +71,7 @@ def _check_http_extra() -> None:
 
     missing = [name for name in ("starlette", "uvicorn") if importlib.util.find_spec(name) is None]
     if missing:
-        raise ImportError(
+        raise MissingExtraError(
             f"HTTP (served by default) needs {', '.join(missing)}: pip install 'embedsvc[http]', "
             "or serve gRPC only with --no-http"
         )

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from embedsvc.errors import EmbedsvcError, InvalidInputError, UnavailableError
+from embedsvc.errors import EmbedsvcError, InvalidInputError, MissingExtraError, UnavailableError
 
 log = logging.getLogger("embedsvc.stores")
 STORE_KINDS = ("qdrant", "milvus")
@@ -107,4 +107,4 @@ def needs(module: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"this store needs {module}: pip install 'embedsvc[{extra}]'") from exc
+        raise MissingExtraError(f"this store needs {module}: pip install 'embedsvc[{extra}]'") from exc

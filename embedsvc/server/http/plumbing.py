@@ -10,7 +10,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -18,20 +18,13 @@ from starlette.responses import Response
 
 from embedsvc.config import ServerConfig
 from embedsvc.engine.options import Embedded, EmbedOptions
-from embedsvc.engine.scheduler import DeadlineExceededError
 from embedsvc.engine.service import ModelService
 from embedsvc.errors import (
-    CorruptDataError,
-    FailedPreconditionError,
+    Category,
     InvalidInputError,
-    ModelLoadError,
-    ModelNotFoundError,
-    OverloadedError,
     PayloadTooLargeError,
-    StorageFullError,
-    TextTooLongError,
     UnauthenticatedError,
-    UnavailableError,
+    category_of,
 )
 from embedsvc.server.auth import HTTP_HINT, ApiKeys
 from embedsvc.server.errors import retry_after_s
@@ -60,34 +53,46 @@ class ClientGoneError(Exception):
 # ----------------------------------------------------------------------- errors
 
 
+class HttpError(NamedTuple):
+    """How one category reads over HTTP: OpenAI's status and error code, TEI's status and error_type."""
+
+    status: int
+    openai: str
+    tei_status: int
+    tei: str
+
+
+# the HTTP door's one table: every category has a row (tests/test_errors.py pins that)
+STATUSES: dict[Category, HttpError] = {
+    Category.INVALID: HttpError(400, "invalid_request_error", 413, "Validation"),  # TEI says 413 for all
+    Category.TOO_LARGE: HttpError(413, "request_too_large", 413, "Validation"),
+    Category.TOO_LONG: HttpError(400, "context_length_exceeded", 413, "Validation"),
+    Category.UNAUTHENTICATED: HttpError(401, "invalid_api_key", 401, "Unauthorized"),
+    Category.NOT_FOUND: HttpError(404, "model_not_found", 404, "Validation"),  # only models over HTTP
+    Category.ALREADY_EXISTS: HttpError(409, "already_exists", 409, "Validation"),
+    Category.FAILED_PRECONDITION: HttpError(400, "failed_precondition", 400, "Validation"),
+    Category.OVERLOADED: HttpError(429, "rate_limit_exceeded", 429, "Overloaded"),
+    Category.STORAGE_FULL: HttpError(429, "rate_limit_exceeded", 429, "Overloaded"),
+    Category.UNAVAILABLE: HttpError(503, "service_unavailable", 503, "Unhealthy"),
+    Category.DEADLINE_EXCEEDED: HttpError(504, "timeout", 504, "Backend"),
+    Category.DATA_LOSS: HttpError(500, "data_loss", 500, "Backend"),
+    Category.CANNOT_LOAD: HttpError(400, "failed_precondition", 400, "Validation"),
+    Category.MISSING_EXTRA: HttpError(400, "failed_precondition", 400, "Validation"),
+    Category.STOPPED: HttpError(409, "aborted", 409, "Backend"),
+    Category.INTERNAL: HttpError(500, "server_error", 500, "Backend"),
+}
+_CLIENT_MISTAKES = (400, 404, 409, 413)  # OpenAI's error type for these is "invalid_request_error"
+
+
 def status_of(exc: BaseException, *, tei: bool) -> tuple[int, str]:
     """HTTP status and error type of an exception, as OpenAI's or TEI's API words it."""
-    if isinstance(exc, UnauthenticatedError):
-        return 401, ("Unauthorized" if tei else "invalid_api_key")
-    if isinstance(exc, PayloadTooLargeError):
-        return 413, ("Validation" if tei else "request_too_large")
-    if isinstance(exc, TextTooLongError):
-        return (413, "Validation") if tei else (400, "context_length_exceeded")
-    if isinstance(exc, InvalidInputError):
-        return (413, "Validation") if tei else (400, "invalid_request_error")
-    if isinstance(exc, ModelNotFoundError):
-        return 404, ("Validation" if tei else "model_not_found")
-    if isinstance(exc, OverloadedError | StorageFullError):
-        return 429, ("Overloaded" if tei else "rate_limit_exceeded")
-    if isinstance(exc, UnavailableError):
-        return 503, ("Unhealthy" if tei else "service_unavailable")
-    if isinstance(exc, DeadlineExceededError):
-        return 504, ("Backend" if tei else "timeout")
-    if isinstance(exc, FailedPreconditionError | ModelLoadError | ImportError):
-        return 400, ("Validation" if tei else "failed_precondition")
-    if isinstance(exc, CorruptDataError):
-        return 500, ("Backend" if tei else "data_loss")
-    return 500, ("Backend" if tei else "server_error")
+    row = STATUSES[category_of(exc)]
+    return (row.tei_status, row.tei) if tei else (row.status, row.openai)
 
 
 def error_response(exc: BaseException, *, tei: bool, request_id: str) -> Response:
     status, kind = status_of(exc, tei=tei)
-    bug = status == 500 and kind in ("Backend", "server_error") and not isinstance(exc, CorruptDataError)
+    bug = category_of(exc) is Category.INTERNAL
     message = (
         f"internal error (request id {request_id}); this is a bug, please report it" if bug else str(exc)
     )
@@ -100,7 +105,7 @@ def error_response(exc: BaseException, *, tei: bool, request_id: str) -> Respons
         return json_response({"error": message, "error_type": kind}, status, headers)
     param = getattr(exc, "field", None)
     code = kind if kind not in ("invalid_request_error", "server_error") else None
-    error_type = "invalid_request_error" if status in (400, 404, 413) else kind
+    error_type = "invalid_request_error" if status in _CLIENT_MISTAKES else kind
     return json_response(
         {"error": {"message": message, "type": error_type, "param": param, "code": code}}, status, headers
     )
