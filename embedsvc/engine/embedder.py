@@ -339,17 +339,11 @@ class Embedder:
     ) -> np.ndarray:
         """Embed ``texts``; returns float32 ``[len(texts), dimensions or self.dimension]``."""
         items = _check_texts(texts)
-        resolved = self.resolve(
-            EmbedOptions(
-                input_type=input_type,
-                prompt_name=prompt_name,
-                instruction=instruction,
-                dimensions=dimensions,
-                normalize=normalize,
-                truncation=truncation,
-                chunked=chunked,
-            )
+        # the server's own resolver, so the in-process API refuses with the same errors (fields in order)
+        options = EmbedOptions(
+            input_type, prompt_name, instruction, dimensions, normalize, truncation, chunked
         )
+        resolved = self.resolve(options)
         step = OVERLAP_TEXTS if self.overlap and len(items) > OVERLAP_TEXTS else max(len(items), 1)
         starts = range(0, len(items), step)
 
