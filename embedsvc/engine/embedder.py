@@ -19,6 +19,7 @@ from embedsvc.engine.batching import plan_batches
 from embedsvc.engine.deterministic import DEFAULT_TILE_ROWS, FixedTileLinear, make_batch_invariant
 from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template, trim_heap
 from embedsvc.engine.onnx_int8 import load_int8
+from embedsvc.engine.options import EmbedOptions, ResolvedOptions
 from embedsvc.engine.pooling import finalize, pool_packed, pool_padded, sqrt_len_scale
 from embedsvc.engine.recipe import Recipe, describe_recipe
 from embedsvc.engine.threads import apply_threads, resolve_threads
@@ -338,22 +339,20 @@ class Embedder:
     ) -> np.ndarray:
         """Embed ``texts``; returns float32 ``[len(texts), dimensions or self.dimension]``."""
         items = _check_texts(texts)
-        self.check_dimensions(dimensions)
-        self._check_truncation(truncation)
-        template = self.template_for(input_type=input_type, prompt_name=prompt_name, instruction=instruction)
+        # the server's own resolver, so the in-process API refuses with the same errors (fields in order)
+        options = EmbedOptions(
+            input_type, prompt_name, instruction, dimensions, normalize, truncation, chunked
+        )
+        resolved = self.resolve(options)
         step = OVERLAP_TEXTS if self.overlap and len(items) > OVERLAP_TEXTS else max(len(items), 1)
         starts = range(0, len(items), step)
 
         def encode(start: int) -> list[EncodedInput]:
-            part = items[start : start + step]
-            return self._encoder.encode(
-                part, template, truncation=truncation, chunked=chunked, first_index=start
-            )
+            return self._encode(items[start : start + step], resolved, first_index=start)
 
         if len(starts) <= 1:
             encoded = encode(0) if items else []
-            pooled = self.forward(encoded)
-            return self.combine(pooled, encoded, len(items), dimensions=dimensions, normalize=normalize)
+            return self.combine(self.forward(encoded), encoded, len(items), resolved)
         # double buffering: the next slice is tokenized (Rust, without the GIL) while this one runs
         parts = []
         with ThreadPoolExecutor(1, thread_name_prefix="embed-tokenize") as pool:
@@ -364,8 +363,25 @@ class Embedder:
                     upcoming = pool.submit(encode, starts[k + 1])
                 pooled = self.forward(encoded)
                 n = min(step, len(items) - start)
-                parts.append(self.combine(pooled, encoded, n, dimensions=dimensions, normalize=normalize))
+                parts.append(self.combine(pooled, encoded, n, resolved))
         return np.concatenate(parts)
+
+    def resolve(self, options: EmbedOptions) -> ResolvedOptions:
+        """The one place a request's options are checked against this model (InvalidInputError naming
+        the field otherwise); what comes back is taken as given by :meth:`prepare` and :meth:`combine`."""
+        self._check_truncation(options.truncation)
+        self.check_dimensions(options.dimensions)
+        template = self.template_for(
+            input_type=options.input_type, prompt_name=options.prompt_name, instruction=options.instruction
+        )
+        return ResolvedOptions(
+            template=template,
+            truncation=options.truncation,
+            dimensions=options.dimensions,
+            normalize=self.settings.normalize if options.normalize is None else options.normalize,
+            chunked=options.chunked,
+            input_type=options.input_type,
+        )
 
     def template_for(
         self,
@@ -457,22 +473,29 @@ class Embedder:
             )
 
     def prepare(
-        self,
-        texts: Sequence[str],
-        *,
-        input_type: str | None = None,
-        prompt_name: str | None = None,
-        instruction: str | None = None,
-        truncation: str = "end",
-        chunked: bool = False,
+        self, texts: Sequence[str], resolved: ResolvedOptions | None = None, **options: Any
     ) -> list[EncodedInput]:
-        """Tokenize (prompt, template, truncation, EOS). Thread-safe; no model call."""
-        items = _check_texts(texts)
-        self._check_truncation(truncation)
-        template = self.template_for(input_type=input_type, prompt_name=prompt_name, instruction=instruction)
-        if not items:
-            return []
-        return self._encoder.encode(items, template, truncation=truncation, chunked=chunked)
+        """Tokenize (prompt, template, truncation, EOS). Thread-safe; no model call.
+
+        ``resolved`` (from :meth:`resolve`, texts already checked by the caller) is taken as given;
+        without it the texts and the keyword options (``EmbedOptions`` fields) are checked first."""
+        if resolved is None:
+            texts = _check_texts(texts)
+            resolved = self.resolve(EmbedOptions(**options))
+        elif options:
+            raise TypeError("pass either resolved options or keyword options, not both")
+        return self._encode(texts, resolved) if texts else []
+
+    def _encode(
+        self, texts: Sequence[str], resolved: ResolvedOptions, first_index: int = 0
+    ) -> list[EncodedInput]:
+        return self._encoder.encode(
+            texts,
+            resolved.template,
+            truncation=resolved.truncation,
+            chunked=resolved.chunked,
+            first_index=first_index,
+        )
 
     @staticmethod
     def _check_truncation(truncation: str) -> None:
@@ -564,13 +587,11 @@ class Embedder:
         pooled: torch.Tensor,
         encoded: Sequence[EncodedInput],
         n_texts: int,
-        *,
-        dimensions: int | None = None,
-        normalize: bool | None = None,
+        resolved: ResolvedOptions,
     ) -> np.ndarray:
-        """Merge chunks of one text (token-weighted mean), truncate, normalize; numpy float32."""
-        self.check_dimensions(dimensions)
-        width = dimensions or self.dimension
+        """Merge chunks of one text (token-weighted mean), truncate, normalize; numpy float32.
+        ``resolved`` comes from :meth:`resolve` and is not checked again."""
+        width = resolved.dimensions or self.dimension
         if n_texts == 0:
             return np.zeros((0, width), dtype=np.float32)
         pooled = pooled.cpu()
@@ -590,7 +611,7 @@ class Embedder:
                 # chunks of one text summed in order: independent of the rest of the batch
                 rows.append((pooled[group] * weights[:, None]).sum(dim=0) / weights.sum())
             merged = torch.stack(rows)
-        final = finalize(merged, dimensions, self.settings.normalize if normalize is None else normalize)
+        final = finalize(merged, resolved.dimensions, resolved.normalize)
         return final.cpu().numpy().astype(np.float32, copy=False)
 
     def count_tokens(self, encoded: Sequence[EncodedInput], n_texts: int) -> list[int]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from embedsvc.engine.inputs import Template
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,19 @@ class EmbedOptions:
     normalize: bool | None = None  # None: the model's default
     truncation: str = "end"  # "end" | "start" | "none"
     chunked: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """A request's options checked against one model, once (``Embedder.resolve``): what the hot path
+    (``prepare``, ``combine``) takes as given, without checking again."""
+
+    template: Template  # the prompt / instruction / conversion wrapped around each text
+    truncation: str  # "end" | "start" | "none", known to be one of them
+    dimensions: int | None  # None: the model's width; else 1..width
+    normalize: bool  # the model's default already applied
+    chunked: bool
+    input_type: str | None
 
 
 @dataclass(frozen=True)

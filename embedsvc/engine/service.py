@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from embedsvc.engine.embedder import Embedder
-from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput
-from embedsvc.engine.options import Embedded, EmbedOptions, Limits, ModelFacts
+from embedsvc.engine.inputs import EncodedInput
+from embedsvc.engine.options import Embedded, EmbedOptions, Limits, ModelFacts, ResolvedOptions
 from embedsvc.engine.scheduler import DEFAULT_TENANT, BatchRecord, BatchScheduler
 from embedsvc.errors import InvalidInputError, PayloadTooLargeError
 
@@ -209,26 +209,6 @@ class ModelService:
         return frozenset(self._embedder.tokenizer.all_special_ids)
 
     # ------------------------------------------------------------- requests
-    def _validate(self, options: EmbedOptions) -> None:
-        if options.truncation not in TRUNCATIONS:
-            raise InvalidInputError(
-                f"unknown truncation {options.truncation!r}; choose one of {', '.join(TRUNCATIONS)}",
-                field="truncation",
-            )
-        self._embedder.check_dimensions(options.dimensions)
-        self._embedder.template_for(  # input_type, prompt_name and instruction checked before any work
-            input_type=options.input_type, prompt_name=options.prompt_name, instruction=options.instruction
-        )
-
-    def _prepare(self, texts: list[str], options: EmbedOptions) -> list[EncodedInput]:
-        return self._embedder.prepare(
-            texts,
-            input_type=options.input_type,
-            prompt_name=options.prompt_name,
-            instruction=options.instruction,
-            truncation=options.truncation,
-            chunked=options.chunked,
-        )
 
     async def embed(
         self,
@@ -240,40 +220,40 @@ class ModelService:
     ) -> Embedded:
         """Admit (before tokenizing: a refusal comes at once), tokenize off the loop, batch, combine."""
         started = time.perf_counter()
-        self._validate(options)
+        resolved = self._embedder.resolve(options)  # once, before any work: prepare/combine trust it
         items, size, estimate = check_inputs(
             texts, self.limits, max_length=self._embedder.max_length, chunked=options.chunked
         )
         with self.scheduler.admit(estimate, tenant):
             assert self._tokenizers is not None
-            encoded = await self._tokenizers.run(items, size, lambda: self._prepare(items, options))
+            encoded = await self._tokenizers.run(items, size, lambda: self._embedder.prepare(items, resolved))
             remaining = None if timeout is None else timeout - (time.perf_counter() - started)
             pooled = await self.scheduler.submit(encoded, timeout=remaining, tenant=tenant)
-        return self._combine(pooled, encoded, len(items), options)
+        return self._combine(pooled, encoded, len(items), resolved)
 
     def embed_now(self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS) -> Embedded:
         """In this thread, without the scheduler: for in-process callers such as the local pipeline."""
-        self._validate(options)
+        resolved = self._embedder.resolve(options)
         items, _, _ = check_inputs(
             texts, self.limits, max_length=self._embedder.max_length, chunked=options.chunked
         )
-        encoded = self._prepare(items, options)
-        return self._combine(self._embedder.forward(encoded), encoded, len(items), options)
+        encoded = self._embedder.prepare(items, resolved)
+        return self._combine(self._embedder.forward(encoded), encoded, len(items), resolved)
 
-    def _combine(self, pooled: Any, encoded: list[EncodedInput], n: int, options: EmbedOptions) -> Embedded:
-        vectors = self._embedder.combine(
-            pooled, encoded, n, dimensions=options.dimensions, normalize=options.normalize
-        )
+    def _combine(
+        self, pooled: Any, encoded: list[EncodedInput], n: int, resolved: ResolvedOptions
+    ) -> Embedded:
+        vectors = self._embedder.combine(pooled, encoded, n, resolved)
         return Embedded(vectors, self._embedder.count_tokens(encoded, n))
 
     async def tokenize(
         self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS
     ) -> list[tuple[list[int], list[str]]]:
         """(ids, token strings) per text, as the model would see them."""
-        self._validate(options)
+        resolved = self._embedder.resolve(options)
         items, size, _ = check_inputs(texts, self.limits, max_length=self._embedder.max_length, chunked=False)
         assert self._tokenizers is not None
-        encoded = await self._tokenizers.run(items, size, lambda: self._prepare(items, options))
+        encoded = await self._tokenizers.run(items, size, lambda: self._embedder.prepare(items, resolved))
         return [(e.ids, self._embedder.tokenizer.convert_ids_to_tokens(e.ids)) for e in encoded]
 
     async def close(self) -> None:
