@@ -35,9 +35,18 @@ from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 from embedsvc.v1 import index_pb2 as ipb
 from embedsvc.v1 import index_pb2_grpc as ipb_grpc
-from embedsvc.wire import Hit, IdPage, IndexInfo, ModelInfo, SearchOptions
+from embedsvc.wire import Hit, IdPage, IndexInfo, ModelInfo, Reembedded, Rerank, SearchOptions
 
-__all__ = ["AsyncEmbedClient", "EmbedClient", "EmbedServiceError", "Hit", "IndexInfo", "ModelInfo"]
+__all__ = [
+    "AsyncEmbedClient",
+    "EmbedClient",
+    "EmbedServiceError",
+    "Hit",
+    "IndexInfo",
+    "ModelInfo",
+    "Reembedded",
+    "Rerank",
+]
 
 DEFAULT_CHUNK = 256  # items per request the client sends (embed texts, upsert items, get/delete ids)
 IN_FLIGHT = 4  # requests of one call in flight at once
@@ -83,6 +92,7 @@ _IDEMPOTENT_INDEX_METHODS = (
     "Search",
     "SearchBatch",
     "Count",
+    "Rebind",
 )
 _SERVICE_CONFIG = {
     # every address of the target takes calls in turn; a dead one is skipped until it reconnects
@@ -210,9 +220,11 @@ class AsyncEmbedClient:
         model: str | None = None,
         metric: str = "cosine",
         kind: str = "flat",
+        store_text: bool = False,
         **params: int,
     ) -> IndexInfo:
-        request = wire.create_index_request(name, model, metric, kind, params)
+        """``store_text``: keep each item's text (Get / search with ``return_text``; reranking needs it)."""
+        request = wire.create_index_request(name, model, metric, kind, params, store_text)
         return wire.index_info(await self._call(self._index.CreateIndex, request, idempotent=False))
 
     async def delete_index(self, name: str) -> None:
@@ -234,10 +246,13 @@ class AsyncEmbedClient:
         texts: Sequence[str] | None = None,
         vectors: Any = None,
         metadata: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        fingerprint: str = "",
     ) -> int:
         """Insert or replace; returns the index's size afterwards. Each request is all or nothing; they
-        go one after another, so a later duplicate id wins."""
-        requests = wire.upsert_requests(index, ids, texts, vectors, metadata, self.chunk_size)
+        go one after another, so a later duplicate id wins. ``fingerprint``: the model fingerprint that
+        made ``vectors`` (ModelInfo.fingerprint), checked against the index's."""
+        requests = wire.upsert_requests(index, ids, texts, vectors, metadata, self.chunk_size, fingerprint)
         replies = await self._each(self._index.Upsert, requests, in_flight=1)
         return int(replies[-1].count) if replies else 0
 
@@ -246,11 +261,15 @@ class AsyncEmbedClient:
         requests = wire.delete_requests(index, ids, self.chunk_size)
         return sum(int(r.deleted) for r in await self._each(self._index.Delete, requests, in_flight=1))
 
-    async def get(self, index: str, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-        """``{id: (vector, metadata)}`` for the ids that exist."""
-        found: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
-        for reply in await self._each(self._index.Get, wire.get_requests(index, ids, self.chunk_size)):
-            found.update(wire.got(reply))
+    async def get(
+        self, index: str, ids: Sequence[str], *, return_text: bool = False
+    ) -> dict[str, tuple[Any, ...]]:
+        """``{id: (vector, metadata)}`` for the ids that exist; with ``return_text``
+        ``(vector, metadata, text)`` (None for an item without a stored text)."""
+        found: dict[str, tuple[Any, ...]] = {}
+        requests = wire.get_requests(index, ids, self.chunk_size, return_text)
+        for reply in await self._each(self._index.Get, requests):
+            found.update(wire.got(reply, return_text))
         return found
 
     async def search(
@@ -264,10 +283,16 @@ class AsyncEmbedClient:
         ef_search: int | None = None,
         nprobe: int | None = None,
         instruction: str | None = None,
+        return_text: bool = False,
+        rerank: str | Rerank | Mapping[str, Any] | None = None,
     ) -> list[Hit]:
         """Top ``k`` for a text or a vector; ``filter`` in the plain filter language (docs/search.md),
-        checked here before sending."""
-        options = SearchOptions(k, filter, ef_search, nprobe, instruction)
+        checked here before sending. ``return_text``: hits carry their stored texts. ``rerank``: a served
+        reranker's name (or ``Rerank(model, candidates, instruction)``) that reorders the nearest
+        candidates by their stored texts; hits then carry ``rerank_score`` beside ``score``."""
+        options = SearchOptions(
+            k, filter, ef_search, nprobe, instruction, return_text, wire.rerank_stage(rerank)
+        )
         return wire.hits(
             await self._call(self._index.Search, wire.search_request(index, text, vector, options))
         )
@@ -283,10 +308,15 @@ class AsyncEmbedClient:
         ef_search: int | None = None,
         nprobe: int | None = None,
         instruction: str | None = None,
+        return_text: bool = False,
+        rerank: str | Rerank | Mapping[str, Any] | None = None,
     ) -> list[list[Hit]]:
         """Top ``k`` for each of many queries (texts or a [queries, dim] array), in order; sent
-        ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index."""
-        options = SearchOptions(k, filter, ef_search, nprobe, instruction)
+        ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index.
+        ``return_text`` and ``rerank`` as for :meth:`search`."""
+        options = SearchOptions(
+            k, filter, ef_search, nprobe, instruction, return_text, wire.rerank_stage(rerank)
+        )
         requests = wire.search_batch_requests(index, texts, vectors, options, self.chunk_size)
         return [
             hits
@@ -302,6 +332,19 @@ class AsyncEmbedClient:
         (empty after the last). ``page_size`` 0 = the server's default (1000)."""
         request = wire.list_ids_request(index, page_size, page_token)
         return wire.id_page(await self._call(self._index.ListIds, request))
+
+    async def rebind(self, index: str) -> IndexInfo:
+        """Bind the index to its model's fingerprint as served now (``mixed`` if it held another's
+        vectors): text writes and searches through the changed model are accepted from then on."""
+        return wire.index_info(await self._call(self._index.Rebind, ipb.RebindRequest(index=index)))
+
+    async def reembed(self, index: str, *, timeout: float | None = None) -> Reembedded:
+        """Embed every stored text of the index again with its model as served now, into a new index
+        swapped in when done (searchable and writable throughout). ``timeout`` for this call alone."""
+        request = ipb.ReembedRequest(index=index)
+        return wire.reembedded(
+            await self._call(self._index.Reembed, request, idempotent=False, timeout=timeout)
+        )
 
     async def iter_ids(self, index: str, page_size: int = 0) -> AsyncIterator[str]:
         """Every id ``index`` holds, fetched a page at a time."""
@@ -502,6 +545,8 @@ class EmbedClient:
     search_batch = _blocking(AsyncEmbedClient.search_batch)
     count = _blocking(AsyncEmbedClient.count)
     list_ids = _blocking(AsyncEmbedClient.list_ids)
+    rebind = _blocking(AsyncEmbedClient.rebind)
+    reembed = _blocking(AsyncEmbedClient.reembed)
     embed = _blocking(AsyncEmbedClient.embed)
     tokenize = _blocking(AsyncEmbedClient.tokenize)
     list_models = _blocking(AsyncEmbedClient.list_models)

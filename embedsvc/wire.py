@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from embedsvc.index.filters import MAX_DEPTH as MAX_FILTER_DEPTH
 from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range, parse_filter
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import index_pb2 as ipb
+
+if TYPE_CHECKING:
+    from embedsvc.index.binding import Binding
 
 INPUT_TYPES: dict[str | None, int] = {
     None: pb.INPUT_TYPE_UNSPECIFIED,
@@ -200,6 +203,8 @@ class Hit:
     id: str
     score: float
     metadata: dict[str, Any]
+    text: str | None = None  # with return_text, for an index that keeps texts
+    rerank_score: float | None = None  # with a rerank stage
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,10 @@ class IndexInfo:
     status: str
     durable: bool
     params: dict[str, int]
+    store_text: bool = False
+    fingerprint: str = ""  # the model fingerprint its vectors came from ("" before its first text use)
+    binding: str = "unbound"  # bound, mixed or unbound
+    fingerprint_parts: dict[str, str] = field(default_factory=dict)
 
 
 def split(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -275,7 +284,7 @@ def token_ids(response: pb.TokenizeResponse) -> list[list[int]]:
 
 
 def create_index_request(
-    name: str, model: str | None, metric: str, kind: str, params: Mapping[str, int]
+    name: str, model: str | None, metric: str, kind: str, params: Mapping[str, int], store_text: bool = False
 ) -> ipb.CreateIndexRequest:
     return ipb.CreateIndexRequest(
         name=name,
@@ -283,7 +292,30 @@ def create_index_request(
         metric=lookup(METRICS, metric, "metric"),
         kind=lookup(KINDS, kind, "kind"),
         params=ipb.IndexParams(**params),
+        store_text=store_text,
     )
+
+
+def binding_fields(binding: Binding | None) -> dict[str, Any]:
+    """IndexInfo's binding fields for an index's recorded binding (None: unbound)."""
+    if binding is None:
+        return {"binding": "unbound"}
+    return {
+        "fingerprint": binding.fingerprint,
+        "binding": binding.state,
+        "fingerprint_parts": dict(binding.parts),
+    }
+
+
+def rerank_fields(message: ipb.SearchRerank) -> dict[str, Any]:
+    """A SearchRerank as the index facade's RerankStage fields."""
+    if not message.model:
+        raise InvalidInputError("rerank.model must name a served reranker", field="rerank.model")
+    return {
+        "model": message.model,
+        "candidates": message.candidates,
+        "instruction": message.instruction if message.HasField("instruction") else None,
+    }
 
 
 def index_info(message: ipb.IndexInfo) -> IndexInfo:
@@ -299,6 +331,10 @@ def index_info(message: ipb.IndexInfo) -> IndexInfo:
         status=message.status,
         durable=message.durable,
         params={f.name: v for f, v in message.params.ListFields()},
+        store_text=message.store_text,
+        fingerprint=message.fingerprint,
+        binding=message.binding or "unbound",
+        fingerprint_parts=dict(message.fingerprint_parts),
     )
 
 
@@ -309,6 +345,7 @@ def upsert_requests(
     vectors: Any,
     metadata: Sequence[Mapping[str, Any]] | None,
     chunk: int,
+    fingerprint: str = "",
 ) -> list[ipb.UpsertRequest]:
     """UpsertRequests of at most ``chunk`` items; the lengths are checked before anything is sent."""
     if (texts is None) == (vectors is None):
@@ -328,13 +365,20 @@ def upsert_requests(
             items.append(ipb.Item(id=item_id, text=texts[i], metadata=meta))  # type: ignore[index]
         else:
             items.append(ipb.Item(id=item_id, vector=array[i].tolist(), metadata=meta))
-    return [ipb.UpsertRequest(index=index, items=part) for part in split(items, chunk)]
+    return [
+        ipb.UpsertRequest(index=index, items=part, fingerprint=fingerprint) for part in split(items, chunk)
+    ]
 
 
-def get_requests(index: str, ids: Sequence[str], chunk: int) -> list[ipb.GetRequest]:
+def get_requests(
+    index: str, ids: Sequence[str], chunk: int, return_text: bool = False
+) -> list[ipb.GetRequest]:
     if isinstance(ids, str):
         raise ValueError("ids must be a list of strings, not a single string")
-    return [ipb.GetRequest(index=index, ids=list(part)) for part in split(list(ids), chunk)]
+    return [
+        ipb.GetRequest(index=index, ids=list(part), return_text=return_text)
+        for part in split(list(ids), chunk)
+    ]
 
 
 def delete_requests(index: str, ids: Sequence[str], chunk: int) -> list[ipb.DeleteRequest]:
@@ -366,6 +410,8 @@ class SearchOptions:
     ef_search: int | None = None
     nprobe: int | None = None
     instruction: str | None = None
+    return_text: bool = False
+    rerank: Rerank | None = None
 
     def apply(self, request: Any) -> Any:
         request.k = self.k
@@ -373,7 +419,39 @@ class SearchOptions:
         for name in ("ef_search", "nprobe", "instruction"):
             if getattr(self, name) is not None:
                 setattr(request, name, getattr(self, name))
+        request.return_text = self.return_text
+        if self.rerank is not None:
+            request.rerank.CopyFrom(self.rerank.to_proto())
         return request
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """A search's rerank stage: the served reranker ``model`` scores the ``candidates`` nearest items'
+    stored texts (0: the server's default, max(k, 50)) against the text query."""
+
+    model: str
+    candidates: int = 0
+    instruction: str | None = None
+
+    def to_proto(self) -> ipb.SearchRerank:
+        if not self.model:
+            raise ValueError("rerank needs the name of a served reranker model")
+        if self.candidates < 0:
+            raise ValueError(f"rerank candidates must be 0 (the default) or more, got {self.candidates}")
+        message = ipb.SearchRerank(model=self.model, candidates=self.candidates)
+        if self.instruction is not None:
+            message.instruction = self.instruction
+        return message
+
+
+def rerank_stage(rerank: str | Rerank | Mapping[str, Any] | None) -> Rerank | None:
+    """A client's ``rerank=`` argument: a model name, a Rerank, or its fields as a mapping."""
+    if rerank is None or isinstance(rerank, Rerank):
+        return rerank
+    if isinstance(rerank, str):
+        return Rerank(rerank)
+    return Rerank(**rerank)
 
 
 def search_request(index: str, text: str | None, vector: Any, options: SearchOptions) -> ipb.SearchRequest:
@@ -430,15 +508,40 @@ def id_page(response: ipb.ListIdsResponse) -> IdPage:
 
 
 def hits(response: ipb.SearchResponse) -> list[Hit]:
-    return [Hit(h.id, h.score, from_metadata(h.metadata)) for h in response.hits]
+    return [
+        Hit(
+            h.id,
+            h.score,
+            from_metadata(h.metadata),
+            h.text if h.HasField("text") else None,
+            h.rerank_score if h.HasField("rerank_score") else None,
+        )
+        for h in response.hits
+    ]
 
 
 def batch_hits(response: ipb.SearchBatchResponse) -> list[list[Hit]]:
     return [hits(result) for result in response.results]
 
 
-def got(response: ipb.GetResponse) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-    return {i.id: (np.asarray(i.vector, dtype=np.float32), from_metadata(i.metadata)) for i in response.items}
+def got(response: ipb.GetResponse, return_text: bool = False) -> dict[str, tuple[Any, ...]]:
+    """``{id: (vector, metadata)}``, or ``(vector, metadata, text or None)`` with ``return_text``."""
+    return {
+        i.id: (np.asarray(i.vector, dtype=np.float32), from_metadata(i.metadata))
+        + ((i.text if i.HasField("text") else None,) if return_text else ())
+        for i in response.items
+    }
+
+
+@dataclass(frozen=True)
+class Reembedded:
+    reembedded: int  # items embedded again
+    fingerprint: str  # what the index is bound to now
+    rounds: int  # catch-up passes over writes made meanwhile
+
+
+def reembedded(response: ipb.ReembedResponse) -> Reembedded:
+    return Reembedded(response.reembedded, response.fingerprint, response.rounds)
 
 
 # ---------------------------------------------------------------------- index

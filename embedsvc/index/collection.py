@@ -45,13 +45,26 @@ __all__ = [
 ]
 
 
+class RetiredError(RuntimeError):
+    """This collection was replaced by a re-embedded one: the write goes to the manager's current one."""
+
+
 class Collection(Durable, SearchPlanner):
     """Durable writes (log, then apply) over a searchable store."""
 
+    # set while the index is re-embedded: the ids written since (the re-embed copies them again)
+    _touched: set[str] | None = None
+    retired = False  # replaced by a re-embedded collection: writes here are refused (RetiredError)
+
     def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, Any]] | None
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[Mapping[str, Any]] | None,
+        texts: Sequence[str | None] | None = None,
     ) -> int:
-        """Insert or replace; all or nothing. Returns the collection's size afterwards."""
+        """Insert or replace; all or nothing. Returns the collection's size afterwards. ``texts`` (one
+        per item, None for none) are kept when the index keeps texts, ignored otherwise."""
         if len(ids) == 0:
             raise InvalidInputError("upsert needs at least one item", field="items")
         for i, item_id in enumerate(ids):
@@ -67,15 +80,62 @@ class Collection(Durable, SearchPlanner):
         metas = [check_metadata(m, i) for i, m in enumerate(metadata or [{}] * len(ids))]
         if len(metas) != len(ids):
             raise InvalidInputError(f"{len(ids)} ids but {len(metas)} metadata entries", field="metadata")
+        kept = self._texts_to_keep(texts, len(ids))
         with self._lock.write():
-            self._log({"op": "upsert", "ids": list(ids), "metadata": metas}, vectors)
-            self._apply_upsert(ids, vectors, metas)
+            self._note_written(ids)
+            header: dict[str, Any] = {"op": "upsert", "ids": list(ids), "metadata": metas}
+            if kept is not None:
+                header["texts"] = kept
+            self._log(header, vectors)
+            self._apply_upsert(ids, vectors, metas, texts=kept)
             self._maintain()
             return len(self._id_of)
+
+    # ------------------------------------------------------- re-embedding
+    def _note_written(self, ids: Sequence[str]) -> None:
+        if self.retired:
+            raise RetiredError(self.spec.name)
+        if self._touched is not None:
+            self._touched.update(ids)
+
+    def track_writes(self, on: bool) -> None:
+        with self._lock.write():
+            self._touched = set() if on else None
+
+    def take_written(self) -> list[str]:
+        """The ids written since the last call (while tracking)."""
+        with self._lock.write():
+            taken, self._touched = sorted(self._touched or ()), set()
+            return taken
+
+    def items_for_reembed(
+        self, ids: Sequence[str]
+    ) -> tuple[list[tuple[str, str | None, dict[str, Any]]], list[str]]:
+        """(id, stored text, metadata) of the live ids, and the ids that no longer exist."""
+        with self._lock.read():
+            found, gone = [], []
+            for item_id in ids:
+                label = self._label_of.get(item_id)
+                if label is None:
+                    gone.append(item_id)
+                else:
+                    found.append((item_id, self._texts.get(label), dict(self._metadata[label])))
+            return found, gone
+
+    def _texts_to_keep(self, texts: Sequence[str | None] | None, n: int) -> list[str | None] | None:
+        if not self.spec.store_text:
+            return None
+        kept: list[str | None] = list(texts) if texts is not None else [None] * n
+        if len(kept) != n:
+            raise InvalidInputError(f"{n} ids but {len(kept)} texts", field="texts")
+        if not all(t is None or isinstance(t, str) for t in kept):
+            raise InvalidInputError("texts must be strings (or None for an item without one)", field="texts")
+        return kept
 
     def delete(self, ids: Sequence[str]) -> tuple[int, int]:
         """Remove ids (unknown ones are ignored); returns (removed, size afterwards)."""
         with self._lock.write():
+            self._note_written(ids)
             present = [i for i in dict.fromkeys(ids) if i in self._label_of]
             if present:
                 self._log({"op": "delete", "ids": present}, None)

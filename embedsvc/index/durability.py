@@ -29,6 +29,7 @@ import numpy as np
 
 from embedsvc.errors import CorruptDataError, StorageFullError
 from embedsvc.index import records
+from embedsvc.index.binding import BINDING_FILE, Binding, read_binding
 from embedsvc.index.spec import IndexSpec
 from embedsvc.index.store import Store
 from embedsvc.index.wal import HighWaterMark, LogContents, WriteAheadLog, cut_torn_tail, fsync_dir, scan_log
@@ -98,6 +99,7 @@ class Durable(Store):
         self._mark: HighWaterMark | None = None
         self._fsync = fsync
         self._snapshot_retry_at = 0
+        self.binding: Binding | None = None  # the model fingerprint its vectors came from (binding.py)
 
     @classmethod
     def create(cls, spec: IndexSpec, folder: Path | None, **kwargs: Any) -> Self:
@@ -129,6 +131,7 @@ class Durable(Store):
     @classmethod
     def open(cls, folder: Path, **kwargs: Any) -> Self:
         collection = cls(read_spec(folder), folder, **kwargs)
+        collection.binding = read_binding(folder)
         collection._recover()
         collection._open_wal()
         return collection
@@ -180,6 +183,12 @@ class Durable(Store):
         collection.snapshot()  # what was recovered, durable; the log and its mark start afresh
         collection._close_files()
         return report
+
+    def bind(self, binding: Binding) -> None:
+        """Record the fingerprint the index's vectors come from (durable before it counts)."""
+        if self.folder is not None:
+            _write_json(self.folder / BINDING_FILE, binding.to_json())
+        self.binding = binding
 
     def _open_wal(self) -> None:
         if self.folder is not None:
@@ -239,7 +248,9 @@ class Durable(Store):
         if snapshot.exists():
             header, vectors = records.read_snapshot(snapshot, self.spec.dimension)
             seq = int(header["seq"])
-            self._apply_upsert(header["ids"], vectors, header["metadata"], index_now=False)
+            self._apply_upsert(
+                header["ids"], vectors, header["metadata"], index_now=False, texts=header.get("texts")
+            )
         if seq < recorded:
             what = "is missing" if not snapshot.exists() else f"holds records up to {seq} only"
             raise CorruptDataError(
@@ -268,7 +279,10 @@ class Durable(Store):
             self._seq = seq
             applied += 1
             if header["op"] == "upsert":
-                self._apply_upsert(header["ids"], vectors, header["metadata"], index_now=False)
+                # records before format 3 carry no texts: their items have none stored
+                self._apply_upsert(
+                    header["ids"], vectors, header["metadata"], index_now=False, texts=header.get("texts")
+                )
             else:
                 self._apply_delete(header["ids"])
         return Replayed(applied, None, skipped)
@@ -302,6 +316,8 @@ class Durable(Store):
             "ids": [self._id_of[x] for x in labels],
             "metadata": [self._metadata[x] for x in labels],
         }
+        if self.spec.store_text:
+            header["texts"] = self._texts_of(labels)
         records.write_snapshot(self.folder / SNAPSHOT_FILE, header, self._matrix[labels])
         # recorded before the log is emptied: a later start can tell a lost snapshot from no snapshot
         _write_json(self.folder / STATE_FILE, {"snapshot_seq": self._seq})

@@ -24,11 +24,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from embedsvc.errors import CorruptDataError, IndexExistsError, IndexNotFoundError, InvalidInputError
+from embedsvc.errors import (
+    CorruptDataError,
+    FailedPreconditionError,
+    IndexExistsError,
+    IndexNotFoundError,
+    InvalidInputError,
+)
 from embedsvc.index.ann import faiss_module
 from embedsvc.index.collection import Collection, IndexSpec
 from embedsvc.index.gpu import check_device_setting, resolve_device
 from embedsvc.index.lock import DataDirLock
+from embedsvc.index.wal import fsync_dir
 
 log = logging.getLogger("embedsvc.index")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would accept a final newline
@@ -78,6 +85,7 @@ class IndexManager:
 
     def _open_all(self) -> None:
         assert self.data_dir is not None
+        self._finish_reembeds()
         for folder in sorted((self.data_dir / "indexes").iterdir()):
             if folder.name.startswith((".deleted-", ".creating-")):
                 shutil.rmtree(folder, ignore_errors=True)  # a delete or create interrupted by a crash
@@ -104,6 +112,61 @@ class IndexManager:
                     "(embedsvc index repair salvages it, DeleteIndex removes it)",
                     extra={"index": folder.name, "error": str(damage)},
                 )
+
+    # ------------------------------------------------------- re-embedding
+    def _finish_reembeds(self) -> None:
+        """A ``.reembed-NAME`` folder is a re-embed in progress (discarded: the index is whole without
+        it), unless NAME is missing: then the server stopped mid-swap, after the old folder was moved
+        away, and the re-embedded one (complete by then) takes its place."""
+        assert self.data_dir is not None
+        for staging in sorted((self.data_dir / "indexes").glob(".reembed-*")):
+            target = staging.with_name(staging.name.removeprefix(".reembed-"))
+            if target.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+                log.warning("re-embedded index swapped in at start-up", extra={"index": target.name})
+
+    def staging(self, spec: IndexSpec) -> Collection:
+        """An empty collection to re-embed index ``spec.name`` into, beside it."""
+        folder = self._folder(spec.name)
+        staging = None if folder is None else folder.with_name(f".reembed-{spec.name}")
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        return Collection.create(spec, staging, **self._options)
+
+    def swap(self, name: str, old: Collection, fresh: Collection) -> bool:
+        """Serve ``fresh`` (from ``staging``) as ``name`` instead of ``old``: under old's write lock, so
+        no write lands in old once fresh has everything; a write waiting for it retries on fresh.
+        False (and nothing done) if old was written since the last ``take_written``."""
+        with self._lock, old._lock.write():
+            if self.collections.get(name) is not old:
+                raise FailedPreconditionError(
+                    f"index {name!r} was dropped or replaced while it was re-embedded"
+                )
+            if old._touched:
+                return False  # written since the caller's last copy: it copies those, then retries
+            folder = self._folder(name)
+            if folder is not None and fresh.folder is not None:
+                fresh.snapshot()  # its files complete on their own: the log starts empty
+                fresh._close_files()
+                trash = folder.with_name(f".deleted-{name}-{uuid.uuid4().hex[:8]}")
+                os.replace(folder, trash)
+                os.replace(fresh.folder, folder)  # a stop between the two: see _finish_reembeds
+                fsync_dir(folder.parent)
+                fresh.folder = folder
+                fresh._open_wal()
+                old._close_files()
+                shutil.rmtree(trash, ignore_errors=True)
+            old.retired = True
+            self.collections[name] = fresh
+            return True
+
+    def discard(self, staging: Collection) -> None:
+        """Drop a staging collection that was not swapped in, and its folder."""
+        staging.close()
+        if staging.folder is not None:
+            shutil.rmtree(staging.folder, ignore_errors=True)
 
     def create(self, spec: IndexSpec) -> Collection:
         if not _NAME.fullmatch(spec.name):

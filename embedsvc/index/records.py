@@ -5,7 +5,9 @@ The header carries the record format version as ``"v"``:
 
 * 1 (no ``"v"``: logs and snapshots written before versions) — metadata values are strings,
   numbers or booleans;
-* 2 — metadata values may also be lists of those (``"tags": ["a", "b"]``).
+* 2 — metadata values may also be lists of those (``"tags": ["a", "b"]``);
+* 3 — upserts and snapshots of an index that keeps texts (``store_text``) carry ``"texts"``, one
+  string or null per item (older records have none: their items have no stored text).
 
 Every version up to ``FORMAT_VERSION`` is read; a newer one is refused (CorruptDataError naming
 it) rather than misread by an older embedsvc.
@@ -27,7 +29,7 @@ from embedsvc.index.wal import fsync_dir
 
 _LEN = struct.Struct("<I")
 SNAPSHOT_MAGIC = b"ESNAP001"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _SNAP_HEADER = struct.Struct("<8sQI")  # magic, body length, crc32(body)
 
 

@@ -7,6 +7,8 @@ scheduler with the caller's deadline and tenant, or the pipeline's in-process mo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,11 +18,13 @@ import numpy as np
 from embedsvc.engine.options import EmbedOptions
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.index.ann import KIND_PARAMS, AnnParams
-from embedsvc.index.collection import Collection, Hit, IndexSpec
+from embedsvc.index.binding import Binding
+from embedsvc.index.collection import Collection, Hit, IndexSpec, RetiredError
 from embedsvc.index.filters import Condition
 from embedsvc.index.manager import IndexManager
 
 DOCUMENTS = EmbedOptions(input_type="document")
+log = logging.getLogger("embedsvc.index")
 
 
 class Served(Protocol):
@@ -48,6 +52,20 @@ class Models(Protocol):
 
 # (the served model, texts, options) -> vectors [len(texts), dimension]
 Embed = Callable[[Any, list[str], EmbedOptions], Awaitable[np.ndarray]]
+# (the served reranker, query, documents, instruction) -> one score per document, in their order
+Rerank = Callable[[Any, str, list[str], "str | None"], Awaitable[np.ndarray]]
+DEFAULT_CANDIDATES = 50  # a rerank stage's candidates when not given: max(k, this)
+REEMBED_BATCH = 256  # texts per embedding call while re-embedding
+REEMBED_ROUNDS = 100  # catch-up passes over concurrent writes before a re-embed gives up
+
+
+@dataclass(frozen=True)
+class RerankStage:
+    """Rerank the ``candidates`` nearest items' stored texts with the served reranker ``model``."""
+
+    model: str
+    candidates: int = 0  # 0: max(k, DEFAULT_CANDIDATES)
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,8 @@ class SearchOptions:
     where: Condition | None = None
     ef_search: int | None = None
     nprobe: int | None = None
+    return_text: bool = False  # hits carry their stored texts
+    rerank: RerankStage | None = None
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -100,6 +120,7 @@ class Indexes:
         self.models = models
         self.max_inputs = max_inputs
         self.max_batch_hits = max_batch_hits
+        self._reembedding: set[str] = set()  # indexes being re-embedded now
 
     # ------------------------------------------------------------ checks
     def check_batch(self, n: int, what: str) -> None:
@@ -139,9 +160,17 @@ class Indexes:
 
     # --------------------------------------------------------- lifecycle
     def create(
-        self, name: str, model: str, *, metric: str, kind: str, params: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        model: str,
+        *,
+        metric: str,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        store_text: bool = False,
     ) -> Collection:
-        """A new index bound to the served ``model`` ("" for the default); ``params`` only those given."""
+        """A new index bound to the served ``model`` ("" for the default); ``params`` only those given;
+        ``store_text``: keep each item's text (returned on request; reranking and re-embedding need it)."""
         served = self.models.get(model)
         given = dict(params or {})
         stray = sorted(set(given) - set(KIND_PARAMS.get(kind, given)))
@@ -160,8 +189,13 @@ class Indexes:
             metric=metric,
             kind=kind,
             params=AnnParams(**given),
+            store_text=store_text,
         )
-        return self.manager.create(spec)
+        collection = self.manager.create(spec)
+        fingerprint = getattr(served, "fingerprint", None)
+        if fingerprint is not None:  # bound from the start: the first text write need not bind it
+            collection.bind(Binding(fingerprint.digest, dict(fingerprint.parts)))
+        return collection
 
     def drop(self, name: str) -> None:
         self.manager.delete(name)
@@ -183,6 +217,13 @@ class Indexes:
         status = (
             state["status"] if served else f"{state['status']}; model not served: text queries unavailable"
         )
+        binding = collection.binding
+        if collection.spec.name in self._reembedding:
+            status += "; re-embedding"
+        elif binding is not None and binding.state == "mixed":
+            status += (
+                f"; mixed: may hold vectors of two models (embedsvc index reembed {collection.spec.name})"
+            )
         return IndexState(collection, served.name if served else "", status, state)
 
     def listing(self) -> tuple[list[IndexState], dict[str, Exception]]:
@@ -191,8 +232,21 @@ class Indexes:
         return states, dict(sorted(self.manager.broken.items()))
 
     # -------------------------------------------------------------- data
-    async def upsert(self, index: str, items: Sequence[NewItem], embed: Embed) -> tuple[int, int]:
-        """Write items (texts embedded through ``embed``); all or nothing. (written, size afterwards)."""
+    async def _write(self, index: str, write: Callable[[Collection], Any]) -> Any:
+        """Run a write on the index's collection; one swapped out by a re-embed meanwhile refuses it
+        (RetiredError) and the write goes to the one that replaced it."""
+        while True:
+            collection = self.manager.get(index)
+            try:
+                return await asyncio.to_thread(write, collection)
+            except RetiredError:
+                continue
+
+    async def upsert(
+        self, index: str, items: Sequence[NewItem], embed: Embed, *, fingerprint: str = ""
+    ) -> tuple[int, int]:
+        """Write items (texts embedded through ``embed``); all or nothing. (written, size afterwards).
+        ``fingerprint``: the model fingerprint the vector items were made with, checked if given."""
         collection = self.manager.get(index)
         self.check_batch(len(items), "items")
         dimension = collection.spec.dimension
@@ -214,17 +268,29 @@ class Indexes:
                 vectors[i] = item.vector
             else:
                 texts.append((i, item.text or ""))
+        if fingerprint and len(texts) < len(items):
+            self.check_vectors_fingerprint(collection, fingerprint)
         if texts:
             served = self.require_model(collection)
+            self.check_binding(collection, served)
             vectors[[i for i, _ in texts]] = await embed(served, [t for _, t in texts], DOCUMENTS)
         ids, metadata = [item.id for item in items], [dict(item.metadata or {}) for item in items]
-        count = await asyncio.to_thread(collection.upsert, ids, vectors, metadata)
+        kept = [item.text for item in items]
+        count = await self._write(index, lambda c: c.upsert(ids, vectors, metadata, kept))
         return len(ids), count
 
     async def upsert_vectors(
-        self, index: str, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, Any]]
+        self,
+        index: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[Mapping[str, Any]],
+        *,
+        texts: Sequence[str] | None = None,
+        fingerprint: str = "",
     ) -> tuple[int, int]:
-        """Write embedded items (a [n, dimension] array): the same checks as ``upsert``'s vectors."""
+        """Write embedded items (a [n, dimension] array): the same checks as ``upsert``'s vectors;
+        ``texts`` (what was embedded) are kept when the index keeps texts."""
         collection = self.manager.get(index)
         self.check_batch(len(ids), "items")
         array = np.asarray(vectors, dtype=np.float32)
@@ -234,21 +300,31 @@ class Indexes:
                 f"{collection.spec.dimension}",
                 field="vector",
             )
-        count = await asyncio.to_thread(collection.upsert, list(ids), array, list(metadata))
+        if fingerprint:
+            self.check_vectors_fingerprint(collection, fingerprint)
+        count = await self._write(index, lambda c: c.upsert(list(ids), array, list(metadata), texts))
         return len(ids), count
 
     async def delete(self, index: str, ids: Sequence[str]) -> tuple[int, int]:
         """(removed, size afterwards); unknown ids are ignored."""
-        collection = self.manager.get(index)
+        self.manager.get(index)
         self.check_batch(len(ids), "ids")
-        return await asyncio.to_thread(collection.delete, list(ids))
+        removed: tuple[int, int] = await self._write(index, lambda c: c.delete(list(ids)))
+        return removed
 
     async def get(
-        self, index: str, ids: Sequence[str]
-    ) -> tuple[list[tuple[str, np.ndarray, dict[str, Any]]], list[str]]:
+        self, index: str, ids: Sequence[str], *, return_text: bool = False
+    ) -> tuple[list[tuple[str, np.ndarray, dict[str, Any], str | None]], list[str]]:
+        """(id, vector, metadata, stored text or None) for the ids found, and the missing ids."""
         collection = self.manager.get(index)
         self.check_batch(len(ids), "ids")
-        return await asyncio.to_thread(collection.get, list(ids))
+
+        def read() -> tuple[list[tuple[str, np.ndarray, dict[str, Any], str | None]], list[str]]:
+            found, missing = collection.get(list(ids))
+            texts = collection.texts([i for i, _, _ in found]) if return_text else [None] * len(found)
+            return [(i, v, m, t) for (i, v, m), t in zip(found, texts, strict=True)], missing
+
+        return await asyncio.to_thread(read)
 
     def count(self, index: str) -> int:
         return self.manager.get(index).count()
@@ -263,6 +339,7 @@ class Indexes:
         self, collection: Collection, texts: list[str], instruction: str | None, embed: Embed
     ) -> np.ndarray:
         served = self.require_model(collection)
+        self.check_binding(collection, served)
         return await embed(served, texts, EmbedOptions(input_type="query", instruction=instruction))
 
     async def search(
@@ -274,18 +351,26 @@ class Indexes:
         text: str | None = None,
         vector: Sequence[float] | None = None,
         instruction: str | None = None,
+        rerank: Rerank | None = None,
     ) -> list[Hit]:
-        """One query: a text (embedded as a query) or a vector."""
+        """One query: a text (embedded as a query) or a vector; a rerank stage reranks the nearest
+        candidates' texts against the text query through ``rerank``."""
         collection = self.manager.get(index)
         if (text is None) == (vector is None):
             raise InvalidInputError("set exactly one of text or vector", field="query")
+        reranker = self._reranker(collection, options, rerank, has_texts=text is not None)
         if text is not None:
             query = (await self._queries(collection, [text], instruction, embed))[0]
         else:
             assert vector is not None
             self._check_vector(vector, collection.spec.dimension, "vector")
             query = np.asarray(vector, dtype=np.float32)
-        return await asyncio.to_thread(collection.search, query, options.k, **options.kwargs())
+        width = self._candidates(options)
+        hits = await asyncio.to_thread(self._search_with_texts, collection, query[None, :], width, options)
+        if reranker is not None:
+            assert rerank is not None and text is not None and options.rerank is not None
+            return await self._reranked(reranker, rerank, text, hits[0], options)
+        return hits[0]
 
     async def search_many(
         self,
@@ -296,6 +381,7 @@ class Indexes:
         texts: Sequence[str] = (),
         vectors: Sequence[Sequence[float]] = (),
         instruction: str | None = None,
+        rerank: Rerank | None = None,
     ) -> list[list[Hit]]:
         """Many queries with one k and filter: texts or vectors (one of them, not empty)."""
         collection = self.manager.get(index)
@@ -309,10 +395,237 @@ class Indexes:
                 "send fewer queries per request",
                 field="k",
             )
+        reranker = self._reranker(collection, options, rerank, has_texts=bool(texts))
         if texts:
             queries = await self._queries(collection, list(texts), instruction, embed)
         else:
             for i, vector in enumerate(vectors):
                 self._check_vector(vector, collection.spec.dimension, f"vector {i}")
             queries = np.asarray(vectors, dtype=np.float32)
-        return await asyncio.to_thread(collection.search_many, queries, k, **options.kwargs())
+        width = self._candidates(options)
+        found = await asyncio.to_thread(self._search_with_texts, collection, queries, width, options)
+        if reranker is None:
+            return found
+        assert rerank is not None
+        return list(
+            await asyncio.gather(
+                *(
+                    self._reranked(reranker, rerank, q, hits, options)
+                    for q, hits in zip(texts, found, strict=True)
+                )
+            )
+        )
+
+    # ------------------------------------------------------ texts, rerank
+    @staticmethod
+    def _candidates(options: SearchOptions) -> int:
+        if options.rerank is None:
+            return options.k
+        return max(options.k, options.rerank.candidates or DEFAULT_CANDIDATES)
+
+    def _reranker(
+        self, collection: Collection, options: SearchOptions, rerank: Rerank | None, *, has_texts: bool
+    ) -> Any:
+        """The served reranker a search's rerank stage names (None: no stage), after its checks."""
+        stage = options.rerank
+        if stage is None:
+            return None
+        if rerank is None:
+            raise InvalidInputError("this door does not rerank", field="rerank")
+        if not has_texts:
+            raise InvalidInputError("a rerank stage needs a text query (it scores texts)", field="rerank")
+        if not collection.spec.store_text:
+            raise FailedPreconditionError(
+                f"index {collection.spec.name!r} does not keep texts, which reranking scores: create an "
+                "index with store_text and fill it again to rerank its hits"
+            )
+        if stage.candidates and stage.candidates > self.max_inputs:
+            raise InvalidInputError(
+                f"rerank.candidates is {stage.candidates}; at most {self.max_inputs} "
+                "(max_inputs_per_request)",
+                field="rerank.candidates",
+            )
+        reranker = self.models.get(stage.model)
+        task = getattr(reranker, "task", "embed")
+        if task != "rerank":
+            raise InvalidInputError(
+                f"model {reranker.name!r} is a {task} model, not a reranker: name a served model whose task "
+                "is rerank",
+                field="rerank.model",
+            )
+        return reranker
+
+    @staticmethod
+    def _search_with_texts(
+        collection: Collection, queries: np.ndarray, width: int, options: SearchOptions
+    ) -> list[list[Hit]]:
+        """The nearest ``width`` per query, with their stored texts when asked or reranked."""
+        found = collection.search_many(queries, width, **options.kwargs())
+        if not (options.return_text or options.rerank is not None):
+            return found
+        texts = collection.texts([h.id for hits in found for h in hits])
+        out, at = [], 0
+        for hits in found:
+            out.append(
+                [
+                    dataclasses.replace(h, text=t)
+                    for h, t in zip(hits, texts[at : at + len(hits)], strict=True)
+                ]
+            )
+            at += len(hits)
+        return out
+
+    @staticmethod
+    async def _reranked(
+        reranker: Any, rerank: Rerank, query: str, hits: list[Hit], options: SearchOptions
+    ) -> list[Hit]:
+        """The best k of ``hits`` by the reranker's score; candidates without a text follow, in vector
+        order. Texts are dropped unless asked for."""
+        assert options.rerank is not None
+        scored = [h for h in hits if h.text is not None]
+        rest = [h for h in hits if h.text is None]
+        if scored:
+            scores = await rerank(reranker, query, [h.text or "" for h in scored], options.rerank.instruction)
+            order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+            scored = [dataclasses.replace(scored[i], rerank_score=float(scores[i])) for i in order]
+        best = (scored + rest)[: options.k]
+        return best if options.return_text else [dataclasses.replace(h, text=None) for h in best]
+
+    # ------------------------------------------------------------ binding
+    def check_binding(self, collection: Collection, served: Any) -> None:
+        """An index's vectors and a new text's must come from one model fingerprint: an unbound index
+        binds to the served model's now; another fingerprint is refused, saying what differs."""
+        fingerprint = getattr(served, "fingerprint", None)
+        if fingerprint is None:
+            return
+        binding = collection.binding
+        if binding is None:
+            collection.bind(Binding(fingerprint.digest, dict(fingerprint.parts)))
+            log.info(
+                "index bound to a model fingerprint",
+                extra={"index": collection.spec.name, "fingerprint": fingerprint.digest},
+            )
+            return
+        if binding.fingerprint == fingerprint.digest:
+            return
+        changed = fingerprint.differences(binding.parts) if binding.parts else []
+        name = collection.spec.name
+        raise FailedPreconditionError(
+            f"index {name!r} holds vectors of model fingerprint {binding.fingerprint}, but model "
+            f"{served.name!r} now has fingerprint {fingerprint.digest} "
+            f"({'; '.join(changed) or 'the index recorded no details'}): their vectors are not comparable. "
+            f"Serve the model as it was, or re-embed the index's stored texts with `embedsvc index reembed "
+            f"{name}`, or accept mixed vectors with `embedsvc index rebind {name}`"
+        )
+
+    def check_vectors_fingerprint(self, collection: Collection, given: str) -> None:
+        """Vectors made with fingerprint ``given`` may join the index only if it is bound to that one
+        (an unbound index binds to it)."""
+        served = self.served(collection)
+        current = getattr(served, "fingerprint", None) if served is not None else None
+        parts = dict(current.parts) if current is not None and current.digest == given else {}
+        binding = collection.binding
+        if binding is None:
+            collection.bind(Binding(given, parts))
+            return
+        if binding.fingerprint == given:
+            return
+        changed = current.differences(binding.parts) if parts and binding.parts and current else []
+        what = f" ({'; '.join(changed)})" if changed else ""
+        name = collection.spec.name
+        raise FailedPreconditionError(
+            f"the vectors were made with model fingerprint {given}, but index {name!r} holds vectors of "
+            f"fingerprint {binding.fingerprint}{what}: make them with the model the index was built with, "
+            f"or re-embed the index (`embedsvc index reembed {name}`) or re-bind it "
+            f"(`embedsvc index rebind {name}`) first"
+        )
+
+    def rebind(self, index: str) -> Collection:
+        """Bind the index to its model's fingerprint as served now, marked mixed if it held another."""
+        collection = self.manager.get(index)
+        served = self.require_model(collection)
+        fingerprint = getattr(served, "fingerprint", None)
+        if fingerprint is None:
+            raise FailedPreconditionError(f"model {served.name!r} reports no fingerprint to bind to")
+        binding = collection.binding
+        if binding is None or binding.fingerprint != fingerprint.digest:
+            state = "bound" if binding is None or collection.count() == 0 else "mixed"
+            collection.bind(Binding(fingerprint.digest, dict(fingerprint.parts), state))
+            log.warning(
+                "index re-bound to a model fingerprint",
+                extra={"index": index, "fingerprint": fingerprint.digest, "state": state},
+            )
+        return collection
+
+    async def reembed(self, index: str, embed: Embed) -> tuple[int, str, int]:
+        """Embed every stored text again with the index's model as served now, into a new collection
+        swapped in when it has every item: searches and writes go on meanwhile (writes are copied
+        again). (items re-embedded, the fingerprint bound now, catch-up rounds)."""
+        collection = self.manager.get(index)
+        name = collection.spec.name
+        if not collection.spec.store_text:
+            raise FailedPreconditionError(
+                f"index {name!r} does not keep texts (created without store_text): nothing to re-embed "
+                "from; build it again from its source (embedsvc index build --restart)"
+            )
+        if index in self._reembedding:
+            raise FailedPreconditionError(f"index {name!r} is being re-embedded already")
+        served = self.require_model(collection)
+        fingerprint = getattr(served, "fingerprint", None)
+        self._reembedding.add(index)
+        fresh = await asyncio.to_thread(self.manager.staging, collection.spec)
+        swapped = False
+        try:
+            if fingerprint is not None:  # searches and writes meanwhile use the model as served now
+                if collection.binding is None or collection.binding.fingerprint != fingerprint.digest:
+                    collection.bind(Binding(fingerprint.digest, dict(fingerprint.parts), "mixed"))
+                fresh.bind(Binding(fingerprint.digest, dict(fingerprint.parts)))
+            await asyncio.to_thread(collection.track_writes, True)
+            copied = await self._copy(
+                collection, fresh, await asyncio.to_thread(collection.ids), served, embed
+            )
+            rounds = 0
+            while True:
+                written = await asyncio.to_thread(collection.take_written)
+                if written:
+                    copied += await self._copy(collection, fresh, written, served, embed)
+                elif await asyncio.to_thread(self.manager.swap, index, collection, fresh):
+                    swapped = True
+                    break
+                rounds += 1
+                if rounds > REEMBED_ROUNDS:
+                    raise FailedPreconditionError(
+                        f"index {name!r} took writes faster than they could be re-embedded "
+                        f"({REEMBED_ROUNDS} catch-up rounds); it is unchanged: retry when it is quieter"
+                    )
+        finally:
+            self._reembedding.discard(index)
+            if not swapped:
+                await asyncio.to_thread(collection.track_writes, False)
+                await asyncio.to_thread(self.manager.discard, fresh)
+        return copied, fingerprint.digest if fingerprint is not None else "", rounds
+
+    async def _copy(
+        self, source: Collection, fresh: Collection, ids: Sequence[str], served: Any, embed: Embed
+    ) -> int:
+        """Embed ``ids``' stored texts into ``fresh`` (ids gone from ``source`` are deleted there)."""
+        done = 0
+        for at in range(0, len(ids), REEMBED_BATCH):
+            found, gone = await asyncio.to_thread(source.items_for_reembed, ids[at : at + REEMBED_BATCH])
+            lacking = [i for i, text, _ in found if text is None]
+            if lacking:
+                raise FailedPreconditionError(
+                    f"index {source.spec.name!r}: {len(lacking)} item(s) have no stored text (written as "
+                    f"vectors, or before store_text), e.g. {lacking[0]!r}: upsert them as texts or delete "
+                    "them, then re-embed"
+                )
+            if found:
+                texts = [text or "" for _, text, _ in found]
+                vectors = await embed(served, texts, DOCUMENTS)
+                await asyncio.to_thread(
+                    fresh.upsert, [i for i, _, _ in found], vectors, [m for _, _, m in found], texts
+                )
+                done += len(found)
+            if gone:
+                await asyncio.to_thread(fresh.delete, gone)
+        return done

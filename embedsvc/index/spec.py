@@ -20,6 +20,7 @@ class IndexSpec:
     metric: str = "cosine"
     kind: str = "flat"
     params: AnnParams = field(default_factory=AnnParams)
+    store_text: bool = False  # keep each item's text (in the log and snapshots, like metadata)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -33,7 +34,10 @@ class IndexSpec:
         check_params(self.params, self.dimension, self.kind)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not self.store_text:  # written only when set: an older embedsvc still opens the index
+            del data["store_text"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IndexSpec:
@@ -45,3 +49,5 @@ class Hit:
     id: str
     score: float
     metadata: dict[str, MetadataValue]
+    text: str | None = None  # the stored text, when asked for
+    rerank_score: float | None = None  # set by a rerank stage

@@ -126,6 +126,7 @@ class Store:
         self._label_of: dict[str, int] = {}
         self._id_of: dict[int, str] = {}
         self._metadata: dict[int, dict[str, MetadataValue]] = {}
+        self._texts: dict[int, str] = {}  # by label, for indexes that keep texts (spec.store_text)
         self._filters = MetadataIndex()  # inverted indexes over _metadata, for filtered search
         self._matrix = np.zeros((1024, spec.dimension), dtype=np.float32)
         self._alive = np.zeros(len(self._matrix), dtype=bool)  # by label
@@ -195,6 +196,7 @@ class Store:
         metadata: Sequence[dict[str, Any]],
         *,
         index_now: bool = True,
+        texts: Sequence[str | None] | None = None,
     ) -> None:
         replaced = [self._label_of[i] for i in ids if i in self._label_of]
         if replaced:
@@ -217,6 +219,7 @@ class Store:
         self._id_of.update(zip(label_list, ids, strict=True))
         self._metadata.update(zip(label_list, metas, strict=True))
         self._filters.add_many(label_list, metas)
+        self._keep_texts(label_list, texts)
         self._next_label = needed
         if index_now:
             if not self._ann.trained and len(self._id_of) >= self._next_training_size():
@@ -246,7 +249,26 @@ class Store:
         for label in labels:
             del self._label_of[self._id_of.pop(label)]
             self._filters.remove(label, self._metadata.pop(label))
+            self._texts.pop(label, None)
             self._alive[label] = False
+
+    # ------------------------------------------------------------ stored texts
+    def _keep_texts(self, labels: list[int], texts: Sequence[str | None] | None) -> None:
+        """Keep the items' texts when the index does (an item written as a vector has none)."""
+        if not self.spec.store_text or texts is None:
+            return
+        if len(texts) != len(labels):
+            raise ValueError(f"{len(labels)} items but {len(texts)} texts")
+        self._texts.update((label, t) for label, t in zip(labels, texts, strict=True) if t is not None)
+
+    def _texts_of(self, labels: Sequence[int]) -> list[str | None]:
+        """The texts of live labels, as the log and snapshots record them (None: no text)."""
+        return [self._texts.get(label) for label in labels]
+
+    def texts(self, ids: Sequence[str]) -> list[str | None]:
+        """Each id's stored text (None: not stored, or no such item)."""
+        with self._lock.read():
+            return [self._texts.get(self._label_of.get(i, -1)) for i in ids]
 
     def _apply_delete(self, ids: Sequence[str]) -> list[int]:
         labels = [self._label_of[i] for i in ids if i in self._label_of]

@@ -16,7 +16,7 @@ from embedsvc.errors import InvalidInputError
 from embedsvc.index.collection import Hit
 from embedsvc.index.filters import parse_filter
 from embedsvc.index.manager import IndexManager
-from embedsvc.index.service import Embed, Indexes, IndexState, NewItem, SearchOptions
+from embedsvc.index.service import Embed, Indexes, IndexState, NewItem, Rerank, RerankStage, SearchOptions
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry
 from embedsvc.server.rpc import GuardedServicer
@@ -98,6 +98,26 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
         return embed
 
     @staticmethod
+    def _rerank(context: grpc.aio.ServicerContext) -> Rerank:
+        """A served reranker's scheduler, within the caller's deadline and for its tenant."""
+
+        async def rerank(
+            served: ModelService, query: str, documents: list[str], instruction: str | None
+        ) -> Any:
+            from embedsvc.engine.options import ScoreOptions
+
+            scored = await served.rerank(
+                query,
+                documents,
+                ScoreOptions(instruction=instruction),
+                timeout=context.time_remaining(),
+                tenant=tenant_of(context),
+            )
+            return scored.scores
+
+        return rerank
+
+    @staticmethod
     def _info(described: IndexState) -> pb.IndexInfo:
         spec, state = described.collection.spec, described.state
         return pb.IndexInfo(
@@ -113,6 +133,8 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             status=described.status,
             durable=state["durable"],
             device=state["device"],
+            store_text=spec.store_text,
+            **wire.binding_fields(described.collection.binding),
         )
 
     # ---------------------------------------------------------- lifecycle
@@ -128,6 +150,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 metric=wire.lookup(wire.METRIC_NAMES, request.metric, "metric"),
                 kind=wire.lookup(wire.KIND_NAMES, request.kind, "kind"),
                 params=given,
+                store_text=request.store_text,
             )
             return self._info(self.indexes.describe(collection))
 
@@ -172,7 +195,9 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 )
                 for item in request.items
             ]
-            upserted, count = await self.indexes.upsert(request.index, items, self._embed(context))
+            upserted, count = await self.indexes.upsert(
+                request.index, items, self._embed(context), fingerprint=request.fingerprint
+            )
             return pb.UpsertResponse(upserted=upserted, count=count)
 
         return await self._guard("Upsert", "", context, work)
@@ -186,8 +211,12 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         async def work() -> pb.GetResponse:
-            found, missing = await self.indexes.get(request.index, list(request.ids))
-            items = [pb.Item(id=i, vector=v.tolist(), metadata=wire.to_metadata(m)) for i, v, m in found]
+            found, missing = await self.indexes.get(
+                request.index, list(request.ids), return_text=request.return_text
+            )
+            items = [
+                pb.Item(id=i, vector=v.tolist(), metadata=wire.to_metadata(m), text=t) for i, v, m, t in found
+            ]
             return pb.GetResponse(items=items, missing=missing)
 
         return await self._guard("Get", "", context, work)
@@ -211,12 +240,23 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             where=parse_filter(where),
             ef_search=request.ef_search if request.HasField("ef_search") else None,
             nprobe=request.nprobe if request.HasField("nprobe") else None,
+            return_text=request.return_text,
+            rerank=RerankStage(**wire.rerank_fields(request.rerank)) if request.HasField("rerank") else None,
         )
 
     @staticmethod
     def _hits(hits: list[Hit]) -> pb.SearchResponse:
         return pb.SearchResponse(
-            hits=[pb.Hit(id=h.id, score=h.score, metadata=wire.to_metadata(h.metadata)) for h in hits]
+            hits=[
+                pb.Hit(
+                    id=h.id,
+                    score=h.score,
+                    metadata=wire.to_metadata(h.metadata),
+                    text=h.text,
+                    rerank_score=h.rerank_score,
+                )
+                for h in hits
+            ]
         )
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
@@ -230,6 +270,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 text=request.text if which == "text" else None,
                 vector=list(request.vector.values) if which == "vector" else None,
                 instruction=request.instruction if request.HasField("instruction") else None,
+                rerank=self._rerank(context),
             )
             return self._hits(hits)
 
@@ -247,6 +288,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 texts=list(request.texts),
                 vectors=[v.values for v in request.vectors],
                 instruction=request.instruction if request.HasField("instruction") else None,
+                rerank=self._rerank(context),
             )
             return pb.SearchBatchResponse(results=[self._hits(hits) for hits in results])
 
@@ -267,3 +309,20 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             return pb.CountResponse(count=self.indexes.count(request.index))
 
         return await self._guard("Count", "", context, work)
+
+    # ------------------------------------------------------------ binding
+    async def Rebind(self, request: pb.RebindRequest, context: grpc.aio.ServicerContext) -> pb.IndexInfo:
+        async def work() -> pb.IndexInfo:
+            collection = await asyncio.to_thread(self.indexes.rebind, request.index)
+            return self._info(self.indexes.describe(collection))
+
+        return await self._guard("Rebind", "", context, work)
+
+    async def Reembed(
+        self, request: pb.ReembedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReembedResponse:
+        async def work() -> pb.ReembedResponse:
+            done, fingerprint, rounds = await self.indexes.reembed(request.index, self._embed(context))
+            return pb.ReembedResponse(reembedded=done, fingerprint=fingerprint, rounds=rounds)
+
+        return await self._guard("Reembed", "", context, work)

@@ -66,21 +66,30 @@ class MetadataValue(_message.Message):
     def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., list_value: _Optional[_Union[MetadataValueList, _Mapping]] = ...) -> None: ...
 
 class CreateIndexRequest(_message.Message):
-    __slots__ = ("name", "model", "metric", "kind", "params")
+    __slots__ = ("name", "model", "metric", "kind", "params", "store_text")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    STORE_TEXT_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     metric: Metric
     kind: IndexKind
     params: IndexParams
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., params: _Optional[_Union[IndexParams, _Mapping]] = ...) -> None: ...
+    store_text: bool
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., params: _Optional[_Union[IndexParams, _Mapping]] = ..., store_text: _Optional[bool] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("name", "model", "model_source", "dimension", "metric", "kind", "params", "count", "trained", "status", "durable", "device")
+    __slots__ = ("name", "model", "model_source", "dimension", "metric", "kind", "params", "count", "trained", "status", "durable", "device", "store_text", "fingerprint", "binding", "fingerprint_parts")
+    class FingerprintPartsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +102,10 @@ class IndexInfo(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DURABLE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    STORE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_PARTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_source: str
@@ -105,7 +118,11 @@ class IndexInfo(_message.Message):
     status: str
     durable: bool
     device: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_source: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., params: _Optional[_Union[IndexParams, _Mapping]] = ..., count: _Optional[int] = ..., trained: _Optional[bool] = ..., status: _Optional[str] = ..., durable: _Optional[bool] = ..., device: _Optional[str] = ...) -> None: ...
+    store_text: bool
+    fingerprint: str
+    binding: str
+    fingerprint_parts: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_source: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., params: _Optional[_Union[IndexParams, _Mapping]] = ..., count: _Optional[int] = ..., trained: _Optional[bool] = ..., status: _Optional[str] = ..., durable: _Optional[bool] = ..., device: _Optional[str] = ..., store_text: _Optional[bool] = ..., fingerprint: _Optional[str] = ..., binding: _Optional[str] = ..., fingerprint_parts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DeleteIndexRequest(_message.Message):
     __slots__ = ("name",)
@@ -153,12 +170,14 @@ class Item(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("index", "items")
+    __slots__ = ("index", "items", "fingerprint")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     index: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
-    def __init__(self, index: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+    fingerprint: str
+    def __init__(self, index: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted", "count")
@@ -185,12 +204,14 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("index", "ids")
+    __slots__ = ("index", "ids", "return_text")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TEXT_FIELD_NUMBER: _ClassVar[int]
     index: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, index: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    return_text: bool
+    def __init__(self, index: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., return_text: _Optional[bool] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("items", "missing")
@@ -201,7 +222,7 @@ class GetResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("index", "text", "vector", "k", "filter", "ef_search", "nprobe", "instruction", "where")
+    __slots__ = ("index", "text", "vector", "k", "filter", "ef_search", "nprobe", "instruction", "where", "rerank", "return_text")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +239,8 @@ class SearchRequest(_message.Message):
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     WHERE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TEXT_FIELD_NUMBER: _ClassVar[int]
     index: str
     text: str
     vector: Vector
@@ -227,7 +250,19 @@ class SearchRequest(_message.Message):
     nprobe: int
     instruction: str
     where: Filter
-    def __init__(self, index: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+    rerank: SearchRerank
+    return_text: bool
+    def __init__(self, index: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., rerank: _Optional[_Union[SearchRerank, _Mapping]] = ..., return_text: _Optional[bool] = ...) -> None: ...
+
+class SearchRerank(_message.Message):
+    __slots__ = ("model", "candidates", "instruction")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    candidates: int
+    instruction: str
+    def __init__(self, model: _Optional[str] = ..., candidates: _Optional[int] = ..., instruction: _Optional[str] = ...) -> None: ...
 
 class Filter(_message.Message):
     __slots__ = ("field", "all", "any", "none")
@@ -291,7 +326,7 @@ class Range(_message.Message):
     def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ..., gt_int: _Optional[int] = ..., gte_int: _Optional[int] = ..., lt_int: _Optional[int] = ..., lte_int: _Optional[int] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("index", "texts", "vectors", "k", "filter", "where", "ef_search", "nprobe", "instruction")
+    __slots__ = ("index", "texts", "vectors", "k", "filter", "where", "ef_search", "nprobe", "instruction", "rerank", "return_text")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +343,8 @@ class SearchBatchRequest(_message.Message):
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TEXT_FIELD_NUMBER: _ClassVar[int]
     index: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     vectors: _containers.RepeatedCompositeFieldContainer[Vector]
@@ -317,7 +354,9 @@ class SearchBatchRequest(_message.Message):
     ef_search: int
     nprobe: int
     instruction: str
-    def __init__(self, index: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ...) -> None: ...
+    rerank: SearchRerank
+    return_text: bool
+    def __init__(self, index: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ..., rerank: _Optional[_Union[SearchRerank, _Mapping]] = ..., return_text: _Optional[bool] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results",)
@@ -332,7 +371,7 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "metadata")
+    __slots__ = ("id", "score", "metadata", "text", "rerank_score")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -343,10 +382,14 @@ class Hit(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     metadata: _containers.MessageMap[str, MetadataValue]
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
+    text: str
+    rerank_score: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ..., text: _Optional[str] = ..., rerank_score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
@@ -385,3 +428,25 @@ class ListIdsResponse(_message.Message):
     next_page_token: str
     count: int
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class RebindRequest(_message.Message):
+    __slots__ = ("index",)
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    def __init__(self, index: _Optional[str] = ...) -> None: ...
+
+class ReembedRequest(_message.Message):
+    __slots__ = ("index",)
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    def __init__(self, index: _Optional[str] = ...) -> None: ...
+
+class ReembedResponse(_message.Message):
+    __slots__ = ("reembedded", "fingerprint", "rounds")
+    REEMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    reembedded: int
+    fingerprint: str
+    rounds: int
+    def __init__(self, reembedded: _Optional[int] = ..., fingerprint: _Optional[str] = ..., rounds: _Optional[int] = ...) -> None: ...

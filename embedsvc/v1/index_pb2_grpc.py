@@ -89,6 +89,16 @@ class IndexServiceStub:
                 request_serializer=embedsvc_dot_v1_dot_index__pb2.ListIdsRequest.SerializeToString,
                 response_deserializer=embedsvc_dot_v1_dot_index__pb2.ListIdsResponse.FromString,
                 _registered_method=True)
+        self.Rebind = channel.unary_unary(
+                '/embedsvc.v1.IndexService/Rebind',
+                request_serializer=embedsvc_dot_v1_dot_index__pb2.RebindRequest.SerializeToString,
+                response_deserializer=embedsvc_dot_v1_dot_index__pb2.IndexInfo.FromString,
+                _registered_method=True)
+        self.Reembed = channel.unary_unary(
+                '/embedsvc.v1.IndexService/Reembed',
+                request_serializer=embedsvc_dot_v1_dot_index__pb2.ReembedRequest.SerializeToString,
+                response_deserializer=embedsvc_dot_v1_dot_index__pb2.ReembedResponse.FromString,
+                _registered_method=True)
 
 
 class IndexServiceServicer:
@@ -164,6 +174,22 @@ class IndexServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rebind(self, request, context):
+        """Record the fingerprint of the index's model as served now, accepting that the index then holds
+        vectors from two models ("mixed") until it is re-embedded. FAILED_PRECONDITION if not served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reembed(self, request, context):
+        """Embed every stored text again with the index's model as served now, into a new index swapped in
+        atomically when done; the index stays searchable (and writable) throughout. Needs store_text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +247,16 @@ def add_IndexServiceServicer_to_server(servicer, server):
                     servicer.ListIds,
                     request_deserializer=embedsvc_dot_v1_dot_index__pb2.ListIdsRequest.FromString,
                     response_serializer=embedsvc_dot_v1_dot_index__pb2.ListIdsResponse.SerializeToString,
+            ),
+            'Rebind': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rebind,
+                    request_deserializer=embedsvc_dot_v1_dot_index__pb2.RebindRequest.FromString,
+                    response_serializer=embedsvc_dot_v1_dot_index__pb2.IndexInfo.SerializeToString,
+            ),
+            'Reembed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reembed,
+                    request_deserializer=embedsvc_dot_v1_dot_index__pb2.ReembedRequest.FromString,
+                    response_serializer=embedsvc_dot_v1_dot_index__pb2.ReembedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +556,60 @@ class IndexService:
             '/embedsvc.v1.IndexService/ListIds',
             embedsvc_dot_v1_dot_index__pb2.ListIdsRequest.SerializeToString,
             embedsvc_dot_v1_dot_index__pb2.ListIdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rebind(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsvc.v1.IndexService/Rebind',
+            embedsvc_dot_v1_dot_index__pb2.RebindRequest.SerializeToString,
+            embedsvc_dot_v1_dot_index__pb2.IndexInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reembed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsvc.v1.IndexService/Reembed',
+            embedsvc_dot_v1_dot_index__pb2.ReembedRequest.SerializeToString,
+            embedsvc_dot_v1_dot_index__pb2.ReembedResponse.FromString,
             options,
             channel_credentials,
             insecure,
