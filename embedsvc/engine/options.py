@@ -74,3 +74,5 @@ class ModelFacts:
     max_batch_size: int
     default: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""  # Fingerprint.digest: 16 hex characters over weights + recipe + numerics
+    fingerprint_parts: dict[str, str] = field(default_factory=dict)  # what the digest is made of

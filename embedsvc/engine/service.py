@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from embedsvc.engine.embedder import Embedder
+from embedsvc.engine.fingerprint import Fingerprint, fingerprint_of
 from embedsvc.engine.inputs import EncodedInput
 from embedsvc.engine.options import Embedded, EmbedOptions, Limits, ModelFacts, ResolvedOptions
 from embedsvc.engine.scheduler import DEFAULT_TENANT, BatchRecord, BatchScheduler
@@ -120,6 +121,8 @@ class ModelService:
         self._tokenizers = tokenizers
         self.limits = limits
         self.default = default
+        # hashed once here, at load (weight digests cached on disk): every answer carries it
+        self.fingerprint: Fingerprint = fingerprint_of(embedder)
 
     @classmethod
     def start(
@@ -189,6 +192,8 @@ class ModelService:
             token_budget=e.options.token_budget,
             max_batch_size=e.options.max_batch_size,
             default=self.default,
+            fingerprint=self.fingerprint.digest,
+            fingerprint_parts=dict(self.fingerprint.parts),
         )
 
     @property

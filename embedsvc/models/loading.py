@@ -62,6 +62,8 @@ class LoadedModel:
     remote_code: bool = False
     # what was loaded and how, for the recipe: e.g. "PEFT adapter merged into <base>"
     notes: tuple[str, ...] = ()
+    # a PEFT adapter's base checkpoint (its weights were merged into ``model``), for the fingerprint
+    base_source: ResolvedSource | None = None
 
 
 def default_model_path() -> Path:
@@ -278,6 +280,7 @@ def load_model(
             loaded.tokenizer_config_json = tokenizer_config_json
         if config_json:
             loaded.config_json = config_json  # e.g. LLM2Vec's _name_or_path
+        loaded.base_source = loaded.source
         loaded.source = resolved
         loaded.st = st
         loaded.notes = (*loaded.notes, *notes)

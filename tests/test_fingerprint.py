@@ -1,0 +1,163 @@
+"""Model fingerprints: stable for the same files and recipe, different when anything that decides a
+vector changes, with weight digests cached by path + size + mtime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from embedsvc import Embedder
+from embedsvc.engine.fingerprint import Fingerprint, HashCache, fingerprint_of, weight_files
+from embedsvc.engine.service import ModelService
+from tests import tiny_models
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The weight-hash cache in a folder of this module's own."""
+    folder = tmp_path_factory.mktemp("embedsvc-cache")
+    previous = os.environ.get("EMBEDSVC_CACHE")
+    os.environ["EMBEDSVC_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("EMBEDSVC_CACHE", None)
+    else:
+        os.environ["EMBEDSVC_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sentence-transformers BERT with a Dense layer."""
+    return tiny_models.build_bert(tmp_path_factory.mktemp("fp") / "encoder-a", st="mean", dense=True, seed=11)
+
+
+@pytest.fixture(scope="module")
+def base(checkpoint: Path) -> Fingerprint:
+    return fingerprint_of(Embedder.from_pretrained(checkpoint, device="cpu"))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_digest_is_sixteen_hex_over_parts(base: Fingerprint) -> None:
+    assert len(base.digest) == 16 and all(c in "0123456789abcdef" for c in base.digest)
+    # written out independently: sha256 of the parts as sorted compact JSON
+    canonical = json.dumps(dict(base.parts), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert base.digest == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    for name in ("weights", "tokenizer", "config", "pooling", "max_length", "normalize", "prompts", "torch"):
+        assert name in base.parts
+    assert base.parts["pooling"] == "mean" and base.parts["max_length"] == "64"
+    assert base.parts["dimension"] == "16"  # the Dense layer's width
+    assert all(isinstance(v, str) for v in base.parts.values())
+
+
+def test_weight_files_cover_the_dense_layer(checkpoint: Path) -> None:
+    names = [p.relative_to(checkpoint).as_posix() for p in weight_files(checkpoint)]
+    assert names == ["model.safetensors", "2_Dense/model.safetensors"]
+
+
+def test_same_files_same_digest_in_another_process(checkpoint: Path, base: Fingerprint) -> None:
+    code = (
+        "import sys; from embedsvc import Embedder; from embedsvc.engine.service import ModelService; "
+        "embedder = Embedder.from_pretrained(sys.argv[1], device='cpu'); "
+        "print(ModelService.in_process(embedder).facts.fingerprint)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(checkpoint)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ,
+    )
+    assert out.stdout.strip().splitlines()[-1] == base.digest
+
+
+def test_facts_carry_the_fingerprint(checkpoint: Path, base: Fingerprint) -> None:
+    service = ModelService.in_process(Embedder.from_pretrained(checkpoint, device="cpu"))
+    assert service.fingerprint == base
+    assert service.facts.fingerprint == base.digest
+    assert service.facts.fingerprint_parts == dict(base.parts)
+
+
+@pytest.mark.parametrize(
+    ("options", "changed"),
+    [
+        ({"max_length": 32}, ["max_length: 64 -> 32"]),
+        ({"pooling": "cls"}, ["pooling: mean -> cls"]),
+        ({"normalize": False}, ["normalize: true -> false"]),
+        ({"prompts": {"query": "q: ", "document": "passage: "}}, ["prompts"]),
+        ({"quantize": "int8"}, ["batching: packed -> padded", "quantize: none -> int8"]),
+        ({"deterministic": True}, ["attention_backend", "deterministic: false -> true"]),
+    ],
+)
+def test_recipe_changes_change_the_digest(
+    checkpoint: Path, base: Fingerprint, options: dict, changed: list[str]
+) -> None:
+    if options.get("quantize"):
+        pytest.importorskip("onnxruntime")
+    other = fingerprint_of(Embedder.from_pretrained(checkpoint, device="cpu", **options))
+    assert other.digest != base.digest
+    found = other.differences(base.parts)
+    for expected in changed:
+        assert any(line.startswith(expected) for line in found), (expected, found)
+
+
+def test_weight_byte_change_changes_the_digest(checkpoint: Path, base: Fingerprint, tmp_path: Path) -> None:
+    copy = shutil.copytree(checkpoint, tmp_path / "encoder-a")
+    assert fingerprint_of(Embedder.from_pretrained(copy, device="cpu")).digest == base.digest
+    dense = copy / "2_Dense" / "model.safetensors"
+    data = bytearray(dense.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor: the file still loads, one weight differs
+    dense.write_bytes(bytes(data))
+    os.utime(dense, ns=(dense.stat().st_atime_ns, dense.stat().st_mtime_ns + 1_000_000))
+    changed = fingerprint_of(Embedder.from_pretrained(copy, device="cpu"))
+    assert changed.digest != base.digest
+    assert changed.differences(base.parts) == ["weights changed"]
+    assert base.differences(base.parts) == []
+
+
+def test_hash_cache_hit_avoids_rehash(checkpoint: Path, tmp_path: Path) -> None:
+    store = tmp_path / "hashes.json"
+    files = weight_files(checkpoint)
+    first = HashCache(store)
+    digests = [first.digest(p) for p in files]
+    assert digests == [_sha256(p) for p in files]
+    assert first.hashed == [p.resolve() for p in files]
+    first.save()
+    second = HashCache(store)  # as after a restart: read back from the file
+    assert [second.digest(p) for p in files] == digests
+    assert second.hashed == []
+    # a new mtime (same size) is a miss: the file is read again
+    os.utime(files[0], ns=(files[0].stat().st_atime_ns, files[0].stat().st_mtime_ns + 1))
+    third = HashCache(store)
+    assert third.digest(files[0]) == digests[0] and third.hashed == [files[0].resolve()]
+
+
+def test_unwritable_cache_folder_only_costs_a_rehash(checkpoint: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cache = HashCache(blocker / "hashes.json")  # its parent is a file: nothing can be written there
+    digest = cache.digest(weight_files(checkpoint)[0])
+    cache.save()  # logged, not raised
+    assert digest == _sha256(weight_files(checkpoint)[0])
+    assert not (blocker / "hashes.json").exists()
+
+
+def test_differences_name_what_changed() -> None:
+    old = Fingerprint.of({"weights": "a", "max_length": "512", "pooling": "mean"})
+    new = Fingerprint.of({"weights": "b", "max_length": "256", "pooling": "mean", "prompts": "{}"})
+    assert new.differences(old.parts) == [
+        "max_length: 512 -> 256",
+        "prompts: (unset) -> {}",
+        "weights changed",
+    ]
+    assert Fingerprint.of(dict(reversed(list(old.parts.items())))).digest == old.digest
