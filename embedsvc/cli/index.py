@@ -1,4 +1,5 @@
-"""``embedsvc index ...`` on a running server: list, describe, count, get, search, delete, drop, create."""
+"""``embedsvc index ...`` on a running server: list, describe, count, get, search, delete, drop, create,
+rebind, reembed."""
 
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ MAX_PAGE = 10_000  # ids per ListIds call (the server's limit)
 
 EXAMPLES = """\
 examples:
-  embedsvc index create docs --kind hnsw --hnsw-m 32
+  embedsvc index create docs --kind hnsw --hnsw-m 32 --store-text
   embedsvc index build corpus.jsonl --index docs --target 127.0.0.1:50051
   embedsvc index list
   embedsvc index describe docs
   embedsvc index ids docs --limit 20
   embedsvc index search docs "how do I rotate keys?" -k 5 --filter '{"lang": "en"}'
+  embedsvc index search docs "rotate keys" -k 5 --rerank my-reranker --candidates 50 --texts
   embedsvc index get docs doc-17 --vectors
+  embedsvc index reembed docs        (after the model changed: every stored text embedded again)
+  embedsvc index rebind docs         (accept the changed model's vectors beside the old ones)
   embedsvc index delete docs doc-17 doc-18
   embedsvc index drop docs --yes
   embedsvc index export docs --data-dir ./data --to qdrant http://localhost:6333   (server stopped)
@@ -35,7 +39,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
     p = sub.add_parser(
         "index",
         parents=[common],
-        help="vector indexes: create, build, list, describe, search, get, delete, drop, export, repair",
+        help="vector indexes: create, build, list, describe, search, get, delete, drop, export, repair, "
+        "rebind, reembed",
         description="Manage and query vector indexes.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -73,6 +78,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
     q.add_argument("name")
     q.add_argument("ids", nargs="+", metavar="ID")
     q.add_argument("--vectors", action="store_true", help="include each item's vector")
+    q.add_argument(
+        "--texts", action="store_true", help="include each item's stored text (store_text indexes)"
+    )
 
     q = command("search", "nearest items to a text or vector (or to each line of --input)", _search)
     q.add_argument("name")
@@ -86,6 +94,16 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
     q.add_argument("--ef-search", type=int, help="HNSW: candidates explored (recall vs speed)")
     q.add_argument("--nprobe", type=int, help="IVF: lists searched (recall vs speed)")
     q.add_argument("--instruction", help="task instruction for instruction-following models")
+    q.add_argument("--texts", action="store_true", help="show each hit's stored text (store_text indexes)")
+    q.add_argument(
+        "--rerank",
+        metavar="MODEL",
+        help="rerank the nearest candidates' stored texts with this served reranker",
+    )
+    q.add_argument(
+        "--candidates", type=int, default=0, help="--rerank: candidates reranked (default max(k, 50))"
+    )
+    q.add_argument("--rerank-instruction", help="--rerank: instruction for instruction-following rerankers")
     q.add_argument("--json", action="store_true", help="hits as JSON")
 
     q = command("delete", "delete items by id (unknown ids are ignored and counted)", _delete)
@@ -102,9 +120,29 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
     q.add_argument("--model", help="served model whose vectors it holds (default: the server's default)")
     q.add_argument("--metric", choices=METRICS, default="cosine")
     q.add_argument("--kind", choices=KINDS, default="flat")
+    q.add_argument(
+        "--store-text",
+        action="store_true",
+        help="keep each item's text (returned with --texts; needed by --rerank and reembed)",
+    )
     for param in _PARAMS:
         q.add_argument(f"--{param.replace('_', '-')}", type=int, dest=param, help=_PARAM_HELP[param])
     q.add_argument("--json", action="store_true")
+
+    q = command(
+        "rebind",
+        "accept the index's model as served now: its vectors then mix two models until reembed",
+        _rebind,
+    )
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+
+    q = command(
+        "reembed",
+        "embed every stored text again with the index's model as served now; swapped in when done",
+        _reembed,
+    )
+    q.add_argument("name")
 
     build.add_parsers(isub, common)
 
@@ -165,6 +203,8 @@ def _print_info(info: Any, as_json: bool) -> None:
         ("items", info.count),
         ("status", info.status),
         ("durable", "yes" if info.durable else "no (in memory: lost when the server stops)"),
+        ("texts", "kept" if info.store_text else "not kept"),
+        ("fingerprint", f"{info.fingerprint or '(none yet: binds on first text use)'} ({info.binding})"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -209,11 +249,13 @@ def _ids(args: argparse.Namespace) -> int:
 
 def _get(args: argparse.Namespace) -> int:
     with open_client(args) as client:
-        found = client.get(args.name, args.ids)
+        found = client.get(args.name, args.ids, return_text=args.texts)
     for item_id in dict.fromkeys(args.ids):
         if item_id in found:
-            vector, metadata = found[item_id]
+            vector, metadata, *text = found[item_id]
             line = f'{{"id": {json.dumps(item_id)}, "metadata": {json.dumps(metadata)}'
+            if args.texts:
+                line += f', "text": {json.dumps(text[0])}'
             print(line + (f', "vector": {vector_json(vector)}}}' if args.vectors else "}"))
     missing = [i for i in dict.fromkeys(args.ids) if i not in found]
     if missing:
@@ -239,7 +281,15 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _hit_dicts(hits: list[Any]) -> list[dict[str, Any]]:
-    return [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
+    out = []
+    for h in hits:
+        hit = {"id": h.id, "score": h.score, "metadata": h.metadata}
+        if h.rerank_score is not None:
+            hit["rerank_score"] = h.rerank_score
+        if h.text is not None:
+            hit["text"] = h.text
+        out.append(hit)
+    return out
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -251,7 +301,22 @@ def _search(args: argparse.Namespace) -> int:
     where = _json_argument(args.filter, "--filter") if args.filter else None
     if where is not None and not isinstance(where, dict):
         raise CommandError('--filter must be a JSON object, e.g. \'{"lang": "en"}\'', USAGE)
-    options = {"ef_search": args.ef_search, "nprobe": args.nprobe, "instruction": args.instruction}
+    if args.rerank is None and (args.candidates or args.rerank_instruction):
+        raise CommandError("--candidates and --rerank-instruction go with --rerank MODEL", USAGE)
+    if args.candidates < 0:
+        raise CommandError("--candidates must be 0 (the default) or more", USAGE)
+    rerank = (
+        None
+        if args.rerank is None
+        else {"model": args.rerank, "candidates": args.candidates, "instruction": args.rerank_instruction}
+    )
+    options = {
+        "ef_search": args.ef_search,
+        "nprobe": args.nprobe,
+        "instruction": args.instruction,
+        "return_text": args.texts,
+        "rerank": rerank,
+    }
     with open_client(args) as client:
         if args.input is not None:
             queries = _read_lines(args.input)
@@ -268,9 +333,27 @@ def _search(args: argparse.Namespace) -> int:
     if args.json:
         print_json(_hit_dicts(hits))
     else:
+        reranked, texts = any(h.rerank_score is not None for h in hits), args.texts
         print_table(
-            [(rank, h.score, h.id, h.metadata) for rank, h in enumerate(hits, 1)],
-            ("#", "SCORE", "ID", "METADATA"),
+            [
+                (
+                    rank,
+                    *((h.rerank_score,) if reranked else ()),
+                    h.score,
+                    h.id,
+                    h.metadata,
+                    *((h.text,) if texts else ()),
+                )
+                for rank, h in enumerate(hits, 1)
+            ],
+            (
+                "#",
+                *(("RERANK",) if reranked else ()),
+                "SCORE",
+                "ID",
+                "METADATA",
+                *(("TEXT",) if texts else ()),
+            ),
         )
     return 0
 
@@ -302,6 +385,30 @@ def _drop(args: argparse.Namespace) -> int:
 def _create(args: argparse.Namespace) -> int:
     params = {p: getattr(args, p) for p in _PARAMS if getattr(args, p) is not None}
     with open_client(args) as client:
-        info = client.create_index(args.name, model=args.model, metric=args.metric, kind=args.kind, **params)
+        info = client.create_index(
+            args.name,
+            model=args.model,
+            metric=args.metric,
+            kind=args.kind,
+            store_text=args.store_text,
+            **params,
+        )
     _print_info(info, args.json)
+    return 0
+
+
+def _rebind(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        info = client.rebind(args.name)
+    _print_info(info, args.json)
+    return 0
+
+
+def _reembed(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        done = client.reembed(args.name)  # bounded by --timeout: raise it for a large index
+    print(
+        f"re-embedded {done.reembedded} items of {args.name!r}; "
+        f"bound to fingerprint {done.fingerprint or '-'}"
+    )
     return 0
