@@ -1,0 +1,219 @@
+"""Indexes bound to a model fingerprint: a text operation through a changed model (weights replaced in
+place, an output-affecting setting) is refused with what changed and how to proceed, across real server
+restarts on one data directory; rebind accepts it (mixed), reembed rebuilds under load; indexes from
+before bindings bind on first use. The pipeline's local door is checked for the other settings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from embedsvc.errors import FailedPreconditionError
+from embedsvc.index.binding import BINDING_FILE
+from embedsvc.v1 import index_pb2 as pb
+from embedsvc.v1 import index_pb2_grpc as pb_grpc
+from tests import tiny_models
+from tests.server_utils import ServerProcess
+
+pytest.importorskip("faiss")
+
+TEXTS = tiny_models.corpus(240, seed=5)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two checkpoints and a data dir built before the server starts, by the pipeline's local door:
+    index ``docs`` (texts kept) and ``legacy`` (its binding file removed, as an index from before
+    bindings) of checkpoint ``enc``, and ``weights`` of checkpoint ``w``."""
+    from embedsvc.pipeline.sinks import LocalSink
+
+    root = tmp_path_factory.mktemp("binding")
+    env = {"EMBEDSVC_CACHE": str(root / "cache")}
+    previous = os.environ.get("EMBEDSVC_CACHE")
+    os.environ.update(env)
+    enc = tiny_models.build_bert(root / "enc", st="mean", seed=7)
+    w = shutil.copytree(enc, root / "w")
+    data = root / "data"
+    try:
+        for model, names in ((enc, ("docs", "legacy")), (w, ("weights",))):
+            sink = LocalSink(data, str(model), names[0], metric="cosine", kind="flat")
+            try:
+                for name in names:
+                    sink.indexes.create(name, "", metric="cosine", kind="flat", store_text=True)
+                    sink.index = name
+                    sink.write([f"d{i}" for i in range(len(TEXTS))], TEXTS, [{} for _ in TEXTS])
+                fingerprint = sink.model.fingerprint.digest
+            finally:
+                sink.close()
+    finally:
+        os.environ.pop("EMBEDSVC_CACHE") if previous is None else os.environ.update(EMBEDSVC_CACHE=previous)
+    (data / "indexes" / "legacy" / BINDING_FILE).unlink()
+    return {"root": root, "enc": enc, "w": w, "data": data, "env": env, "fingerprint": fingerprint}
+
+
+def _serve(setup, *flags: str, log: str) -> ServerProcess:
+    models = ("--model", f"enc={setup['enc']}", "--model", f"w={setup['w']}")
+    args = ("--data-dir", str(setup["data"]), *models, *flags)
+    return ServerProcess(*args, log_path=setup["root"] / log, env=setup["env"])
+
+
+def _refused(call) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
+    return caught.value.details()
+
+
+@pytest.fixture(scope="module")
+def served(setup):
+    """A server restarted on the data dir with checkpoint ``w``'s weights replaced in place and every
+    model's max_length changed."""
+    weights = setup["w"] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one weight's lowest byte: the file still loads
+    weights.write_bytes(bytes(data))
+    with _serve(setup, "--max-length", "32", log="b.log") as b, grpc.insecure_channel(b.target) as channel:
+        yield b, pb_grpc.IndexServiceStub(channel)
+
+
+def test_changed_setting_refused_then_rebind_and_reembed_under_load(setup, served):
+    _, stub = served
+    query = pb.SearchRequest(index="docs", text=TEXTS[3], k=3)
+    details = _refused(lambda: stub.Search(query, timeout=60))
+    assert "max_length: 64 -> 32" in details and setup["fingerprint"] in details
+    assert "embedsvc index reembed docs" in details and "embedsvc index rebind docs" in details
+    _refused(
+        lambda: stub.Upsert(pb.UpsertRequest(index="docs", items=[pb.Item(id="n", text="x")]), timeout=60)
+    )
+    # vectors need no model: a vector search still answers, an unchecked vector upsert is taken
+    vector = stub.Get(pb.GetRequest(index="docs", ids=["d3"]), timeout=60).items[0].vector
+    hits = stub.Search(pb.SearchRequest(index="docs", vector=pb.Vector(values=vector), k=1), timeout=60)
+    assert hits.hits[0].id == "d3"
+    # a vector upsert that says it came from another fingerprint is refused the same way
+    stale = pb.UpsertRequest(
+        index="docs", items=[pb.Item(id="v", vector=vector)], fingerprint=setup["fingerprint"][::-1]
+    )
+    assert "make them with the model the index was built with" in _refused(
+        lambda: stub.Upsert(stale, timeout=60)
+    )
+
+    # an index from before bindings binds on its first text use
+    legacy = stub.DescribeIndex(pb.DescribeIndexRequest(name="legacy"), timeout=60)
+    assert legacy.binding == "unbound" and legacy.fingerprint == ""
+    stub.Search(pb.SearchRequest(index="legacy", text=TEXTS[0], k=1), timeout=60)
+    legacy = stub.DescribeIndex(pb.DescribeIndexRequest(name="legacy"), timeout=60)
+    assert legacy.binding == "bound" and legacy.fingerprint not in ("", setup["fingerprint"])
+
+    rebound = stub.Rebind(pb.RebindRequest(index="docs"), timeout=60)
+    assert rebound.binding == "mixed" and rebound.fingerprint == legacy.fingerprint
+    assert rebound.fingerprint_parts["max_length"] == "32" and "mixed" in rebound.status
+    assert stub.Search(query, timeout=60).hits  # accepted now
+
+    failures: list[BaseException] = []
+    searches = [0]
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                text = TEXTS[(worker * 31 + i) % len(TEXTS)]
+                found = stub.Search(pb.SearchRequest(index="docs", text=text, k=5), timeout=60)
+                assert len(found.hits) == 5
+                searches[0] += 1
+                if worker == 0 and i % 3 == 0:  # writes during the re-embed are carried over
+                    item = pb.Item(id=f"new{i}", text=f"written during the re-embed {i}")
+                    stub.Upsert(pb.UpsertRequest(index="docs", items=[item]), timeout=60)
+            except BaseException as exc:
+                failures.append(exc)
+            i += 1
+
+    workers = [threading.Thread(target=load, args=(w,)) for w in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        done = stub.Reembed(pb.ReembedRequest(index="docs"), timeout=300)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert failures == [], failures[:3]
+    assert searches[0] > 0 and done.reembedded >= len(TEXTS) and done.fingerprint == legacy.fingerprint
+    info = stub.DescribeIndex(pb.DescribeIndexRequest(name="docs"), timeout=60)
+    assert info.binding == "bound" and "mixed" not in info.status
+    ids = [f"d{i}" for i in range(len(TEXTS))]
+    got = stub.Get(pb.GetRequest(index="docs", ids=ids, return_text=True), timeout=60)
+    assert [item.text for item in got.items] == TEXTS and not got.missing
+    # every vector is the changed model's now: each text finds itself first
+    for i in (0, 100, 200):
+        top = stub.Search(pb.SearchRequest(index="docs", text=TEXTS[i], k=1), timeout=60).hits[0]
+        assert top.id == f"d{i}" or TEXTS[int(top.id[1:])] == TEXTS[i]
+    last = stub.Get(pb.GetRequest(index="docs", ids=["new0"], return_text=True), timeout=60)
+    assert last.items[0].text == "written during the re-embed 0"
+    count = stub.Count(pb.CountRequest(index="docs"), timeout=60).count
+    assert not any(p.name.startswith(".reembed-") for p in (setup["data"] / "indexes").iterdir())
+    setup["count"] = count
+
+
+def test_weights_replaced_in_place_are_caught_after_a_restart(served):
+    _, stub = served
+    item = pb.Item(id="late", text="a text for the changed weights")
+    details = _refused(lambda: stub.Upsert(pb.UpsertRequest(index="weights", items=[item]), timeout=60))
+    assert "weights changed" in details and "max_length: 64 -> 32" in details
+    batch = pb.SearchBatchRequest(index="weights", texts=["one", "two"], k=2)
+    assert "weights changed" in _refused(lambda: stub.SearchBatch(batch, timeout=60))
+
+
+def test_the_reembedded_index_reopens_from_its_files(setup, served):
+    from embedsvc.index.manager import IndexManager
+
+    server, _ = served
+    server.stop()
+    manager = IndexManager(setup["data"])
+    try:
+        docs = manager.get("docs")
+        assert docs.count() == setup["count"] and docs.binding is not None and docs.binding.state == "bound"
+        assert docs.texts(["d7"]) == [TEXTS[7]]
+    finally:
+        manager.close()
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory) -> Path:
+    return tiny_models.build_bert(tmp_path_factory.mktemp("binding-local") / "encoder", st="mean", seed=9)
+
+
+@pytest.mark.parametrize(
+    ("options", "changed"),
+    [
+        ({"pooling": "cls"}, "pooling: mean -> cls"),
+        ({"prompts": {"query": "q: ", "document": "doc: "}}, "prompts: "),
+        ({"normalize": False}, "normalize: true -> false"),
+    ],
+)
+def test_pipeline_writes_through_a_changed_recipe_are_refused(local_model, tmp_path, options, changed):
+    from embedsvc.pipeline.sinks import LocalSink
+
+    first = LocalSink(tmp_path, str(local_model), "docs", metric="cosine", kind="flat")
+    first.open(restart=False)
+    first.write(["a"], ["a first text"], [{}])
+    first.close()
+    second = LocalSink(
+        tmp_path, str(local_model), "docs", metric="cosine", kind="flat", model_options=options
+    )
+    try:
+        second.open(restart=False)
+        with pytest.raises(FailedPreconditionError) as caught:
+            second.write(["b"], ["a second text"], [{}])
+        assert changed in str(caught.value) and "reembed docs" in str(caught.value)
+        assert second.indexes.count("docs") == 1  # nothing written
+        vector = np.ones(32, dtype=np.float32)
+        second.write_vectors(["v"], vector[None, :], [{}])  # vectors are not checked without a fingerprint
+    finally:
+        second.close()
