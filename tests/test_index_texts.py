@@ -37,7 +37,14 @@ def test_texts_survive_the_log_and_snapshots(tmp_path):
     c.delete(["c"])
     c._close_files()  # a crash: no closing snapshot
     again = Collection.open(folder)
-    assert again.texts(["a", "b", "v", "c", "d", "zzz"]) == ["alpha", "beta, rewritten", None, None, "delta", None]
+    assert again.texts(["a", "b", "v", "c", "d", "zzz"]) == [
+        "alpha",
+        "beta, rewritten",
+        None,
+        None,
+        "delta",
+        None,
+    ]
     hits = again.search(vectors(2, 2)[1], 1)
     assert hits[0].id == "d"
     again.close()
