@@ -30,6 +30,7 @@ import torch
 from embedsvc.engine.embedder import Embedder
 from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput
 from embedsvc.engine.options import ScoreOptions
+from embedsvc.engine.recipe import Recipe, describe_recipe
 from embedsvc.errors import InvalidInputError, ModelLoadError, TextTooLongError
 from embedsvc.models import tasks
 from embedsvc.models.lm_head import lm_head_rows
@@ -307,6 +308,26 @@ class Scorer:
     def options(self) -> Any:
         return self.trunk.options
 
+    @property
+    def recipe(self) -> Recipe:
+        return self.describe_recipe()
+
+    def describe_recipe(self, *, query: str = SAMPLE_QUERY, document: str = SAMPLE_DOCUMENT) -> Recipe:
+        """What inspect shows: the scoring recipe, the engine, and the tokens of a sample pair."""
+        trunk = describe_recipe(self.trunk, samples=False)
+        s = self.scoring
+        return dataclasses.replace(
+            trunk,
+            profile=s.family,
+            profile_reason=s.reason,
+            dimension=0,
+            settings={},  # the trunk's pooling is the head's input, shown under scoring
+            warnings=(*s.warnings, *trunk.warnings),
+            task=s.task,
+            scoring=self.describe(),
+            samples={"pair" if s.task == "rerank" else "text": self.sample(query, document)},
+        )
+
     def describe(self) -> dict[str, Any]:
         """The scoring recipe as inspect and ListModels show it: family, head, activation, prompt."""
         s = self.scoring
@@ -463,14 +484,14 @@ class Scorer:
         self.check_options(options)
         return self.finish(self.forward(self.prepare_texts(list(texts), options)), raw)
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self, query: str = SAMPLE_QUERY, document: str = SAMPLE_DOCUMENT) -> dict[str, Any]:
         """The tokens a sample pair (or text) becomes, for inspect."""
         if self.task == "classify":
-            (encoded,) = self.prepare_texts([SAMPLE_DOCUMENT])
-            text = SAMPLE_DOCUMENT
+            (encoded,) = self.prepare_texts([document])
+            text = document
         else:
-            (encoded,) = self.prepare_pairs([(SAMPLE_QUERY, SAMPLE_DOCUMENT)])
-            text = f"{SAMPLE_QUERY!r} / {SAMPLE_DOCUMENT!r}"
+            (encoded,) = self.prepare_pairs([(query, document)])
+            text = f"{query!r} / {document!r}"
         return {
             "text": text,
             "tokens": self.tokenizer.convert_ids_to_tokens(encoded.ids),
