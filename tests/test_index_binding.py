@@ -217,3 +217,23 @@ def test_pipeline_writes_through_a_changed_recipe_are_refused(local_model, tmp_p
         second.write_vectors(["v"], vector[None, :], [{}])  # vectors are not checked without a fingerprint
     finally:
         second.close()
+
+
+def test_resuming_a_build_with_changed_weights_stops_with_what_changed(local_model, tmp_path):
+    from embedsvc.pipeline import build_index
+    from embedsvc.pipeline.checkpoint import SettingsChangedError
+
+    model = shutil.copytree(local_model, tmp_path / "encoder")
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("\n".join(TEXTS[:10]) + "\n")
+    second.write_text("\n".join(TEXTS[10:20]) + "\n")
+    options = {"index": "docs", "data_dir": str(tmp_path / "data"), "model": str(model), "progress": False}
+    assert build_index([str(first)], **options).documents == 10
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SettingsChangedError) as caught:
+        build_index([str(first), str(second)], **options)
+    assert "weights changed" in str(caught.value) and "--restart" in str(caught.value)
+    assert build_index([str(first), str(second)], **options, restart=True).documents == 20

@@ -60,6 +60,7 @@ class Checkpoint:
         self.settings = settings
         self.files: dict[str, int] = {}
         self.totals = {"documents": 0, "chunks": 0, "tokens": 0, "rejected": 0, "truncated": 0}
+        self.model: dict[str, Any] | None = None  # {"fingerprint", "parts"} of the model that embedded
 
     def load(self) -> None:
         if not self.path.exists():
@@ -89,6 +90,26 @@ class Checkpoint:
                 "to rebuild the index with the new ones"
             )
         self.files, self.totals = data["files"], {"truncated": 0, **data["totals"]}  # older: no truncated
+        self.model = data.get("model")  # older: none recorded
+
+    def check_model(self, fingerprint: tuple[str, dict[str, str]] | None) -> None:
+        """Record the model fingerprint of this build; resuming with a changed model stops, saying what
+        changed (its vectors would not be comparable with the ones already written)."""
+        if fingerprint is None:
+            return
+        digest, parts = fingerprint
+        saved = self.model
+        if saved is not None and saved.get("fingerprint") != digest and self.files:
+            from embedsvc.engine.fingerprint import Fingerprint
+
+            changed = Fingerprint(digest, parts).differences(saved.get("parts") or {})
+            raise SettingsChangedError(
+                f"checkpoint {self.path} was written by a build whose model had fingerprint "
+                f"{saved.get('fingerprint')}; the model now has {digest} "
+                f"({'; '.join(changed) or 'changed'}): rerun with the earlier model to continue, or add "
+                "--restart to rebuild the index with this one"
+            )
+        self.model = {"fingerprint": digest, "parts": dict(parts)}
 
     def record(self, batch: Batch) -> None:
         """A batch the destination stored: the file position it reached and its counts, saved."""
@@ -114,6 +135,7 @@ class Checkpoint:
                     "settings": self.settings,
                     "files": self.files,
                     "totals": self.totals,
+                    "model": self.model,
                 },
                 handle,
             )

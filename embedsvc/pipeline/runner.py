@@ -50,6 +50,7 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
     progress = Progress(options.progress, total, checkpoint.totals["documents"])
     try:
         sink.open(options.restart)
+        checkpoint.check_model(getattr(sink, "fingerprint", lambda: None)())  # external stores: none
         chunker = Chunker(sink.tokenizer, options.chunk_tokens, options.chunk_overlap)
         summary.max_length = sink.max_length()
         summary.max_tokens = limit = chunker.text_limit(summary.max_length)

@@ -71,6 +71,10 @@ class LocalSink:
         """Tokens the model reads of one input; the rest of a longer one is cut off."""
         return int(self.model.facts.max_length)
 
+    def fingerprint(self) -> tuple[str, dict[str, str]] | None:
+        """The model's fingerprint (digest, parts), which the checkpoint records."""
+        return self.model.fingerprint.digest, dict(self.model.fingerprint.parts)
+
     def open(self, restart: bool) -> None:
         if restart and self.indexes.exists(self.index):
             self.indexes.drop(self.index)
@@ -85,6 +89,7 @@ class LocalSink:
             )
 
     def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
+        """Embedded here through the index facade, which keeps the texts when the index does."""
         from embedsvc.index.service import NewItem
 
         items = [NewItem(i, text=t, metadata=m) for i, t, m in zip(ids, texts, metadata, strict=True)]
@@ -226,6 +231,13 @@ class RemoteSink:
             return None
         wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
         return int(wanted[0].max_length) if wanted and wanted[0].max_length else None
+
+    def fingerprint(self) -> tuple[str, dict[str, str]] | None:
+        """The served model's fingerprint (None from a server before fingerprints)."""
+        models = self._retry(self.client.list_models)
+        wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
+        digest = getattr(wanted[0], "fingerprint", "") if wanted else ""
+        return (digest, dict(getattr(wanted[0], "fingerprint_parts", {}))) if digest else None
 
     def dimension(self) -> int:
         models = self._retry(self.client.list_models)
