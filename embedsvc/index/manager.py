@@ -1,6 +1,6 @@
 """All collections of a server: create, delete, list, and open them from a data directory.
 
-Layout: ``DATA_DIR/indexes/<name>/{spec.json, snapshot.bin, state.json, wal.log}``. Without a
+Layout: ``DATA_DIR/indexes/<name>/{spec.json, binding.json, snapshot.bin, state.json, wal.log}``. Without a
 data directory collections live in memory only (and say so: ``durable = false``).
 
 One process owns a data directory at a time (``DATA_DIR/.lock``, an flock held while open): a
