@@ -187,3 +187,18 @@ def test_a_rerank_stage_that_cannot_run_says_why(served, index, kwargs, code, sa
     with pytest.raises(EmbedServiceError) as caught:
         client.search(index, k=3, **kwargs)
     assert caught.value.code.name == code and says in caught.value.details
+
+
+def test_the_cli_shows_reranked_hits_with_texts(served, capsys):
+    from embedsvc.cli.main import main
+
+    client, _ = served
+    query = CORPUS[7]
+    expected = client.search("kept", text=query, k=3, rerank={"model": "ce", "candidates": 20})
+    argv = ["index", "search", "kept", query, "-k", "3", "--rerank", "ce", "--candidates", "20", "--texts"]
+    assert main([*argv, "--json", "--target", client.target]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [h["id"] for h in shown] == [h.id for h in expected]
+    assert all(h["text"] == CORPUS[int(h["id"][1:])] and "rerank_score" in h for h in shown)
+    assert main(["index", "get", "kept", "t2", "--texts", "--target", client.target]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == CORPUS[2]
