@@ -396,13 +396,19 @@ class Indexes:
                 field="k",
             )
         reranker = self._reranker(collection, options, rerank, has_texts=bool(texts))
+        width = self._candidates(options)
+        if reranker is not None and n * width > self.max_batch_hits:
+            raise InvalidInputError(
+                f"{n} queries x {width} rerank candidates is {n * width}; at most {self.max_batch_hits} per "
+                "request: send fewer queries per request, or fewer candidates",
+                field="rerank.candidates",
+            )
         if texts:
             queries = await self._queries(collection, list(texts), instruction, embed)
         else:
             for i, vector in enumerate(vectors):
                 self._check_vector(vector, collection.spec.dimension, f"vector {i}")
             queries = np.asarray(vectors, dtype=np.float32)
-        width = self._candidates(options)
         found = await asyncio.to_thread(self._search_with_texts, collection, queries, width, options)
         if reranker is None:
             return found
