@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -117,6 +118,7 @@ def test_changed_setting_refused_then_rebind_and_reembed_under_load(setup, serve
 
     failures: list[BaseException] = []
     searches = [0]
+    written: list[str] = []
     stop = threading.Event()
 
     def load(worker: int) -> None:
@@ -130,6 +132,7 @@ def test_changed_setting_refused_then_rebind_and_reembed_under_load(setup, serve
                 if worker == 0 and i % 3 == 0:  # writes during the re-embed are carried over
                     item = pb.Item(id=f"new{i}", text=f"written during the re-embed {i}")
                     stub.Upsert(pb.UpsertRequest(index="docs", items=[item]), timeout=60)
+                    written.append(item.id)
             except BaseException as exc:
                 failures.append(exc)
             i += 1
@@ -138,13 +141,17 @@ def test_changed_setting_refused_then_rebind_and_reembed_under_load(setup, serve
     for w in workers:
         w.start()
     try:
+        while searches[0] < 3 and not failures:  # the load runs before the re-embed starts
+            time.sleep(0.01)
+        before = searches[0]
         done = stub.Reembed(pb.ReembedRequest(index="docs"), timeout=300)
+        during = searches[0] - before
     finally:
         stop.set()
         for w in workers:
             w.join()
     assert failures == [], failures[:3]
-    assert searches[0] > 0 and done.reembedded >= len(TEXTS) and done.fingerprint == legacy.fingerprint
+    assert during > 0 and done.reembedded >= len(TEXTS) and done.fingerprint == legacy.fingerprint
     info = stub.DescribeIndex(pb.DescribeIndexRequest(name="docs"), timeout=60)
     assert info.binding == "bound" and "mixed" not in info.status
     ids = [f"d{i}" for i in range(len(TEXTS))]
@@ -154,9 +161,11 @@ def test_changed_setting_refused_then_rebind_and_reembed_under_load(setup, serve
     for i in (0, 100, 200):
         top = stub.Search(pb.SearchRequest(index="docs", text=TEXTS[i], k=1), timeout=60).hits[0]
         assert top.id == f"d{i}" or TEXTS[int(top.id[1:])] == TEXTS[i]
-    last = stub.Get(pb.GetRequest(index="docs", ids=["new0"], return_text=True), timeout=60)
-    assert last.items[0].text == "written during the re-embed 0"
+    # every write made while it ran is in the swapped-in index, with its text
+    late = stub.Get(pb.GetRequest(index="docs", ids=written, return_text=True), timeout=60)
+    assert not late.missing and all(i.text == f"written during the re-embed {i.id[3:]}" for i in late.items)
     count = stub.Count(pb.CountRequest(index="docs"), timeout=60).count
+    assert count == len(set(ids)) + len(written)
     assert not any(p.name.startswith(".reembed-") for p in (setup["data"] / "indexes").iterdir())
     setup["count"] = count
 
