@@ -177,6 +177,18 @@ def test_weights_replaced_in_place_are_caught_after_a_restart(served):
     assert "weights changed" in details and "max_length: 64 -> 32" in details
     batch = pb.SearchBatchRequest(index="weights", texts=["one", "two"], k=2)
     assert "weights changed" in _refused(lambda: stub.SearchBatch(batch, timeout=60))
+    # a re-embed that cannot finish (an item written as a vector has no text) changes nothing
+    before = stub.DescribeIndex(pb.DescribeIndexRequest(name="weights"), timeout=60)
+    vector = stub.Get(pb.GetRequest(index="weights", ids=["d0"]), timeout=60).items[0].vector
+    stub.Upsert(pb.UpsertRequest(index="weights", items=[pb.Item(id="vec", vector=vector)]), timeout=60)
+    assert "no stored text" in _refused(lambda: stub.Reembed(pb.ReembedRequest(index="weights"), timeout=60))
+    after = stub.DescribeIndex(pb.DescribeIndexRequest(name="weights"), timeout=60)
+    assert (
+        (after.binding, after.fingerprint)
+        == (before.binding, before.fingerprint)
+        == ("bound", before.fingerprint)
+    )
+    assert "weights changed" in _refused(lambda: stub.SearchBatch(batch, timeout=60))
 
 
 def test_the_reembedded_index_reopens_from_its_files(setup, served):

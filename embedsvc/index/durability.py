@@ -184,10 +184,15 @@ class Durable(Store):
         collection._close_files()
         return report
 
-    def bind(self, binding: Binding) -> None:
-        """Record the fingerprint the index's vectors come from (durable before it counts)."""
+    def bind(self, binding: Binding | None) -> None:
+        """Record the fingerprint the index's vectors come from (durable before it counts); None: none
+        (back to unbound, as before the first text operation)."""
         if self.folder is not None:
-            _write_json(self.folder / BINDING_FILE, binding.to_json())
+            if binding is None:
+                (self.folder / BINDING_FILE).unlink(missing_ok=True)
+                fsync_dir(self.folder)
+            else:
+                _write_json(self.folder / BINDING_FILE, binding.to_json())
         self.binding = binding
 
     def _open_wal(self) -> None:

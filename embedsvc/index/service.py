@@ -580,7 +580,7 @@ class Indexes:
         fingerprint = getattr(served, "fingerprint", None)
         self._reembedding.add(index)
         fresh = await asyncio.to_thread(self.manager.staging, collection.spec)
-        swapped = False
+        swapped, previous, wrote = False, collection.binding, False
         try:
             if fingerprint is not None:  # searches and writes meanwhile use the model as served now
                 if collection.binding is None or collection.binding.fingerprint != fingerprint.digest:
@@ -593,6 +593,7 @@ class Indexes:
             rounds = 0
             while True:
                 written = await asyncio.to_thread(collection.take_written)
+                wrote = wrote or bool(written)
                 if written:
                     copied += await self._copy(collection, fresh, written, served, embed)
                 elif await asyncio.to_thread(self.manager.swap, index, collection, fresh):
@@ -606,9 +607,15 @@ class Indexes:
                     )
         finally:
             self._reembedding.discard(index)
-            if not swapped:
+            if not swapped:  # a failed re-embed accepts no model: the binding goes back to what it was,
+                # marked mixed if texts were written meanwhile (embedded by the model served now)
+                wrote = wrote or bool(await asyncio.to_thread(collection.take_written))
                 await asyncio.to_thread(collection.track_writes, False)
                 await asyncio.to_thread(self.manager.discard, fresh)
+                if collection.binding != previous and not (wrote and previous is None):
+                    collection.bind(
+                        dataclasses.replace(previous, state="mixed") if wrote and previous else previous
+                    )
         return copied, fingerprint.digest if fingerprint is not None else "", rounds
 
     async def _copy(
