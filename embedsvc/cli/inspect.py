@@ -13,7 +13,8 @@ INSPECT_EPILOG = """\
 Loads the checkpoint as `embedsvc serve` would and prints its recipe: the family and why it was
 chosen, every setting (pooling, attention, BOS/EOS, prompts, instruction format, max length) with
 the file, profile or option it came from, warnings where the checkpoint's files contradict each
-other, and the exact tokens a sample query and document become (and which of them are pooled).
+other, the exact tokens a sample query and document become (and which of them are pooled), and the
+model fingerprint the server will attach to every answer.
 Options are the [[models]] keys, e.g. --set profile=gritlm --set 'examples=[...]' (JSON values).
 """
 
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from embedsvc import Embedder
     from embedsvc.engine import recipe as recipe_module
+    from embedsvc.engine.fingerprint import fingerprint_of
 
     logging.basicConfig(level=logging.ERROR)  # warnings are part of the output below
     options: dict[str, Any] = {}
@@ -72,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
         query=args.query or recipe_module.SAMPLE_QUERY,
         document=args.document or recipe_module.SAMPLE_DOCUMENT,
     )
+    fingerprint = fingerprint_of(embedder)
     if args.json:
-        print(json.dumps(recipe.to_dict(), indent=2, default=str))
+        data = {**recipe.to_dict(), "fingerprint": fingerprint.digest, "fingerprint_parts": fingerprint.parts}
+        print(json.dumps(data, indent=2, default=str))
     else:
         print(recipe_module.render_text(recipe))
+        print(f"\nfingerprint {fingerprint.digest}  (weights, recipe and numerics; --json lists its parts)")
     return 0

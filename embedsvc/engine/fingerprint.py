@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,9 +269,18 @@ def library_versions(quantized: bool) -> dict[str, str]:
     return versions
 
 
+# computed once per loaded embedder: the server computes it off the event loop right after loading
+_KNOWN: weakref.WeakKeyDictionary[Embedder, Fingerprint] = weakref.WeakKeyDictionary()
+
+
 def fingerprint_of(embedder: Embedder, cache: HashCache | None = None) -> Fingerprint:
-    """The fingerprint of a loaded embedder (weights hashed unless the cache knows them)."""
-    cache = cache if cache is not None else HashCache()
+    """The fingerprint of a loaded embedder (weights hashed unless the cache knows them); computed once
+    per embedder unless a ``cache`` is passed."""
+    if cache is None:
+        known = _KNOWN.get(embedder)
+        if known is None:
+            known = _KNOWN[embedder] = fingerprint_of(embedder, HashCache())
+        return known
     parts = checkpoint_parts(embedder.loaded, cache)
     cache.save()
     s = embedder.settings
