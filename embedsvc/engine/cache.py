@@ -23,11 +23,36 @@ import numpy as np
 # bytes an entry costs beyond its vector's: key tuple, text digest, value tuple, bytes header,
 # OrderedDict node: 276 measured with tracemalloc on CPython 3.11 (tests/test_cache.py checks it)
 ENTRY_OVERHEAD_BYTES = 300
-_Key = tuple[str, Hashable, bytes]
 
 
 def text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class _Scope:
+    """A model fingerprint and a request's resolved options, hashed once per request: per text, the key
+    is (scope, text digest), so the options' dataclass hash is not recomputed for every text."""
+
+    __slots__ = ("fingerprint", "options", "_hash")
+
+    def __init__(self, fingerprint: str, options: Hashable) -> None:
+        self.fingerprint = fingerprint
+        self.options = options
+        self._hash = hash((fingerprint, options))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Scope)
+            and self._hash == other._hash
+            and self.fingerprint == other.fingerprint
+            and self.options == other.options
+        )
+
+
+_Key = tuple[_Scope, bytes]
 
 
 @dataclass
@@ -54,6 +79,8 @@ class Lookup:
         """Every text's vector ([n, width] float32) and token count: hits from the cache, the rest
         from ``computed`` (rows in ``missing`` order)."""
         n = len(self.keys)
+        if computed is not None and len(self.missing) == n:  # all missed, none twice: as computed
+            return computed, [int(t) for t in computed_tokens]
         out = np.empty((n, width), dtype=np.float32)
         tokens = [0] * n
         hit_rows = [i for i, entry in enumerate(self.found) if entry is not None]
@@ -64,7 +91,7 @@ class Lookup:
                 tokens[i] = self.found[i][1]  # type: ignore[index]
         if computed is not None:
             rows = [i for i, entry in enumerate(self.found) if entry is None]
-            slots = [self._slot[self.keys[i][2]] for i in rows]
+            slots = [self._slot[self.keys[i][1]] for i in rows]
             out[rows] = computed[slots]
             for i, slot in zip(rows, slots, strict=True):
                 tokens[i] = int(computed_tokens[slot])
@@ -91,7 +118,8 @@ class EmbeddingCache:
         return len(self._entries)
 
     def lookup(self, fingerprint: str, options: Hashable, texts: Sequence[str]) -> Lookup:
-        keys = [(fingerprint, options, text_digest(t)) for t in texts]
+        scope = _Scope(fingerprint, options)
+        keys = [(scope, text_digest(t)) for t in texts]
         found: list[tuple[bytes, int] | None] = []
         with self._lock:
             for key in keys:
@@ -101,8 +129,8 @@ class EmbeddingCache:
                 found.append(entry)
         lookup = Lookup(keys, found)
         for i, (key, entry) in enumerate(zip(keys, found, strict=True)):
-            if entry is None and key[2] not in lookup._slot:
-                lookup._slot[key[2]] = len(lookup.missing)
+            if entry is None and key[1] not in lookup._slot:
+                lookup._slot[key[1]] = len(lookup.missing)
                 lookup.missing.append(texts[i])
                 lookup.missing_first.append(i)
         hits = len(keys) - sum(entry is None for entry in found)
@@ -121,9 +149,7 @@ class EmbeddingCache:
                 size = len(value[0]) + ENTRY_OVERHEAD_BYTES
                 if size > self.max_bytes:
                     continue
-                previous = self._entries.pop(key, None)
-                if previous is not None:  # computed twice concurrently: keep the first computation
-                    self._entries[key] = previous
+                if key in self._entries:  # computed twice concurrently: keep the first computation
                     continue
                 self._entries[key] = value
                 self.bytes += size
