@@ -33,7 +33,7 @@ class _Scope:
     """A model fingerprint and a request's resolved options, hashed once per request: per text, the key
     is (scope, text digest), so the options' dataclass hash is not recomputed for every text."""
 
-    __slots__ = ("fingerprint", "options", "_hash")
+    __slots__ = ("_hash", "fingerprint", "options")
 
     def __init__(self, fingerprint: str, options: Hashable) -> None:
         self.fingerprint = fingerprint
