@@ -3,6 +3,7 @@ vector changes, with weight digests cached by path + size + mtime."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,9 +16,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from embedsvc import EmbedClient, Embedder
-from embedsvc.engine.fingerprint import Fingerprint, HashCache, fingerprint_of, weight_files
+from embedsvc.engine.fingerprint import (
+    Fingerprint,
+    HashCache,
+    checkpoint_parts,
+    fingerprint_of,
+    weight_files,
+)
 from embedsvc.engine.service import ModelService
-from tests import tiny_models
+from tests import families, tiny_models
 from tests.server_utils import ServerProcess, free_port
 
 
@@ -194,3 +201,32 @@ def test_differences_name_what_changed() -> None:
         "weights changed",
     ]
     assert Fingerprint.of(dict(reversed(list(old.parts.items())))).digest == old.digest
+
+
+def test_inspect_shows_the_fingerprint(
+    checkpoint: Path, base: Fingerprint, capsys: pytest.CaptureFixture
+) -> None:
+    from embedsvc.cli.main import main
+
+    assert main(["inspect", str(checkpoint)]) == 0
+    assert f"fingerprint {base.digest}" in capsys.readouterr().out
+    assert main(["inspect", str(checkpoint), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["fingerprint"] == base.digest and data["fingerprint_parts"] == dict(base.parts)
+
+
+def test_merged_adapters_count_every_base(tmp_path: Path) -> None:
+    """LLM2Vec: a supervised adapter on an MNTP adapter on a base decoder; all three sets of weights."""
+    pytest.importorskip("peft")
+    from embedsvc.models.loading import load_model
+
+    base_dir, mntp_dir = tmp_path / "base", tmp_path / "mntp"
+    supervised = families.build_llm2vec_layout(base_dir, mntp_dir, tmp_path / "supervised")
+    loaded = load_model(supervised, device="cpu", dtype=None, attn_implementation="sdpa")
+    assert [s.folder for s in loaded.base_sources] == [base_dir.resolve(), mntp_dir.resolve()]
+    cache = HashCache(tmp_path / "hashes.json")
+    with_bases = checkpoint_parts(loaded, cache)["weights"]
+    adapter_only = checkpoint_parts(dataclasses.replace(loaded, base_sources=()), cache)["weights"]
+    only_mntp = checkpoint_parts(dataclasses.replace(loaded, base_sources=loaded.base_sources[1:]), cache)
+    assert len({with_bases, adapter_only, only_mntp["weights"]}) == 3
+    assert {p.parent for p in cache.hashed} == {base_dir.resolve(), mntp_dir.resolve(), supervised.resolve()}

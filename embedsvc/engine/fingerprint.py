@@ -242,10 +242,10 @@ def checkpoint_parts(loaded: LoadedModel, cache: HashCache) -> dict[str, str]:
     root = loaded.source.folder
     folder = loaded.st.transformer_dir if loaded.st else root
     weights = [(f"{p.relative_to(root).as_posix()}", cache.digest(p)) for p in weight_files(root)]
-    base = loaded.base_source
-    if base is not None:  # a PEFT adapter merged into its base: both sets of weights decide the vectors
+    # a PEFT adapter merged into its base (in turn): every set of weights decides the vectors
+    for level, base in enumerate(reversed(loaded.base_sources), 1):
         weights += [
-            (f"base/{p.relative_to(base.folder).as_posix()}", cache.digest(p))
+            (f"base{level}/{p.relative_to(base.folder).as_posix()}", cache.digest(p))
             for p in weight_files(base.folder)
         ]
     if not weights:

@@ -3,8 +3,10 @@
 Every front door — gRPC servicers, the HTTP routes, the IndexService, the pipeline's local mode — calls
 a :class:`ModelService` and only converts its own wire format to :class:`EmbedOptions` and back. The
 service owns what happens in between, in this order: size checks and a work estimate (before any
-tokenizing), admission against the queue bound, tokenizing off the event loop, scheduling, combining
-chunks, token counts. It also answers what callers may know about the model (:class:`ModelFacts`).
+tokenizing), the embedding cache when it is on (texts already embedded are not queued again),
+admission against the queue bound, tokenizing off the event loop, scheduling, combining chunks, token
+counts; every answer carries the model's fingerprint. It also answers what callers may know about
+the model (:class:`ModelFacts`).
 """
 
 from __future__ import annotations
