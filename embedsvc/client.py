@@ -126,7 +126,11 @@ class AsyncEmbedClient:
     """asyncio client. ``async with AsyncEmbedClient("127.0.0.1:50051") as c: await c.embed([...])``.
 
     ``timeout`` bounds each request in seconds, its retries included. ``retry=False`` surfaces
-    refusals (RESOURCE_EXHAUSTED, UNAVAILABLE) at once instead of pacing and retrying them."""
+    refusals (RESOURCE_EXHAUSTED, UNAVAILABLE) at once instead of pacing and retrying them.
+
+    ``last_fingerprint``: the model fingerprint of the latest ``embed`` answer (16 hex characters;
+    "" before any, or from a server without fingerprints). Vectors with equal fingerprints are
+    comparable; a call whose parts come from replicas with different fingerprints fails."""
 
     def __init__(
         self,
@@ -153,6 +157,7 @@ class AsyncEmbedClient:
         self.chunk_size = chunk_size
         self.retry = retry
         self.window = pacing.Window(max_in_flight)
+        self.last_fingerprint = ""
 
     # ------------------------------------------------------------ plumbing
     async def _call(
@@ -382,7 +387,9 @@ class AsyncEmbedClient:
             chunked=chunked,
         )
         replies = await self._each(self._stub.Embed, requests, timeout=timeout)
-        return np.concatenate([wire.embeddings(r) for r in replies])
+        vectors = np.concatenate([wire.embeddings(r) for r in replies])
+        self.last_fingerprint = wire.fingerprint(replies)
+        return vectors
 
     async def tokenize(
         self,
@@ -528,6 +535,11 @@ class EmbedClient:
     @property
     def target(self) -> str:
         return self._core.target
+
+    @property
+    def last_fingerprint(self) -> str:
+        """The model fingerprint of the latest ``embed`` answer (see :class:`AsyncEmbedClient`)."""
+        return self._core.last_fingerprint
 
     create_index = _blocking(AsyncEmbedClient.create_index)
     delete_index = _blocking(AsyncEmbedClient.delete_index)

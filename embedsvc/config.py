@@ -94,6 +94,8 @@ class ServerConfig:
     # auto | cpu | gpu | gpu:N: where FAISS answers unfiltered searches (checked by the index, which
     # knows the GPUs its faiss has, and by server/preflight.py before a server starts)
     index_device: str = "auto"
+    # MiB of embedded texts kept in memory (engine/cache.py), shared by the models; 0 = no cache
+    cache_mb: float = 0.0
     models: tuple[ModelConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -130,6 +132,10 @@ class ServerConfig:
             raise InvalidInputError("max_http_connections must be at least 1", field="max_http_connections")
         if not self.http_idle_timeout_s > 0:
             raise InvalidInputError("http_idle_timeout_s must be above 0", field="http_idle_timeout_s")
+        if not self.cache_mb >= 0:
+            raise InvalidInputError(
+                f"cache_mb must be 0 (no cache) or a size in MiB, not {self.cache_mb!r}", field="cache_mb"
+            )
         if not self.max_queue_seconds > 0:
             raise InvalidInputError("max_queue_seconds must be above 0", field="max_queue_seconds")
         assert self.max_text_bytes is not None and self.max_request_bytes is not None

@@ -15,7 +15,7 @@ import numpy as np
 
 from embedsvc import codecs
 from embedsvc.engine.options import EmbedOptions, ModelFacts
-from embedsvc.errors import InvalidInputError
+from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.index.filters import MAX_DEPTH as MAX_FILTER_DEPTH
 from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range, parse_filter
 from embedsvc.v1 import embedding_pb2 as pb
@@ -137,6 +137,8 @@ class ModelInfo:
     recipe_warnings: tuple[str, ...] = ()
     remote_code: bool = False
     quantization: str = "none"
+    fingerprint: str = ""  # 16 hex characters; "" from a server that predates fingerprints
+    fingerprint_parts: dict[str, str] = field(default_factory=dict)
 
 
 def model_info(facts: ModelFacts) -> pb.ModelInfo:
@@ -166,6 +168,8 @@ def model_info(facts: ModelFacts) -> pb.ModelInfo:
         recipe_sources=s.sources,
         recipe_warnings=list(s.warnings),
         remote_code=facts.remote_code,
+        fingerprint=facts.fingerprint,
+        fingerprint_parts=facts.fingerprint_parts,
     )
 
 
@@ -193,6 +197,8 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             recipe_warnings=tuple(m.recipe_warnings),
             remote_code=m.remote_code,
             quantization=m.quantization,
+            fingerprint=m.fingerprint,
+            fingerprint_parts=dict(m.fingerprint_parts),
         )
         for m in response.models
     ]
@@ -249,6 +255,20 @@ def embed_requests(
         pb.EmbedRequest(id=str(i * max(1, chunk)), inputs=part, model=model or "", **base)
         for i, part in enumerate(split(items, chunk))
     ]
+
+
+def fingerprint(replies: Sequence[pb.EmbedResponse]) -> str:
+    """The one model fingerprint the answers to a call carry ("" from servers before fingerprints);
+    FailedPreconditionError when they differ: replicas serving different models answered one call, and
+    their vectors must not be mixed."""
+    found = sorted({r.fingerprint for r in replies})
+    if len(found) > 1:
+        raise FailedPreconditionError(
+            f"the answers to one embed call came from models with different fingerprints "
+            f"({', '.join(f or '(none)' for f in found)}): the replicas behind this target serve different "
+            "models or settings; their vectors are not comparable. Retry once every replica serves the same"
+        )
+    return found[0] if found else ""
 
 
 def embeddings(response: pb.EmbedResponse) -> np.ndarray:
@@ -963,6 +983,7 @@ def embed_response(
     token_counts: Sequence[int],
     encoding: pb.Encoding,
     total_tokens: int,
+    fingerprint: str = "",
 ) -> pb.EmbedResponse:
     """The EmbedResponse for ``vectors`` (float32 [n, d]) in ``encoding``: float32 rows packed in
     bulk; the byte encodings (float16, int8, binary) one ``data`` field per row. ENCODING_UNSPECIFIED
@@ -974,6 +995,7 @@ def embed_response(
         dimensions=vectors.shape[1],
         encoding=encoding,
         usage=pb.Usage(total_tokens=total_tokens, inputs=len(token_counts)),
+        fingerprint=fingerprint,
     )
     if encoding == pb.ENCODING_FLOAT32:
         if len(token_counts):

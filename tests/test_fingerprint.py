@@ -3,21 +3,29 @@ vector changes, with weight digests cached by path + size + mtime."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from embedsvc import Embedder
-from embedsvc.engine.fingerprint import Fingerprint, HashCache, fingerprint_of, weight_files
+from embedsvc import EmbedClient, Embedder
+from embedsvc.engine.fingerprint import (
+    Fingerprint,
+    HashCache,
+    checkpoint_parts,
+    fingerprint_of,
+    weight_files,
+)
 from embedsvc.engine.service import ModelService
-from tests import tiny_models
+from tests import families, tiny_models
+from tests.server_utils import ServerProcess, free_port
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,20 +73,52 @@ def test_weight_files_cover_the_dense_layer(checkpoint: Path) -> None:
     assert names == ["model.safetensors", "2_Dense/model.safetensors"]
 
 
-def test_same_files_same_digest_in_another_process(checkpoint: Path, base: Fingerprint) -> None:
-    code = (
-        "import sys; from embedsvc import Embedder; from embedsvc.engine.service import ModelService; "
-        "embedder = Embedder.from_pretrained(sys.argv[1], device='cpu'); "
-        "print(ModelService.in_process(embedder).facts.fingerprint)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(checkpoint)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=os.environ,
-    )
-    assert out.stdout.strip().splitlines()[-1] == base.digest
+@pytest.mark.slow
+def test_every_door_carries_the_fingerprint(checkpoint: Path, base: Fingerprint, tmp_path: Path) -> None:
+    """One server process (another process than this one's digest): gRPC, HTTP, metrics of the cache."""
+    metrics_port = free_port()
+    with (
+        ServerProcess(
+            "--model",
+            f"enc={checkpoint}",
+            "--device",
+            "cpu",
+            "--cache-mb",
+            "4",
+            "--metrics-port",
+            str(metrics_port),
+            log_path=tmp_path / "server.log",
+        ) as server,
+        EmbedClient(server.target) as client,
+    ):
+        assert client.last_fingerprint == ""
+        vectors = client.embed(["one text", "another text"])
+        assert client.last_fingerprint == base.digest  # same files, same recipe: same digest elsewhere
+        (info,) = client.list_models()
+        assert info.fingerprint == base.digest and info.fingerprint_parts == dict(base.parts)
+        again = client.embed(["another text"])
+        assert again.tobytes() == vectors[1:].tobytes()  # a cache hit: the first computation
+        url = server.http_url()
+        openai = httpx.post(f"{url}/v1/embeddings", json={"input": ["one text"], "model": "enc"})
+        assert openai.status_code == 200, openai.text
+        assert openai.headers["x-embedsvc-fingerprint"] == openai.json()["fingerprint"] == base.digest
+        tei = httpx.post(f"{url}/embed", json={"inputs": "one text"})
+        assert tei.status_code == 200 and tei.headers["x-embedsvc-fingerprint"] == base.digest
+        (model,) = httpx.get(f"{url}/v1/models").json()["data"]
+        assert model["fingerprint"] == base.digest
+        described = httpx.get(f"{url}/info").json()
+        assert described["fingerprint"] == base.digest and described["fingerprint_parts"] == dict(base.parts)
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        counts = {
+            s.name: s.value
+            for family in text_string_to_metric_families(scraped)
+            for s in family.samples
+            if s.name.startswith("embedsvc_cache")
+        }
+        # gRPC: 2 misses, then 1 hit; OpenAI: a hit; TEI: a miss (its truncation defaults to "none")
+        assert counts["embedsvc_cache_hits_total"] == 2 and counts["embedsvc_cache_misses_total"] == 3
+        assert counts["embedsvc_cache_entries"] == 3 and counts["embedsvc_cache_bytes"] > 0
+    assert '"fingerprint": "' + base.digest in server.log()  # the "model loaded" line
 
 
 def test_facts_carry_the_fingerprint(checkpoint: Path, base: Fingerprint) -> None:
@@ -161,3 +201,32 @@ def test_differences_name_what_changed() -> None:
         "weights changed",
     ]
     assert Fingerprint.of(dict(reversed(list(old.parts.items())))).digest == old.digest
+
+
+def test_inspect_shows_the_fingerprint(
+    checkpoint: Path, base: Fingerprint, capsys: pytest.CaptureFixture
+) -> None:
+    from embedsvc.cli.main import main
+
+    assert main(["inspect", str(checkpoint)]) == 0
+    assert f"fingerprint {base.digest}" in capsys.readouterr().out
+    assert main(["inspect", str(checkpoint), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["fingerprint"] == base.digest and data["fingerprint_parts"] == dict(base.parts)
+
+
+def test_merged_adapters_count_every_base(tmp_path: Path) -> None:
+    """LLM2Vec: a supervised adapter on an MNTP adapter on a base decoder; all three sets of weights."""
+    pytest.importorskip("peft")
+    from embedsvc.models.loading import load_model
+
+    base_dir, mntp_dir = tmp_path / "base", tmp_path / "mntp"
+    supervised = families.build_llm2vec_layout(base_dir, mntp_dir, tmp_path / "supervised")
+    loaded = load_model(supervised, device="cpu", dtype=None, attn_implementation="sdpa")
+    assert [s.folder for s in loaded.base_sources] == [base_dir.resolve(), mntp_dir.resolve()]
+    cache = HashCache(tmp_path / "hashes.json")
+    with_bases = checkpoint_parts(loaded, cache)["weights"]
+    adapter_only = checkpoint_parts(dataclasses.replace(loaded, base_sources=()), cache)["weights"]
+    only_mntp = checkpoint_parts(dataclasses.replace(loaded, base_sources=loaded.base_sources[1:]), cache)
+    assert len({with_bases, adapter_only, only_mntp["weights"]}) == 3
+    assert {p.parent for p in cache.hashed} == {base_dir.resolve(), mntp_dir.resolve(), supervised.resolve()}

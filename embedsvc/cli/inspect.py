@@ -16,7 +16,7 @@ activation, prompt template, the LM-head token ids an LLM reranker reads) and th
 pair; for an embedder every setting (pooling, attention, BOS/EOS, prompts, instruction format, max
 length) with the file, profile or option it came from, warnings where the checkpoint's files
 contradict each other, and the exact tokens a sample query and document become (and which of them
-are pooled).
+are pooled), and the model fingerprint the server will attach to every answer.
 Options are the [[models]] keys, e.g. --set profile=gritlm --set 'examples=[...]' (JSON values).
 """
 
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from embedsvc.engine import recipe as recipe_module
+    from embedsvc.engine.fingerprint import fingerprint_of
     from embedsvc.engine.scorer import Scorer, load_served
 
     logging.basicConfig(level=logging.ERROR)  # warnings are part of the output below
@@ -81,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
             query=args.query or recipe_module.SAMPLE_QUERY,
             document=args.document or recipe_module.SAMPLE_DOCUMENT,
         )
+    fingerprint = fingerprint_of(model.trunk if isinstance(model, Scorer) else model)
     if args.json:
-        print(json.dumps(recipe.to_dict(), indent=2, default=str))
+        data = {**recipe.to_dict(), "fingerprint": fingerprint.digest, "fingerprint_parts": fingerprint.parts}
+        print(json.dumps(data, indent=2, default=str))
     else:
         print(recipe_module.render_text(recipe))
+        print(f"\nfingerprint {fingerprint.digest}  (weights, recipe and numerics; --json lists its parts)")
     return 0

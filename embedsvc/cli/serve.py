@@ -28,7 +28,7 @@ config file (--config FILE, TOML):
              max_queue_tokens, max_queue_seconds, max_streams, batch_wait_ms,
              http_idle_timeout_s, max_http_connections, max_filter_leaves,
              grace_period_s, tokenizer_threads, log_level, log_json, data_dir,
-             index_fsync, snapshot_every, index_device
+             index_fsync, snapshot_every, index_device, cache_mb
   [[models]] name, source, default, and any engine option: pooling, normalize, dtype, device,
              max_length, profile, conversion (none|echo|prompteol|bidirectional), prompts,
              default_prompt_name, query_prompt_name, document_prompt_name,
@@ -148,6 +148,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="where FAISS answers unfiltered searches: auto (a GPU when the installed faiss has one), "
         "cpu, gpu, gpu:N (default auto)",
     )
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        metavar="MIB",
+        help="keep embedded texts in an LRU cache of this many MiB, keyed by model fingerprint, options and "
+        "text (default 0: off); hits are bitwise recomputations only with deterministic = true",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--plain-logs", action="store_true", help="human-readable logs instead of JSON lines")
     g = p.add_argument_group("model options (apply to every served model; per model: config file)")
@@ -232,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         "log_json": False if args.plain_logs else None,
         "data_dir": args.data_dir,
         "index_device": args.index_device,
+        "cache_mb": args.cache_mb,
         "models": args.models,
         "model_options": model_options,
     }

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,10 +242,10 @@ def checkpoint_parts(loaded: LoadedModel, cache: HashCache) -> dict[str, str]:
     root = loaded.source.folder
     folder = loaded.st.transformer_dir if loaded.st else root
     weights = [(f"{p.relative_to(root).as_posix()}", cache.digest(p)) for p in weight_files(root)]
-    base = loaded.base_source
-    if base is not None:  # a PEFT adapter merged into its base: both sets of weights decide the vectors
+    # a PEFT adapter merged into its base (in turn): every set of weights decides the vectors
+    for level, base in enumerate(reversed(loaded.base_sources), 1):
         weights += [
-            (f"base/{p.relative_to(base.folder).as_posix()}", cache.digest(p))
+            (f"base{level}/{p.relative_to(base.folder).as_posix()}", cache.digest(p))
             for p in weight_files(base.folder)
         ]
     if not weights:
@@ -268,9 +269,18 @@ def library_versions(quantized: bool) -> dict[str, str]:
     return versions
 
 
+# computed once per loaded embedder: the server computes it off the event loop right after loading
+_KNOWN: weakref.WeakKeyDictionary[Embedder, Fingerprint] = weakref.WeakKeyDictionary()
+
+
 def fingerprint_of(embedder: Embedder, cache: HashCache | None = None) -> Fingerprint:
-    """The fingerprint of a loaded embedder (weights hashed unless the cache knows them)."""
-    cache = cache if cache is not None else HashCache()
+    """The fingerprint of a loaded embedder (weights hashed unless the cache knows them); computed once
+    per embedder unless a ``cache`` is passed."""
+    if cache is None:
+        known = _KNOWN.get(embedder)
+        if known is None:
+            known = _KNOWN[embedder] = fingerprint_of(embedder, HashCache())
+        return known
     parts = checkpoint_parts(embedder.loaded, cache)
     cache.save()
     s = embedder.settings

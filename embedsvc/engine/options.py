@@ -41,6 +41,7 @@ class ResolvedOptions:
 class Embedded:
     vectors: np.ndarray  # float32 [n, dimensions]
     token_counts: list[int]  # per text, as the model saw it (chunks summed)
+    fingerprint: str = ""  # the model's Fingerprint.digest: vectors with equal ones are comparable
 
     @property
     def total_tokens(self) -> int:

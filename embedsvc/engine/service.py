@@ -4,18 +4,22 @@ reranker or classifier (``engine/scorer.py``), scores.
 Every front door — gRPC servicers, the HTTP routes, the IndexService, the pipeline's local mode — calls
 a :class:`ModelService` and only converts its own wire format to :class:`EmbedOptions` and back. The
 service owns what happens in between, in this order: size checks and a work estimate (before any
-tokenizing), admission against the queue bound, tokenizing off the event loop, scheduling, combining
-chunks, token counts. It also answers what callers may know about the model (:class:`ModelFacts`).
+tokenizing), the embedding cache when it is on (texts already embedded are not queued again),
+admission against the queue bound, tokenizing off the event loop, scheduling, combining chunks, token
+counts; every answer carries the model's fingerprint. It also answers what callers may know about
+the model (:class:`ModelFacts`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from embedsvc.engine.cache import EmbeddingCache, Lookup
 from embedsvc.engine.embedder import Embedder
 from embedsvc.engine.fingerprint import Fingerprint, fingerprint_of
 from embedsvc.engine.inputs import EncodedInput
@@ -31,7 +35,7 @@ from embedsvc.engine.options import (
 )
 from embedsvc.engine.scheduler import DEFAULT_TENANT, BatchRecord, BatchScheduler
 from embedsvc.engine.scorer import SAMPLE_QUERY, Scorer
-from embedsvc.errors import InvalidInputError, PayloadTooLargeError, TaskMismatchError
+from embedsvc.errors import InvalidInputError, PayloadTooLargeError, TaskMismatchError, TextTooLongError
 
 T = TypeVar("T")
 
@@ -187,6 +191,7 @@ class ModelService:
         limits: Limits,
         *,
         default: bool = False,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.name = name
         self._model = embedder
@@ -199,6 +204,7 @@ class ModelService:
         self.fingerprint: Fingerprint = fingerprint_of(
             embedder.trunk if isinstance(embedder, Scorer) else embedder
         )
+        self.cache = cache  # per-text results in front of the scheduler (engine/cache.py); None: off
 
     @classmethod
     def start(
@@ -214,6 +220,7 @@ class ModelService:
         batch_wait_s: float,
         on_batch: Callable[[BatchRecord], None] | None = None,
         default: bool = False,
+        cache: EmbeddingCache | None = None,
     ) -> ModelService:
         """A served model with its scheduler running on this event loop."""
         scheduler = BatchScheduler(
@@ -229,10 +236,12 @@ class ModelService:
             on_batch=on_batch,
         )
         scheduler.start()
-        return cls(embedder.name, embedder, scheduler, tokenizers, limits, default=default)
+        return cls(embedder.name, embedder, scheduler, tokenizers, limits, default=default, cache=cache)
 
     @classmethod
-    def in_process(cls, embedder: Embedder | Scorer, limits: Limits | None = None) -> ModelService:
+    def in_process(
+        cls, embedder: Embedder | Scorer, limits: Limits | None = None, *, cache: EmbeddingCache | None = None
+    ) -> ModelService:
         """For callers in this thread (the local pipeline): ``embed_now`` / ``score_now`` /
         ``classify_now`` only, no queue."""
         return cls(
@@ -241,6 +250,7 @@ class ModelService:
             None,
             None,
             limits or Limits(max_text_bytes=2**31, max_request_bytes=2**31),
+            cache=cache,
         )
 
     @property
@@ -343,6 +353,38 @@ class ModelService:
         items, size, estimate = check_inputs(
             texts, self.limits, max_length=self._embedder.max_length, chunked=options.chunked
         )
+        if self.cache is not None:
+            lookup = self.cache.lookup(self.fingerprint.digest, resolved, items)
+            if lookup.complete:  # every text known: the scheduler never sees this request
+                return self._from_cache(lookup, resolved, None)
+            # the texts left to compute, and their share of the work estimate
+            share = len(lookup.missing) / len(items)
+            with _caller_index(lookup):
+                computed = await self._compute(
+                    lookup.missing,
+                    round(size * share),
+                    max(1, round(estimate * share)),
+                    resolved,
+                    started=started,
+                    timeout=timeout,
+                    tenant=tenant,
+                )
+            return self._from_cache(lookup, resolved, computed)
+        return await self._compute(
+            items, size, estimate, resolved, started=started, timeout=timeout, tenant=tenant
+        )
+
+    async def _compute(
+        self,
+        items: list[str],
+        size: int,
+        estimate: int,
+        resolved: ResolvedOptions,
+        *,
+        started: float,
+        timeout: float | None,
+        tenant: str,
+    ) -> Embedded:
         with self.scheduler.admit(estimate, tenant):
             assert self._tokenizers is not None
             encoded = await self._tokenizers.run(items, size, lambda: self._embedder.prepare(items, resolved))
@@ -356,14 +398,37 @@ class ModelService:
         items, _, _ = check_inputs(
             texts, self.limits, max_length=self._embedder.max_length, chunked=options.chunked
         )
+        if self.cache is None:
+            return self._compute_now(items, resolved)
+        lookup = self.cache.lookup(self.fingerprint.digest, resolved, items)
+        if lookup.complete:
+            return self._from_cache(lookup, resolved, None)
+        with _caller_index(lookup):
+            computed = self._compute_now(lookup.missing, resolved)
+        return self._from_cache(lookup, resolved, computed)
+
+    def _compute_now(self, items: list[str], resolved: ResolvedOptions) -> Embedded:
         encoded = self._embedder.prepare(items, resolved)
         return self._combine(self._embedder.forward(encoded), encoded, len(items), resolved)
+
+    def _from_cache(self, lookup: Lookup, resolved: ResolvedOptions, computed: Embedded | None) -> Embedded:
+        """A request's answer from its cache hits and the rows just computed (which are kept)."""
+        assert self.cache is not None
+        if computed is not None:
+            self.cache.store(lookup, computed.vectors, computed.token_counts)
+        width = resolved.dimensions or self._embedder.dimension
+        vectors, tokens = lookup.assemble(
+            width,
+            None if computed is None else computed.vectors,
+            () if computed is None else computed.token_counts,
+        )
+        return Embedded(vectors, tokens, self.fingerprint.digest)
 
     def _combine(
         self, pooled: Any, encoded: list[EncodedInput], n: int, resolved: ResolvedOptions
     ) -> Embedded:
         vectors = self._embedder.combine(pooled, encoded, n, resolved)
-        return Embedded(vectors, self._embedder.count_tokens(encoded, n))
+        return Embedded(vectors, self._embedder.count_tokens(encoded, n), self.fingerprint.digest)
 
     async def tokenize(
         self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS
@@ -496,3 +561,12 @@ class ModelService:
     async def close(self) -> None:
         if self._scheduler is not None:
             await self._scheduler.close()
+
+
+@contextlib.contextmanager
+def _caller_index(lookup: Lookup) -> Iterator[None]:
+    """A text too long names its index in the caller's request, not among the texts computed."""
+    try:
+        yield
+    except TextTooLongError as exc:
+        raise TextTooLongError(lookup.original_index(exc.index), exc.n_tokens, exc.limit) from None

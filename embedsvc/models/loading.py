@@ -62,8 +62,9 @@ class LoadedModel:
     remote_code: bool = False
     # what was loaded and how, for the recipe: e.g. "PEFT adapter merged into <base>"
     notes: tuple[str, ...] = ()
-    # a PEFT adapter's base checkpoint (its weights were merged into ``model``), for the fingerprint
-    base_source: ResolvedSource | None = None
+    # a PEFT adapter's base checkpoints, innermost first (their weights were merged into ``model``; an
+    # adapter may sit on another, as LLM2Vec's supervised one on its MNTP one), for the fingerprint
+    base_sources: tuple[ResolvedSource, ...] = ()
     # head="sequence-classification": the whole *ForSequenceClassification model; ``model`` is its base
     task_model: Any = None
 
@@ -285,7 +286,7 @@ def load_model(
             loaded.tokenizer_config_json = tokenizer_config_json
         if config_json:
             loaded.config_json = config_json  # e.g. LLM2Vec's _name_or_path
-        loaded.base_source = loaded.source
+        loaded.base_sources = (*loaded.base_sources, loaded.source)
         loaded.source = resolved
         loaded.st = st
         loaded.notes = (*loaded.notes, *notes)

@@ -65,6 +65,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
             token_counts=embedded.token_counts,
             encoding=request.encoding,
             total_tokens=embedded.total_tokens,
+            fingerprint=embedded.fingerprint,
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:

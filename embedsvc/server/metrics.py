@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from embedsvc.engine.cache import EmbeddingCache
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -61,5 +69,27 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
         )
 
+    def watch_cache(self, cache: EmbeddingCache) -> None:
+        """Report the embedding cache's counters as they are at each scrape."""
+        self.registry.register(_CacheCollector(cache))
+
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: EmbeddingCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self.cache
+        yield CounterMetricFamily("embedsvc_cache_hits", "Texts answered from the embedding cache", c.hits)
+        yield CounterMetricFamily("embedsvc_cache_misses", "Texts the embedding cache did not hold", c.misses)
+        yield CounterMetricFamily(
+            "embedsvc_cache_evictions", "Entries evicted to stay in bounds", c.evictions
+        )
+        yield GaugeMetricFamily("embedsvc_cache_bytes", "Bytes the embedding cache holds", c.bytes)
+        yield GaugeMetricFamily(
+            "embedsvc_cache_max_bytes", "The embedding cache's bound (cache_mb)", c.max_bytes
+        )
+        yield GaugeMetricFamily("embedsvc_cache_entries", "Texts the embedding cache holds", c.entries)

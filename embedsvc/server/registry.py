@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from embedsvc.config import ModelConfig, ServerConfig
+from embedsvc.engine.cache import EmbeddingCache
 from embedsvc.engine.embedder import Embedder
+from embedsvc.engine.fingerprint import fingerprint_of
 from embedsvc.engine.options import Limits
 from embedsvc.engine.scheduler import BatchRecord
 from embedsvc.engine.scorer import Scorer, load_served
@@ -27,6 +29,10 @@ class ModelRegistry:
             max_request_bytes=config.max_request_bytes or Limits.max_request_bytes,
         )
         self.models: dict[str, ModelService] = {}
+        # one cache for every served model (fingerprints in its keys keep them apart); off at 0
+        self.cache = EmbeddingCache(round(config.cache_mb * 2**20)) if config.cache_mb > 0 else None
+        if self.cache is not None:
+            metrics.watch_cache(self.cache)
         self.default_name: str | None = None
         self.state = "loading"  # loading -> serving -> draining
 
@@ -47,6 +53,7 @@ class ModelRegistry:
             embedder = load_served(model_config.source, **options)
             throughput = measure_throughput(embedder)
             trunk = embedder.trunk if isinstance(embedder, Scorer) else embedder
+            fingerprint = fingerprint_of(trunk)  # weights hashed here, off the event loop
             log.info(
                 "model loaded",
                 extra={
@@ -56,6 +63,7 @@ class ModelRegistry:
                     "device": str(trunk.device),
                     "dtype": str(trunk.dtype),
                     "tokens_per_second": round(throughput),
+                    "fingerprint": fingerprint.digest,
                 },
             )
             loaded.append((model_config, embedder, throughput))
@@ -79,6 +87,7 @@ class ModelRegistry:
                 batch_wait_s=self.config.batch_wait_ms / 1000,
                 on_batch=self._batch_recorder(embedder.name),
                 default=model_config.default,
+                cache=self.cache,
             )
         defaults = [m.name for m in self.models.values() if m.default]
         self.default_name = defaults[0] if defaults else next(iter(self.models))

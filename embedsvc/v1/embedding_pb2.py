@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65mbedsvc/v1/embedding.proto\x12\x0b\x65mbedsvc.v1\"\xee\x02\n\x0c\x45mbedRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12*\n\ninput_type\x18\x04 \x01(\x0e\x32\x16.embedsvc.v1.InputType\x12\x18\n\x0bprompt_name\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0binstruction\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x17\n\ndimensions\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x16\n\tnormalize\x18\x08 \x01(\x08H\x03\x88\x01\x01\x12+\n\ntruncation\x18\t \x01(\x0e\x32\x17.embedsvc.v1.Truncation\x12\'\n\x08\x65ncoding\x18\n \x01(\x0e\x32\x15.embedsvc.v1.Encoding\x12\x0f\n\x07\x63hunked\x18\x0b \x01(\x08\x42\x0e\n\x0c_prompt_nameB\x0e\n\x0c_instructionB\r\n\x0b_dimensionsB\x0c\n\n_normalize\"H\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x0e\n\x06tokens\x18\x04 \x01(\r\"-\n\x05Usage\x12\x14\n\x0ctotal_tokens\x18\x01 \x01(\x04\x12\x0e\n\x06inputs\x18\x02 \x01(\r\"\xb6\x01\n\rEmbedResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\nembeddings\x18\x03 \x03(\x0b\x32\x16.embedsvc.v1.Embedding\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\'\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x15.embedsvc.v1.Encoding\x12!\n\x05usage\x18\x06 \x01(\x0b\x32\x12.embedsvc.v1.Usage\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"\x80\x01\n\x13\x45mbedStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.embedsvc.v1.EmbedResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.embedsvc.v1.ErrorH\x00\x42\x08\n\x06result\"\xdd\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12*\n\ninput_type\x18\x03 \x01(\x0e\x32\x16.embedsvc.v1.InputType\x12\x18\n\x0bprompt_name\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0binstruction\x18\x05 \x01(\tH\x01\x88\x01\x01\x12+\n\ntruncation\x18\x06 \x01(\x0e\x32\x17.embedsvc.v1.TruncationB\x0e\n\x0c_prompt_nameB\x0e\n\x0c_instruction\"-\n\x0eTokenizedInput\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"N\n\x10TokenizeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x06inputs\x18\x02 \x03(\x0b\x32\x1b.embedsvc.v1.TokenizedInput\"\x13\n\x11ListModelsRequest\"\xb3\x05\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x0f\n\x07pooling\x18\x05 \x01(\t\x12\x11\n\tnormalize\x18\x06 \x01(\x08\x12\x34\n\x07prompts\x18\x07 \x03(\x0b\x32#.embedsvc.v1.ModelInfo.PromptsEntry\x12\x1b\n\x13\x64\x65\x66\x61ult_prompt_name\x18\x08 \x01(\t\x12\x19\n\x11query_prompt_name\x18\t \x01(\t\x12\x1c\n\x14\x64ocument_prompt_name\x18\n \x01(\t\x12\x1c\n\x14instruction_template\x18\x0b \x01(\t\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\x0f\n\x07profile\x18\x0e \x01(\t\x12\x12\n\nconversion\x18\x0f \x01(\t\x12\x12\n\nis_decoder\x18\x10 \x01(\x08\x12\x15\n\rdeterministic\x18\x11 \x01(\x08\x12\x10\n\x08quantize\x18\x12 \x01(\t\x12\x11\n\tattention\x18\x13 \x01(\t\x12\x12\n\nappend_eos\x18\x14 \x01(\x08\x12\x41\n\x0erecipe_sources\x18\x15 \x03(\x0b\x32).embedsvc.v1.ModelInfo.RecipeSourcesEntry\x12\x17\n\x0frecipe_warnings\x18\x16 \x03(\t\x12\x13\n\x0bremote_code\x18\x17 \x01(\x08\x12\x14\n\x0cquantization\x18\x18 \x01(\t\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12RecipeSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.embedsvc.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*V\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x01\x12\x17\n\x13INPUT_TYPE_DOCUMENT\x10\x02*g\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRUNCATION_END\x10\x01\x12\x14\n\x10TRUNCATION_START\x10\x02\x12\x13\n\x0fTRUNCATION_NONE\x10\x03*x\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT32\x10\x01\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x02\x12\x11\n\rENCODING_INT8\x10\x03\x12\x13\n\x0f\x45NCODING_BINARY\x10\x04\x32\xba\x02\n\x10\x45mbeddingService\x12>\n\x05\x45mbed\x12\x19.embedsvc.v1.EmbedRequest\x1a\x1a.embedsvc.v1.EmbedResponse\x12N\n\x0b\x45mbedStream\x12\x19.embedsvc.v1.EmbedRequest\x1a .embedsvc.v1.EmbedStreamResponse(\x01\x30\x01\x12G\n\x08Tokenize\x12\x1c.embedsvc.v1.TokenizeRequest\x1a\x1d.embedsvc.v1.TokenizeResponse\x12M\n\nListModels\x12\x1e.embedsvc.v1.ListModelsRequest\x1a\x1f.embedsvc.v1.ListModelsResponseB;\n\x0f\x64\x65v.embedsvc.v1P\x01Z&embedsvc/gen/go/embedsvc/v1;embedsvcv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65mbedsvc/v1/embedding.proto\x12\x0b\x65mbedsvc.v1\"\xee\x02\n\x0c\x45mbedRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12*\n\ninput_type\x18\x04 \x01(\x0e\x32\x16.embedsvc.v1.InputType\x12\x18\n\x0bprompt_name\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0binstruction\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x17\n\ndimensions\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x16\n\tnormalize\x18\x08 \x01(\x08H\x03\x88\x01\x01\x12+\n\ntruncation\x18\t \x01(\x0e\x32\x17.embedsvc.v1.Truncation\x12\'\n\x08\x65ncoding\x18\n \x01(\x0e\x32\x15.embedsvc.v1.Encoding\x12\x0f\n\x07\x63hunked\x18\x0b \x01(\x08\x42\x0e\n\x0c_prompt_nameB\x0e\n\x0c_instructionB\r\n\x0b_dimensionsB\x0c\n\n_normalize\"H\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x0e\n\x06tokens\x18\x04 \x01(\r\"-\n\x05Usage\x12\x14\n\x0ctotal_tokens\x18\x01 \x01(\x04\x12\x0e\n\x06inputs\x18\x02 \x01(\r\"\xcb\x01\n\rEmbedResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\nembeddings\x18\x03 \x03(\x0b\x32\x16.embedsvc.v1.Embedding\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\'\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x15.embedsvc.v1.Encoding\x12!\n\x05usage\x18\x06 \x01(\x0b\x32\x12.embedsvc.v1.Usage\x12\x13\n\x0b\x66ingerprint\x18\x07 \x01(\t\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"\x80\x01\n\x13\x45mbedStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.embedsvc.v1.EmbedResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.embedsvc.v1.ErrorH\x00\x42\x08\n\x06result\"\xdd\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12*\n\ninput_type\x18\x03 \x01(\x0e\x32\x16.embedsvc.v1.InputType\x12\x18\n\x0bprompt_name\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0binstruction\x18\x05 \x01(\tH\x01\x88\x01\x01\x12+\n\ntruncation\x18\x06 \x01(\x0e\x32\x17.embedsvc.v1.TruncationB\x0e\n\x0c_prompt_nameB\x0e\n\x0c_instruction\"-\n\x0eTokenizedInput\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"N\n\x10TokenizeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x06inputs\x18\x02 \x03(\x0b\x32\x1b.embedsvc.v1.TokenizedInput\"\x13\n\x11ListModelsRequest\"\xca\x06\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x0f\n\x07pooling\x18\x05 \x01(\t\x12\x11\n\tnormalize\x18\x06 \x01(\x08\x12\x34\n\x07prompts\x18\x07 \x03(\x0b\x32#.embedsvc.v1.ModelInfo.PromptsEntry\x12\x1b\n\x13\x64\x65\x66\x61ult_prompt_name\x18\x08 \x01(\t\x12\x19\n\x11query_prompt_name\x18\t \x01(\t\x12\x1c\n\x14\x64ocument_prompt_name\x18\n \x01(\t\x12\x1c\n\x14instruction_template\x18\x0b \x01(\t\x12\r\n\x05\x64type\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\x0f\n\x07profile\x18\x0e \x01(\t\x12\x12\n\nconversion\x18\x0f \x01(\t\x12\x12\n\nis_decoder\x18\x10 \x01(\x08\x12\x15\n\rdeterministic\x18\x11 \x01(\x08\x12\x10\n\x08quantize\x18\x12 \x01(\t\x12\x11\n\tattention\x18\x13 \x01(\t\x12\x12\n\nappend_eos\x18\x14 \x01(\x08\x12\x41\n\x0erecipe_sources\x18\x15 \x03(\x0b\x32).embedsvc.v1.ModelInfo.RecipeSourcesEntry\x12\x17\n\x0frecipe_warnings\x18\x16 \x03(\t\x12\x13\n\x0bremote_code\x18\x17 \x01(\x08\x12\x14\n\x0cquantization\x18\x18 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x1b \x01(\t\x12G\n\x11\x66ingerprint_parts\x18\x1c \x03(\x0b\x32,.embedsvc.v1.ModelInfo.FingerprintPartsEntry\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12RecipeSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15\x46ingerprintPartsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.embedsvc.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*V\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x01\x12\x17\n\x13INPUT_TYPE_DOCUMENT\x10\x02*g\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRUNCATION_END\x10\x01\x12\x14\n\x10TRUNCATION_START\x10\x02\x12\x13\n\x0fTRUNCATION_NONE\x10\x03*x\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT32\x10\x01\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x02\x12\x11\n\rENCODING_INT8\x10\x03\x12\x13\n\x0f\x45NCODING_BINARY\x10\x04\x32\xba\x02\n\x10\x45mbeddingService\x12>\n\x05\x45mbed\x12\x19.embedsvc.v1.EmbedRequest\x1a\x1a.embedsvc.v1.EmbedResponse\x12N\n\x0b\x45mbedStream\x12\x19.embedsvc.v1.EmbedRequest\x1a .embedsvc.v1.EmbedStreamResponse(\x01\x30\x01\x12G\n\x08Tokenize\x12\x1c.embedsvc.v1.TokenizeRequest\x1a\x1d.embedsvc.v1.TokenizeResponse\x12M\n\nListModels\x12\x1e.embedsvc.v1.ListModelsRequest\x1a\x1f.embedsvc.v1.ListModelsResponseB;\n\x0f\x64\x65v.embedsvc.v1P\x01Z&embedsvc/gen/go/embedsvc/v1;embedsvcv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_PROMPTSENTRY']._serialized_options = b'8\001'
   _globals['_MODELINFO_RECIPESOURCESENTRY']._loaded_options = None
   _globals['_MODELINFO_RECIPESOURCESENTRY']._serialized_options = b'8\001'
-  _globals['_INPUTTYPE']._serialized_start=2056
-  _globals['_INPUTTYPE']._serialized_end=2142
-  _globals['_TRUNCATION']._serialized_start=2144
-  _globals['_TRUNCATION']._serialized_end=2247
-  _globals['_ENCODING']._serialized_start=2249
-  _globals['_ENCODING']._serialized_end=2369
+  _globals['_MODELINFO_FINGERPRINTPARTSENTRY']._loaded_options = None
+  _globals['_MODELINFO_FINGERPRINTPARTSENTRY']._serialized_options = b'8\001'
+  _globals['_INPUTTYPE']._serialized_start=2228
+  _globals['_INPUTTYPE']._serialized_end=2314
+  _globals['_TRUNCATION']._serialized_start=2316
+  _globals['_TRUNCATION']._serialized_end=2419
+  _globals['_ENCODING']._serialized_start=2421
+  _globals['_ENCODING']._serialized_end=2541
   _globals['_EMBEDREQUEST']._serialized_start=45
   _globals['_EMBEDREQUEST']._serialized_end=411
   _globals['_EMBEDDING']._serialized_start=413
@@ -49,27 +51,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_start=487
   _globals['_USAGE']._serialized_end=532
   _globals['_EMBEDRESPONSE']._serialized_start=535
-  _globals['_EMBEDRESPONSE']._serialized_end=717
-  _globals['_ERROR']._serialized_start=719
-  _globals['_ERROR']._serialized_end=772
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=775
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=903
-  _globals['_TOKENIZEREQUEST']._serialized_start=906
-  _globals['_TOKENIZEREQUEST']._serialized_end=1127
-  _globals['_TOKENIZEDINPUT']._serialized_start=1129
-  _globals['_TOKENIZEDINPUT']._serialized_end=1174
-  _globals['_TOKENIZERESPONSE']._serialized_start=1176
-  _globals['_TOKENIZERESPONSE']._serialized_end=1254
-  _globals['_LISTMODELSREQUEST']._serialized_start=1256
-  _globals['_LISTMODELSREQUEST']._serialized_end=1275
-  _globals['_MODELINFO']._serialized_start=1278
-  _globals['_MODELINFO']._serialized_end=1969
-  _globals['_MODELINFO_PROMPTSENTRY']._serialized_start=1869
-  _globals['_MODELINFO_PROMPTSENTRY']._serialized_end=1915
-  _globals['_MODELINFO_RECIPESOURCESENTRY']._serialized_start=1917
-  _globals['_MODELINFO_RECIPESOURCESENTRY']._serialized_end=1969
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1971
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2054
-  _globals['_EMBEDDINGSERVICE']._serialized_start=2372
-  _globals['_EMBEDDINGSERVICE']._serialized_end=2686
+  _globals['_EMBEDRESPONSE']._serialized_end=738
+  _globals['_ERROR']._serialized_start=740
+  _globals['_ERROR']._serialized_end=793
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=796
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=924
+  _globals['_TOKENIZEREQUEST']._serialized_start=927
+  _globals['_TOKENIZEREQUEST']._serialized_end=1148
+  _globals['_TOKENIZEDINPUT']._serialized_start=1150
+  _globals['_TOKENIZEDINPUT']._serialized_end=1195
+  _globals['_TOKENIZERESPONSE']._serialized_start=1197
+  _globals['_TOKENIZERESPONSE']._serialized_end=1275
+  _globals['_LISTMODELSREQUEST']._serialized_start=1277
+  _globals['_LISTMODELSREQUEST']._serialized_end=1296
+  _globals['_MODELINFO']._serialized_start=1299
+  _globals['_MODELINFO']._serialized_end=2141
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_start=1984
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_end=2030
+  _globals['_MODELINFO_RECIPESOURCESENTRY']._serialized_start=2032
+  _globals['_MODELINFO_RECIPESOURCESENTRY']._serialized_end=2084
+  _globals['_MODELINFO_FINGERPRINTPARTSENTRY']._serialized_start=2086
+  _globals['_MODELINFO_FINGERPRINTPARTSENTRY']._serialized_end=2141
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2143
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2226
+  _globals['_EMBEDDINGSERVICE']._serialized_start=2544
+  _globals['_EMBEDDINGSERVICE']._serialized_end=2858
 # @@protoc_insertion_point(module_scope)

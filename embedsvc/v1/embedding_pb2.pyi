@@ -87,20 +87,22 @@ class Usage(_message.Message):
     def __init__(self, total_tokens: _Optional[int] = ..., inputs: _Optional[int] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("id", "model", "embeddings", "dimensions", "encoding", "usage")
+    __slots__ = ("id", "model", "embeddings", "dimensions", "encoding", "usage", "fingerprint")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
     dimensions: int
     encoding: Encoding
     usage: Usage
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    fingerprint: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "field")
@@ -159,7 +161,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "source", "dimension", "max_length", "pooling", "normalize", "prompts", "default_prompt_name", "query_prompt_name", "document_prompt_name", "instruction_template", "dtype", "device", "profile", "conversion", "is_decoder", "deterministic", "quantize", "attention", "append_eos", "recipe_sources", "recipe_warnings", "remote_code", "quantization")
+    __slots__ = ("name", "source", "dimension", "max_length", "pooling", "normalize", "prompts", "default_prompt_name", "query_prompt_name", "document_prompt_name", "instruction_template", "dtype", "device", "profile", "conversion", "is_decoder", "deterministic", "quantize", "attention", "append_eos", "recipe_sources", "recipe_warnings", "remote_code", "quantization", "fingerprint", "fingerprint_parts")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +170,13 @@ class ModelInfo(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class RecipeSourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FingerprintPartsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +207,8 @@ class ModelInfo(_message.Message):
     RECIPE_WARNINGS_FIELD_NUMBER: _ClassVar[int]
     REMOTE_CODE_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_PARTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     dimension: int
@@ -222,7 +233,9 @@ class ModelInfo(_message.Message):
     recipe_warnings: _containers.RepeatedScalarFieldContainer[str]
     remote_code: bool
     quantization: str
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., instruction_template: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., profile: _Optional[str] = ..., conversion: _Optional[str] = ..., is_decoder: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., quantize: _Optional[str] = ..., attention: _Optional[str] = ..., append_eos: _Optional[bool] = ..., recipe_sources: _Optional[_Mapping[str, str]] = ..., recipe_warnings: _Optional[_Iterable[str]] = ..., remote_code: _Optional[bool] = ..., quantization: _Optional[str] = ...) -> None: ...
+    fingerprint: str
+    fingerprint_parts: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., instruction_template: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., profile: _Optional[str] = ..., conversion: _Optional[str] = ..., is_decoder: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., quantize: _Optional[str] = ..., attention: _Optional[str] = ..., append_eos: _Optional[bool] = ..., recipe_sources: _Optional[_Mapping[str, str]] = ..., recipe_warnings: _Optional[_Iterable[str]] = ..., remote_code: _Optional[bool] = ..., quantization: _Optional[str] = ..., fingerprint: _Optional[str] = ..., fingerprint_parts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")

@@ -2,7 +2,8 @@
 
 What the ``openai`` SDK, LangChain's ``OpenAIEmbeddings``, LlamaIndex, LiteLLM and vector databases'
 vectorizers send. The SDK asks for base64 by default; both encodings are served. Extensions:
-``input_type``, ``instruction``, ``prompt_name``, ``truncate`` ("end" | "start" | "none").
+``input_type``, ``instruction``, ``prompt_name``, ``truncate`` ("end" | "start" | "none"); answers carry
+the model's ``fingerprint`` (a top-level field and the ``x-embedsvc-fingerprint`` header).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from starlette.routing import Route
 
 from embedsvc.engine.options import EmbedOptions
 from embedsvc.errors import InvalidInputError, TextTooLongError
-from embedsvc.server.http.plumbing import Call, Door, json_response, optional_int, optional_str
+from embedsvc.server.http.plumbing import (
+    FINGERPRINT_HEADER,
+    Call,
+    Door,
+    json_response,
+    optional_int,
+    optional_str,
+)
 
 TRUNCATE_REMEDY = 'send "truncate": "end" (keep the start) or "start" (keep the end)'
 
@@ -60,7 +68,9 @@ async def create_embeddings(request: Request, call: Call) -> Response:
             "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
             "model": served.name,
             "usage": {"prompt_tokens": embedded.total_tokens, "total_tokens": embedded.total_tokens},
-        }
+            "fingerprint": embedded.fingerprint,  # extension: vectors with equal fingerprints compare
+        },
+        headers={FINGERPRINT_HEADER: embedded.fingerprint},
     )
 
 
@@ -68,7 +78,14 @@ async def list_models(request: Request, call: Call) -> Response:
     registry = call.door.registry
     registry.get("")  # 503 while loading or draining
     data = [
-        {"id": m.name, "object": "model", "created": 0, "owned_by": "embedsvc", "dimension": m.dimension}
+        {
+            "id": m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "embedsvc",
+            "dimension": m.dimension,
+            "fingerprint": m.fingerprint.digest,
+        }
         for m in registry.models.values()
     ]
     return json_response({"object": "list", "data": data})

@@ -35,6 +35,7 @@ from embedsvc.server.tenants import tenant_of_http
 log = logging.getLogger("embedsvc.http")
 T = TypeVar("T")
 TIMEOUT_HEADER = "x-request-timeout"  # seconds the caller will wait (like gRPC's deadline)
+FINGERPRINT_HEADER = "x-embedsvc-fingerprint"  # on every embedding answer: the model's fingerprint
 OFF_LOOP_JSON_BYTES = 256 * 1024  # bigger bodies are parsed on a thread, never on the event loop
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection before the answer"
 

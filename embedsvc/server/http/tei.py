@@ -12,7 +12,15 @@ from starlette.routing import Route
 import embedsvc
 from embedsvc.engine.options import EmbedOptions
 from embedsvc.errors import InvalidInputError, TextTooLongError, UnavailableError
-from embedsvc.server.http.plumbing import Call, Door, boolean, json_response, optional_int, optional_str
+from embedsvc.server.http.plumbing import (
+    FINGERPRINT_HEADER,
+    Call,
+    Door,
+    boolean,
+    json_response,
+    optional_int,
+    optional_str,
+)
 
 TRUNCATE_REMEDY = 'send "truncate": true (with "truncation_direction": "Right" or "Left")'
 
@@ -58,7 +66,8 @@ async def embed(request: Request, call: Call) -> Response:
         embedded = await call.embed(served, texts, options)
     except TextTooLongError as exc:  # name TEI's field, not the Python argument
         raise TextTooLongError(exc.index, exc.n_tokens, exc.limit, TRUNCATE_REMEDY) from None
-    return json_response(list(embedded.vectors))
+    # TEI's answer is a bare list: the fingerprint travels in a header only
+    return json_response(list(embedded.vectors), headers={FINGERPRINT_HEADER: embedded.fingerprint})
 
 
 async def tokenize(request: Request, call: Call) -> Response:
@@ -102,6 +111,8 @@ async def info(request: Request, call: Call) -> Response:
             "prompts": facts.settings.prompts,
             "name": facts.name,
             "dimension": facts.dimension,
+            "fingerprint": facts.fingerprint,
+            "fingerprint_parts": facts.fingerprint_parts,
         }
     )
 
