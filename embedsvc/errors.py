@@ -60,6 +60,14 @@ class InvalidInputError(EmbedsvcError, ValueError):
         self.field = field
 
 
+class TaskMismatchError(InvalidInputError):
+    """A call the served model's task does not answer: ``embed`` on a reranker, ``score`` on an embedder.
+
+    The message names the model's task and the call to use instead."""
+
+    category = Category.INVALID
+
+
 class TextTooLongError(InvalidInputError):
     """A text exceeds the model's max length while truncation is ``"none"``."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -254,4 +255,205 @@ def build_decoder(folder: Path, family: str, *, seed: int = 0, e5_st_files: bool
                 "sts_query": "Instruct: Retrieve semantically similar text.\nQuery: ",
             },
         )
+    return folder
+
+
+# ------------------------------------------------------- rerankers and classifiers
+
+
+def _seq_classifier(folder: Path, model: torch.nn.Module, *, seed: int) -> None:
+    from tests.families import save_model
+
+    save_model(model, folder, seed=seed)
+
+
+def build_bert_cross_encoder(folder: Path, *, layout: str, seed: int = 30) -> Path:
+    """ms-marco-MiniLM's shape: BertForSequenceClassification with one label, in one of the layouts
+    sentence-transformers wrote over the years: "st" (saved here by the installed release: modules.json,
+    activation_fn in config_sentence_transformers.json), "st4" (config.json sentence_transformers.
+    activation_fn, releases 4 and 5), "legacy" (config.json sbert_ce_default_activation_function, < 4)."""
+    import transformers
+
+    from tests.families import _token_id, _vocab, patch_json, wordpiece_tokenizer
+
+    target = folder
+    if layout == "st":
+        folder = folder.with_name(folder.name + "-unsaved")
+    wordpiece_tokenizer(folder, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), model_max_length=64)
+    cfg = transformers.BertConfig(
+        vocab_size=_vocab(folder),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        pad_token_id=_token_id(folder, "[PAD]"),
+        num_labels=1,
+    )
+    _seq_classifier(folder, transformers.BertForSequenceClassification(cfg), seed=seed)
+    if layout == "st":
+        from sentence_transformers import CrossEncoder
+
+        CrossEncoder(str(folder), device="cpu").save(str(target))
+        shutil.rmtree(folder)
+    elif layout == "st4":
+        patch_json(
+            folder / "config.json",
+            sentence_transformers={"activation_fn": "torch.nn.modules.activation.Tanh", "version": "4.1.0"},
+        )
+    elif layout == "legacy":
+        patch_json(
+            folder / "config.json", sbert_ce_default_activation_function="torch.nn.modules.linear.Identity"
+        )
+    return target
+
+
+def build_xlmr_cross_encoder(folder: Path, *, seed: int = 31) -> Path:
+    """bge-reranker-base/large/v2-m3's shape: XLMRobertaForSequenceClassification, one label, no
+    sentence-transformers files (CrossEncoder's default activation: Sigmoid)."""
+    import transformers
+
+    from tests.families import TINY_ENCODER, _token_id, _vocab, unigram_tokenizer
+
+    unigram_tokenizer(folder, model_max_length=64)
+    cfg = transformers.XLMRobertaConfig(
+        vocab_size=_vocab(folder),
+        **TINY_ENCODER,
+        max_position_embeddings=130,
+        pad_token_id=_token_id(folder, "<pad>"),
+        bos_token_id=_token_id(folder, "<s>"),
+        eos_token_id=_token_id(folder, "</s>"),
+        type_vocab_size=1,
+        num_labels=1,
+    )
+    _seq_classifier(folder, transformers.XLMRobertaForSequenceClassification(cfg), seed=seed)
+    return folder
+
+
+def build_modernbert_cross_encoder(folder: Path, *, seed: int = 32) -> Path:
+    """gte-reranker-modernbert-base's shape: ModernBertForSequenceClassification, one label, mean
+    classifier pooling, global and windowed attention layers."""
+    import transformers
+
+    from tests.families import _token_id, _vocab, wordpiece_tokenizer
+
+    wordpiece_tokenizer(folder, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), model_max_length=64)
+    cfg = transformers.ModernBertConfig(
+        vocab_size=_vocab(folder),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        local_attention=8,
+        layer_types=["full_attention", "sliding_attention", "sliding_attention"],
+        pad_token_id=_token_id(folder, "[PAD]"),
+        cls_token_id=_token_id(folder, "[CLS]"),
+        sep_token_id=_token_id(folder, "[SEP]"),
+        bos_token_id=_token_id(folder, "[CLS]"),
+        eos_token_id=_token_id(folder, "[SEP]"),
+        classifier_pooling="mean",
+        num_labels=1,
+    )
+    _seq_classifier(folder, transformers.ModernBertForSequenceClassification(cfg), seed=seed)
+    return folder
+
+
+EMOTIONS = {0: "joy", 1: "anger", 2: "neutral"}
+
+
+def build_bert_classifier(folder: Path, *, multi_label: bool, seed: int = 33) -> Path:
+    """A text classifier (TEI /predict, vLLM /classify): BertForSequenceClassification with id2label;
+    multi_label sets problem_type multi_label_classification (a sigmoid per label)."""
+    import transformers
+
+    from tests.families import _token_id, _vocab, wordpiece_tokenizer
+
+    wordpiece_tokenizer(folder, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), model_max_length=64)
+    cfg = transformers.BertConfig(
+        vocab_size=_vocab(folder),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        pad_token_id=_token_id(folder, "[PAD]"),
+        id2label=EMOTIONS,
+        label2id={v: k for k, v in EMOTIONS.items()},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    _seq_classifier(folder, transformers.BertForSequenceClassification(cfg), seed=seed)
+    return folder
+
+
+def _answer_tokenizer(folder: Path, *, specials: list[str], **config: object) -> None:
+    """A byte-level BPE tokenizer (Qwen style, no post-processor) whose vocabulary holds "yes" and "no"
+    as single tokens, as real LLM vocabularies do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tests.families import _training_text, write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    answers = ['Judge whether the Document meets the requirements: "yes" or "no". yes no Yes No'] * 40
+    tok.train_from_iterator(
+        _training_text() + answers,
+        trainers.BpeTrainer(
+            vocab_size=800,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    assert tok.token_to_id("yes") is not None and tok.token_to_id("no") is not None
+    tok.save(str(folder / "tokenizer.json"))
+    write_json(folder / "tokenizer_config.json", {"model_max_length": 131072, **config})
+
+
+def build_qwen3_reranker(folder: Path, *, seed: int = 34) -> Path:
+    """Qwen3-Reranker's files: a plain Qwen3ForCausalLM (untied LM head, as in the 4B and 8B), a
+    Qwen tokenizer padding on the left; the reranker is recognised by name or profile."""
+    import transformers
+
+    from tests.families import TINY_DECODER, _token_id, _vocab
+
+    _answer_tokenizer(
+        folder,
+        specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        tokenizer_class="Qwen2Tokenizer",
+        bos_token=None,
+    )
+    cfg = transformers.Qwen3Config(
+        vocab_size=_vocab(folder),
+        **TINY_DECODER,
+        eos_token_id=_token_id(folder, "<|im_end|>"),
+        pad_token_id=_token_id(folder, "<|endoftext|>"),
+        tie_word_embeddings=False,
+    )
+    _seq_classifier(folder, transformers.Qwen3ForCausalLM(cfg), seed=seed)
+    return folder
+
+
+def build_gemma_reranker(folder: Path, *, seed: int = 35) -> Path:
+    """bge-reranker-v2-gemma's files: GemmaForCausalLM (LM head tied to the embeddings) with a
+    SentencePiece-style tokenizer whose BOS is not its pad token."""
+    import transformers
+
+    from tests.families import TINY_DECODER, _token_id, _vocab, llama_tokenizer
+
+    llama_tokenizer(folder, pad_token="<unk>")
+    cfg = transformers.GemmaConfig(
+        vocab_size=_vocab(folder),
+        **TINY_DECODER,
+        bos_token_id=_token_id(folder, "<s>"),
+        eos_token_id=_token_id(folder, "</s>"),
+        pad_token_id=_token_id(folder, "<unk>"),
+        tie_word_embeddings=True,
+    )
+    _seq_classifier(folder, transformers.GemmaForCausalLM(cfg), seed=seed)
     return folder

@@ -10,10 +10,13 @@ from embedsvc.cli.failures import USAGE, CommandError
 from embedsvc.cli.serve import BUNDLED
 
 INSPECT_EPILOG = """\
-Loads the checkpoint as `embedsvc serve` would and prints its recipe: the family and why it was
-chosen, every setting (pooling, attention, BOS/EOS, prompts, instruction format, max length) with
-the file, profile or option it came from, warnings where the checkpoint's files contradict each
-other, and the exact tokens a sample query and document become (and which of them are pooled).
+Loads the checkpoint as `embedsvc serve` would and prints its recipe: its task (embed, rerank,
+classify), the family and why it was chosen; for a reranker or classifier the scoring recipe (head,
+activation, prompt template, the LM-head token ids an LLM reranker reads) and the tokens of a sample
+pair; for an embedder every setting (pooling, attention, BOS/EOS, prompts, instruction format, max
+length) with the file, profile or option it came from, warnings where the checkpoint's files
+contradict each other, and the exact tokens a sample query and document become (and which of them
+are pooled).
 Options are the [[models]] keys, e.g. --set profile=gritlm --set 'examples=[...]' (JSON values).
 """
 
@@ -51,8 +54,8 @@ def _option_value(text: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from embedsvc import Embedder
     from embedsvc.engine import recipe as recipe_module
+    from embedsvc.engine.scorer import Scorer, load_served
 
     logging.basicConfig(level=logging.ERROR)  # warnings are part of the output below
     options: dict[str, Any] = {}
@@ -66,12 +69,18 @@ def run(args: argparse.Namespace) -> int:
     if args.trust_remote_code:
         options["trust_remote_code"] = True
     source = None if args.source == BUNDLED else args.source
-    embedder = Embedder.from_pretrained(source, device=args.device, dtype=args.dtype, **options)
-    recipe = recipe_module.describe_recipe(
-        embedder,
-        query=args.query or recipe_module.SAMPLE_QUERY,
-        document=args.document or recipe_module.SAMPLE_DOCUMENT,
-    )
+    model = load_served(source, device=args.device, dtype=args.dtype, **options)
+    if isinstance(model, Scorer):
+        recipe = model.describe_recipe(
+            query=args.query or recipe_module.SAMPLE_QUERY,
+            document=args.document or recipe_module.SAMPLE_DOCUMENT,
+        )
+    else:
+        recipe = recipe_module.describe_recipe(
+            model,
+            query=args.query or recipe_module.SAMPLE_QUERY,
+            document=args.document or recipe_module.SAMPLE_DOCUMENT,
+        )
     if args.json:
         print(json.dumps(recipe.to_dict(), indent=2, default=str))
     else:

@@ -29,6 +29,7 @@ from embedsvc.models.loading import LoadedModel, load_model
 from embedsvc.models.profiles import CONVERSION_TEMPLATES, ICL_EXAMPLE_TEMPLATE, select_profile
 from embedsvc.models.settings import SETTING_OPTIONS, ModelSettings, resolve_settings
 from embedsvc.models.st_files import DenseLayer
+from embedsvc.models.tasks import TASKS
 from embedsvc.models.tokens import TokenizerFacts, probe_tokenizer
 
 INPUT_TYPES = ("query", "document")
@@ -46,6 +47,7 @@ _ENGINE_OPTIONS = (
     "trust_remote_code",
     "base_model",
     "threads",
+    "task",
 )
 
 
@@ -164,6 +166,7 @@ class Embedder:
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         max_length: int | None = None,
+        head: str | None = None,
         **options: Any,
     ) -> Embedder:
         """Load ``source`` (None = bundled all-MiniLM-L6-v2, a folder, or a hub id).
@@ -188,6 +191,7 @@ class Embedder:
             attn_implementation=attention.register(),
             trust_remote_code=bool(options.get("trust_remote_code", False)),
             base_model=options.get("base_model"),
+            head=head,
         )
         choice = select_profile(
             loaded.source.source_name,
@@ -541,7 +545,11 @@ class Embedder:
             model_mask = mask.bool()[:, None, None, :].expand(-1, 1, longest, -1)
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": model_mask}
         if self._takes_token_types:
-            kwargs["token_type_ids"] = torch.zeros_like(ids)
+            types = torch.zeros_like(ids)
+            for row, seq in enumerate(seqs):
+                if seq.second_start is not None:  # a cross-encoder's pair: the second text is type 1
+                    types[row, seq.second_start : len(seq.ids)] = 1
+            kwargs["token_type_ids"] = types
         hidden = _last_hidden_state(self.model(**kwargs))
         starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
         ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
@@ -568,7 +576,9 @@ class Embedder:
             "max_length_k": longest,
         }
         if self._takes_token_types:
-            kwargs["token_type_ids"] = torch.zeros_like(ids)[None]
+            kwargs["token_type_ids"] = torch.from_numpy(_token_types(seqs, lengths, bounds)).to(self.device)[
+                None
+            ]
         hidden = self.model(**kwargs).last_hidden_state[0]
         starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
         ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
@@ -630,6 +640,17 @@ class Embedder:
         )
 
 
+def _token_types(seqs: Sequence[EncodedInput], lengths: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Packed token type ids: 1 from a pair's second text on (BERT cross-encoders), else 0."""
+    seconds = np.fromiter(
+        (len(s.ids) if s.second_start is None else s.second_start for s in seqs),
+        dtype=np.int64,
+        count=len(seqs),
+    )
+    rank = np.arange(int(bounds[-1])) - np.repeat(bounds[:-1], lengths)
+    return (rank >= np.repeat(seconds, lengths)).astype(np.int64)
+
+
 def _last_hidden_state(output: Any) -> torch.Tensor:
     # custom modeling code (trust_remote_code) may return a plain tuple
     hidden = getattr(output, "last_hidden_state", None)
@@ -686,6 +707,9 @@ def check_options(options: dict[str, Any], *, dtype: Any = None, device: Any = N
             field="attention_backend",
         )
     resolve_threads(options.get("threads"))
+    task = options.get("task")
+    if task is not None and task not in TASKS:
+        raise InvalidInputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}", field="task")
     deterministic = bool(options.get("deterministic", False))
     if deterministic and batching == "padded":
         raise InvalidInputError(

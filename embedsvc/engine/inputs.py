@@ -103,6 +103,8 @@ class EncodedInput:
     pool_end: int
     text_tokens: int  # input tokens kept (weights chunk averaging)
     source: int  # index of the caller's text
+    # a text pair (cross-encoders): where the second text's tokens start (token type 1 from there on)
+    second_start: int | None = None
 
 
 class InputEncoder:

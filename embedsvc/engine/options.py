@@ -48,6 +48,40 @@ class Embedded:
 
 
 @dataclass(frozen=True)
+class ScoreOptions:
+    """How to score pairs (rerank) or classify texts, spelled once for every front door."""
+
+    instruction: str | None = None  # LLM rerankers' task instruction (None: the family's default)
+    truncation: str = "end"  # "end" | "start" | "none", applied as the family's reference does
+    raw: bool = False  # the logits without the family's activation (sigmoid, P("yes"), softmax)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One relevance score per pair (per document for a rerank), in the order given."""
+
+    scores: np.ndarray  # float32 [n]
+    token_counts: list[int]  # per pair, as the model saw it (prompt and special tokens included)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+@dataclass(frozen=True)
+class Classified:
+    """Per text, one score per label (probabilities unless raw)."""
+
+    scores: np.ndarray  # float32 [n, len(labels)]
+    labels: tuple[str, ...]
+    token_counts: list[int]
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+@dataclass(frozen=True)
 class Limits:
     max_inputs: int = 2048
     max_text_bytes: int = 1024 * 1024
@@ -74,3 +108,7 @@ class ModelFacts:
     max_batch_size: int
     default: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = "embed"  # "embed" | "rerank" | "classify"
+    labels: tuple[str, ...] = ()  # classify: the label of each score column
+    # rerank / classify: how scores are made (family, activation, prompt, LM-head token ids), with sources
+    scoring: dict[str, Any] = field(default_factory=dict)

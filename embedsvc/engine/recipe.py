@@ -54,6 +54,9 @@ class Recipe:
     notes: tuple[str, ...]
     engine: dict[str, Any]
     samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task: str = "embed"  # "embed" | "rerank" | "classify"
+    # rerankers and classifiers (engine/scorer.py): family, head, activation, prompt, LM-head token ids
+    scoring: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +123,7 @@ def render_text(recipe: Recipe) -> str:
     """Human-readable recipe for `embedsvc inspect`."""
     lines = [
         f"model       {recipe.name}  ({recipe.source})",
+        f"task        {recipe.task}",
         f"family      {recipe.profile}  [{recipe.profile_reason}]",
         f"model code  {recipe.architecture} (model_type {recipe.model_type or '?'}, "
         f"{'decoder' if recipe.is_decoder else 'encoder'}"
@@ -130,6 +134,11 @@ def render_text(recipe: Recipe) -> str:
         "",
         "recipe (value  <- source)",
     ]
+    if recipe.scoring:
+        lines.append("scoring")
+        width = max(len(k) for k in recipe.scoring)
+        for name, value in recipe.scoring.items():
+            lines.append(f"  {name:<{width}}  {value!r}")
     width = max(len(k) for k in recipe.settings) if recipe.settings else 0
     for name, entry in recipe.settings.items():
         lines.append(f"  {name:<{width}}  {entry['value']!r}  <- {entry['source']}")

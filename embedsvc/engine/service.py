@@ -1,4 +1,5 @@
-"""The engine's one door: a served model that takes texts and options and returns vectors.
+"""The engine's one door: a served model that takes texts and options and returns vectors — or, for a
+reranker or classifier (``engine/scorer.py``), scores.
 
 Every front door — gRPC servicers, the HTTP routes, the IndexService, the pipeline's local mode — calls
 a :class:`ModelService` and only converts its own wire format to :class:`EmbedOptions` and back. The
@@ -17,9 +18,19 @@ from typing import Any, TypeVar
 
 from embedsvc.engine.embedder import Embedder
 from embedsvc.engine.inputs import EncodedInput
-from embedsvc.engine.options import Embedded, EmbedOptions, Limits, ModelFacts, ResolvedOptions
+from embedsvc.engine.options import (
+    Classified,
+    Embedded,
+    EmbedOptions,
+    Limits,
+    ModelFacts,
+    ResolvedOptions,
+    Scored,
+    ScoreOptions,
+)
 from embedsvc.engine.scheduler import DEFAULT_TENANT, BatchRecord, BatchScheduler
-from embedsvc.errors import InvalidInputError, PayloadTooLargeError
+from embedsvc.engine.scorer import SAMPLE_QUERY, Scorer
+from embedsvc.errors import InvalidInputError, PayloadTooLargeError, TaskMismatchError
 
 T = TypeVar("T")
 
@@ -27,6 +38,9 @@ INLINE_TOKENIZE_CHARS = 2048  # requests this small are tokenized on the event l
 INLINE_TOKENIZE_TEXTS = 16  # ... when they are also this few texts (the per-text work is in Python)
 SMALL_REQUEST_BYTES = 64 * 1024  # tokenized on the small-request thread, never behind a big request
 DEFAULT_OPTIONS = EmbedOptions()
+DEFAULT_SCORE_OPTIONS = ScoreOptions()
+# the call that serves each task, for TaskMismatchError's message
+_CALLS = {"embed": "embed", "rerank": "rerank or score", "classify": "classify"}
 
 
 class Tokenizers:
@@ -91,23 +105,82 @@ def check_inputs(texts: Any, limits: Limits, *, max_length: int, chunked: bool) 
     return items, total_bytes, tokens
 
 
-def measure_throughput(embedder: Embedder) -> float:
+def _text_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_pairs(pairs: Any, limits: Limits, *, max_length: int) -> tuple[list[tuple[str, str]], int, int]:
+    """The (query, document) pairs as a list, their UTF-8 bytes (both texts counted), and an estimate of
+    their tokens (bytes / 3, capped at the model's length per pair); InvalidInputError otherwise.
+    The limits are check_inputs' ones, a pair counting as one input."""
+    if isinstance(pairs, str | bytes):
+        raise InvalidInputError("pairs must be a list of (query, document) pairs", field="pairs")
+    items = list(pairs)
+    if not items:
+        raise InvalidInputError("pairs must hold at least one pair", field="pairs")
+    if len(items) > limits.max_inputs:
+        raise InvalidInputError(
+            f"{len(items)} pairs in one request; the limit is {limits.max_inputs} "
+            "(max_inputs_per_request): split the request",
+            field="pairs",
+        )
+    out: list[tuple[str, str]] = []
+    total_bytes = 0
+    tokens = 0
+    for i, pair in enumerate(items):
+        if isinstance(pair, str | bytes) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise InvalidInputError(f"pairs[{i}] must be a (query, document) pair of strings", field="pairs")
+        query, document = pair
+        if not isinstance(query, str) or not isinstance(document, str):
+            raise InvalidInputError(
+                f"pairs[{i}] holds {type(query).__name__} and {type(document).__name__}, "
+                "expected two strings",
+                field="pairs",
+            )
+        size = _text_bytes(query) + _text_bytes(document)
+        if size > limits.max_text_bytes:
+            raise PayloadTooLargeError(
+                f"pair {i} is {size} bytes; the limit is {limits.max_text_bytes} bytes per input "
+                "(max_text_bytes): shorten the document, or raise the limit",
+                field="pairs",
+            )
+        total_bytes += size
+        tokens += min(size // 3 + 4, max_length)
+        out.append((query, document))
+    if total_bytes > limits.max_request_bytes:
+        raise PayloadTooLargeError(
+            f"the request's pairs are {total_bytes} bytes; the limit is {limits.max_request_bytes} bytes "
+            "per request (max_request_bytes): send them in several requests",
+            field="pairs",
+        )
+    return out, total_bytes, tokens
+
+
+def measure_throughput(model: Embedder | Scorer) -> float:
     """Tokens per second of one full forward pass: the unit a queue bound in seconds is measured in."""
-    words = max(8, min(embedder.max_length, 128) // 2)
-    encoded = embedder.prepare(["the quick brown fox jumps over the lazy dog " * (words // 9 + 1)] * 8)
-    embedder.forward(encoded)  # warm-up: first calls allocate
+    words = max(8, min(model.max_length, 128) // 2)
+    text = "the quick brown fox jumps over the lazy dog " * (words // 9 + 1)
+    if isinstance(model, Scorer):
+        if model.task == "classify":
+            encoded = model.prepare_texts([text] * 8)
+        else:
+            encoded = model.prepare_pairs([(SAMPLE_QUERY, text)] * 8)
+    else:
+        encoded = model.prepare([text] * 8)
+    model.forward(encoded)  # warm-up: first calls allocate
     started = time.perf_counter()
-    embedder.forward(encoded)
+    model.forward(encoded)
     return sum(len(e.ids) for e in encoded) / max(time.perf_counter() - started, 1e-6)
 
 
 class ModelService:
-    """One served model: its embedder, its batch scheduler, the shared tokenizer threads."""
+    """One served model: its embedder (or scorer: rerankers, classifiers), its batch scheduler, the
+    shared tokenizer threads."""
 
     def __init__(
         self,
         name: str,
-        embedder: Embedder,
+        embedder: Embedder | Scorer,
         scheduler: BatchScheduler | None,
         tokenizers: Tokenizers | None,
         limits: Limits,
@@ -115,7 +188,7 @@ class ModelService:
         default: bool = False,
     ) -> None:
         self.name = name
-        self._embedder = embedder
+        self._model = embedder
         self._scheduler = scheduler
         self._tokenizers = tokenizers
         self.limits = limits
@@ -124,7 +197,7 @@ class ModelService:
     @classmethod
     def start(
         cls,
-        embedder: Embedder,
+        embedder: Embedder | Scorer,
         tokenizers: Tokenizers,
         limits: Limits,
         *,
@@ -153,8 +226,9 @@ class ModelService:
         return cls(embedder.name, embedder, scheduler, tokenizers, limits, default=default)
 
     @classmethod
-    def in_process(cls, embedder: Embedder, limits: Limits | None = None) -> ModelService:
-        """For callers in this thread (the local pipeline): ``embed_now`` only, no queue."""
+    def in_process(cls, embedder: Embedder | Scorer, limits: Limits | None = None) -> ModelService:
+        """For callers in this thread (the local pipeline): ``embed_now`` / ``score_now`` /
+        ``classify_now`` only, no queue."""
         return cls(
             embedder.name,
             embedder,
@@ -169,15 +243,48 @@ class ModelService:
             raise RuntimeError(f"model {self.name} runs in process only: use embed_now")
         return self._scheduler
 
+    # ---------------------------------------------------------------- task
+    @property
+    def task(self) -> str:
+        """ "embed", "rerank" or "classify"."""
+        return self._model.task if isinstance(self._model, Scorer) else "embed"
+
+    @property
+    def _embedder(self) -> Embedder:
+        """The embedder behind embed / tokenize; TaskMismatchError for a reranker or classifier."""
+        if isinstance(self._model, Scorer):
+            raise TaskMismatchError(
+                f"model {self.name} is a {self.task} model, it does not embed: call {_CALLS[self.task]}",
+                field="model",
+            )
+        return self._model
+
+    def _scorer(self, call: str) -> Scorer:
+        """The scorer behind ``call``; TaskMismatchError where the model's task is another."""
+        model = self._model
+        wanted = "classify" if call == "classify" else "rerank"
+        if not isinstance(model, Scorer) or model.task != wanted:
+            raise TaskMismatchError(
+                f"model {self.name} is a{'n' if self.task == 'embed' else ''} {self.task} model; "
+                f"{call} needs a {wanted} model: call {_CALLS[self.task]}",
+                field="model",
+            )
+        return model
+
+    @property
+    def _trunk(self) -> Embedder:
+        return self._model.trunk if isinstance(self._model, Scorer) else self._model
+
     # ---------------------------------------------------------------- facts
     @property
     def facts(self) -> ModelFacts:
-        e = self._embedder
+        e = self._trunk
+        scorer = self._model if isinstance(self._model, Scorer) else None
         return ModelFacts(
             name=self.name,
             source=str(e.loaded.source.source_name),
-            dimension=e.dimension,
-            max_length=e.max_length,
+            dimension=0 if scorer else e.dimension,
+            max_length=scorer.max_length if scorer else e.max_length,
             is_decoder=e.is_decoder,
             dtype=str(e.dtype).removeprefix("torch."),
             device=str(e.device),
@@ -189,24 +296,28 @@ class ModelService:
             token_budget=e.options.token_budget,
             max_batch_size=e.options.max_batch_size,
             default=self.default,
+            task=self.task,
+            labels=scorer.labels if scorer else (),
+            scoring=scorer.describe() if scorer else {},
         )
 
     @property
     def source(self) -> str:
-        return str(self._embedder.loaded.source.source_name)
+        return str(self._trunk.loaded.source.source_name)
 
     @property
     def dimension(self) -> int:
-        return self._embedder.dimension
+        """The vectors' width; 0 for a reranker or classifier (no vectors)."""
+        return 0 if isinstance(self._model, Scorer) else self._model.dimension
 
     @property
     def tokenizer(self) -> Any:
-        return self._embedder.tokenizer
+        return self._trunk.tokenizer
 
     @property
     def special_token_ids(self) -> frozenset[int]:
         """Ids of the tokenizer's special tokens (CLS, SEP, EOS, ...), for doors that mark them."""
-        return frozenset(self._embedder.tokenizer.all_special_ids)
+        return frozenset(self._trunk.tokenizer.all_special_ids)
 
     # ------------------------------------------------------------- requests
 
@@ -255,6 +366,124 @@ class ModelService:
         assert self._tokenizers is not None
         encoded = await self._tokenizers.run(items, size, lambda: self._embedder.prepare(items, resolved))
         return [(e.ids, self._embedder.tokenizer.convert_ids_to_tokens(e.ids)) for e in encoded]
+
+    # ------------------------------------------------ rerankers, classifiers
+
+    async def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        options: ScoreOptions = DEFAULT_SCORE_OPTIONS,
+        *,
+        timeout: float | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> Scored:
+        """One relevance score per (query, document) pair, in order; admitted, tokenized off the loop,
+        batched and bounded by deadlines as embed is."""
+        started = time.perf_counter()
+        scorer = self._scorer("score")
+        scorer.check_options(options)
+        items, size, estimate = check_pairs(pairs, self.limits, max_length=scorer.max_length)
+        logits, encoded = await self._run(
+            items, size, estimate, lambda: scorer.prepare_pairs(items, options), started, timeout, tenant
+        )
+        return Scored(scorer.finish(logits, options.raw), scorer.count_tokens(encoded, len(items)))
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        options: ScoreOptions = DEFAULT_SCORE_OPTIONS,
+        *,
+        timeout: float | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> Scored:
+        """The documents' scores against ``query``, in document order (doors sort and cut top_n)."""
+        return await self.score(self._rerank_pairs(query, documents), options, timeout=timeout, tenant=tenant)
+
+    async def classify(
+        self,
+        texts: Sequence[str],
+        options: ScoreOptions = DEFAULT_SCORE_OPTIONS,
+        *,
+        timeout: float | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> Classified:
+        """Per text, one score per label (softmax / sigmoid as the model's recipe says, or raw logits)."""
+        started = time.perf_counter()
+        scorer = self._scorer("classify")
+        scorer.check_options(options)
+        items, size, estimate = check_inputs(texts, self.limits, max_length=scorer.max_length, chunked=False)
+        logits, encoded = await self._run(
+            items, size, estimate, lambda: scorer.prepare_texts(items, options), started, timeout, tenant
+        )
+        return Classified(
+            scorer.finish(logits, options.raw), scorer.labels, scorer.count_tokens(encoded, len(items))
+        )
+
+    def score_now(
+        self, pairs: Sequence[tuple[str, str]], options: ScoreOptions = DEFAULT_SCORE_OPTIONS
+    ) -> Scored:
+        """In this thread, without the scheduler: for in-process callers."""
+        scorer = self._scorer("score")
+        scorer.check_options(options)
+        items, _, _ = check_pairs(pairs, self.limits, max_length=scorer.max_length)
+        encoded = scorer.prepare_pairs(items, options)
+        return Scored(
+            scorer.finish(scorer.forward(encoded), options.raw), scorer.count_tokens(encoded, len(items))
+        )
+
+    def rerank_now(
+        self, query: str, documents: Sequence[str], options: ScoreOptions = DEFAULT_SCORE_OPTIONS
+    ) -> Scored:
+        return self.score_now(self._rerank_pairs(query, documents), options)
+
+    def classify_now(self, texts: Sequence[str], options: ScoreOptions = DEFAULT_SCORE_OPTIONS) -> Classified:
+        """In this thread, without the scheduler: for in-process callers."""
+        scorer = self._scorer("classify")
+        scorer.check_options(options)
+        items, _, _ = check_inputs(texts, self.limits, max_length=scorer.max_length, chunked=False)
+        encoded = scorer.prepare_texts(items, options)
+        return Classified(
+            scorer.finish(scorer.forward(encoded), options.raw),
+            scorer.labels,
+            scorer.count_tokens(encoded, len(items)),
+        )
+
+    def _rerank_pairs(self, query: Any, documents: Any) -> list[tuple[str, str]]:
+        self._scorer("rerank")
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query is {type(query).__name__}, expected a string", field="query")
+        if isinstance(documents, str | bytes):
+            raise InvalidInputError(
+                "documents must be a list of strings, not a single string", field="documents"
+            )
+        docs = list(documents)
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, str):
+                raise InvalidInputError(
+                    f"documents[{i}] is {type(doc).__name__}, expected a string", field="documents"
+                )
+        if not docs:
+            raise InvalidInputError("documents must hold at least one text", field="documents")
+        return [(query, doc) for doc in docs]
+
+    async def _run(
+        self,
+        items: Sequence[Any],
+        size: int,
+        estimate: int,
+        prepare: Callable[[], list[EncodedInput]],
+        started: float,
+        timeout: float | None,
+        tenant: str,
+    ) -> tuple[Any, list[EncodedInput]]:
+        """Admission, tokenizing off the loop, the scheduler: the path embed takes, for scores."""
+        with self.scheduler.admit(estimate, tenant):
+            assert self._tokenizers is not None
+            encoded = await self._tokenizers.run(items, size, prepare)
+            remaining = None if timeout is None else timeout - (time.perf_counter() - started)
+            logits = await self.scheduler.submit(encoded, timeout=remaining, tenant=tenant)
+        return logits, encoded
 
     async def close(self) -> None:
         if self._scheduler is not None:

@@ -62,6 +62,8 @@ class LoadedModel:
     remote_code: bool = False
     # what was loaded and how, for the recipe: e.g. "PEFT adapter merged into <base>"
     notes: tuple[str, ...] = ()
+    # head="sequence-classification": the whole *ForSequenceClassification model; ``model`` is its base
+    task_model: Any = None
 
 
 def default_model_path() -> Path:
@@ -252,8 +254,11 @@ def load_model(
     attn_implementation: str,
     trust_remote_code: bool = False,
     base_model: str | Path | None = None,
+    head: str | None = None,
 ) -> LoadedModel:
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    """``head="sequence-classification"`` loads the classification head too (rerankers, classifiers);
+    otherwise only the base model is built."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     resolved = resolve_source(source)
     st = read_st_files(resolved.folder)
@@ -300,7 +305,14 @@ def load_model(
         config = AutoConfig.from_pretrained(folder, trust_remote_code=remote)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
         with _quiet_transformers():
-            model = AutoModel.from_pretrained(folder, **model_kwargs)
+            if head == "sequence-classification":
+                task_model = AutoModelForSequenceClassification.from_pretrained(folder, **model_kwargs)
+                task_model = task_model.to(torch_device).eval()
+                task_model.requires_grad_(False)
+                model = task_model.base_model
+            else:
+                task_model = None
+                model = AutoModel.from_pretrained(folder, **model_kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load the checkpoint in {folder}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -320,4 +332,5 @@ def load_model(
         tokenizer_config_json=tokenizer_config_json,
         remote_code=remote,
         notes=tuple(notes),
+        task_model=task_model,
     )

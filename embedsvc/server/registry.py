@@ -1,4 +1,4 @@
-"""The served models: one ModelService each (embedder, batch scheduler, shared tokenizer threads)."""
+"""The served models: one ModelService each (embedder or scorer, batch scheduler, shared tokenizers)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from embedsvc.config import ModelConfig, ServerConfig
 from embedsvc.engine.embedder import Embedder
 from embedsvc.engine.options import Limits
 from embedsvc.engine.scheduler import BatchRecord
+from embedsvc.engine.scorer import Scorer, load_served
 from embedsvc.engine.service import ModelService, Tokenizers, measure_throughput
 from embedsvc.errors import ModelNotFoundError, UnavailableError
 from embedsvc.server.metrics import Metrics
@@ -30,8 +31,10 @@ class ModelRegistry:
         self.state = "loading"  # loading -> serving -> draining
 
     @staticmethod
-    def load_embedders(config: ServerConfig) -> list[tuple[ModelConfig, Embedder, float]]:
-        """Load every configured model and measure its throughput (blocking; run it off the event loop)."""
+    def load_embedders(config: ServerConfig) -> list[tuple[ModelConfig, Embedder | Scorer, float]]:
+        """Load every configured model for its task (embed, or rerank / classify: detected from the files,
+        ``task`` in the [[models]] table overrides) and measure its throughput (blocking; run it off the
+        event loop)."""
         loaded = []
         for model_config in config.models:
             options = dict(model_config.options)
@@ -41,22 +44,24 @@ class ModelRegistry:
                 "loading model",
                 extra={"source": model_config.source or "bundled", "model": model_config.name},
             )
-            embedder = Embedder.from_pretrained(model_config.source, **options)
+            embedder = load_served(model_config.source, **options)
             throughput = measure_throughput(embedder)
+            trunk = embedder.trunk if isinstance(embedder, Scorer) else embedder
             log.info(
                 "model loaded",
                 extra={
                     "model": embedder.name,
-                    "dimension": embedder.dimension,
-                    "device": str(embedder.device),
-                    "dtype": str(embedder.dtype),
+                    "task": embedder.task if isinstance(embedder, Scorer) else "embed",
+                    "dimension": 0 if isinstance(embedder, Scorer) else embedder.dimension,
+                    "device": str(trunk.device),
+                    "dtype": str(trunk.dtype),
                     "tokens_per_second": round(throughput),
                 },
             )
             loaded.append((model_config, embedder, throughput))
         return loaded
 
-    def install(self, loaded: list[tuple[ModelConfig, Embedder, float]]) -> None:
+    def install(self, loaded: list[tuple[ModelConfig, Embedder | Scorer, float]]) -> None:
         """Start each model's service (on the running loop) and start serving."""
         for model_config, embedder, throughput in loaded:
             if embedder.name in self.models:
@@ -106,7 +111,7 @@ class ModelRegistry:
 
     def serving(self, source: str) -> ModelService | None:
         """The served model an index built with ``source`` embeds with, if it is served."""
-        return next((m for m in self.models.values() if m.source == source), None)
+        return next((m for m in self.models.values() if m.source == source and m.task == "embed"), None)
 
     async def close(self) -> None:
         for model in self.models.values():
