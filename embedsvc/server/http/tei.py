@@ -113,7 +113,7 @@ async def rerank(request: Request, call: Call) -> Response:
 async def predict(request: Request, call: Call) -> Response:
     """``{"inputs": "text" | [a, b] | [[text] or [a, b], ...]}`` -> ``[{"score", "label"}]`` per input,
     highest first (one list for one input, a list of them for a batch). Texts go to a classifier, pairs to
-    a reranker (its one label)."""
+    a reranker (labelled "score")."""
     body = await call.body()
     items, batch = _predict_inputs(body.get("inputs"))
     pairs = [item for item in items if isinstance(item, tuple)]
@@ -125,11 +125,12 @@ async def predict(request: Request, call: Call) -> Response:
     options = _score_options(body)
     served = call.served(_model(call, body), "rerank" if pairs else "classify")
     timeout, tenant = call.remaining(), call.tenant
+    labels: tuple[str, ...]
     try:
         if pairs:
             scored = await call.infer(served, served.score(pairs, options, timeout=timeout, tenant=tenant))
-            # a reranker's one label (TEI answers id2label[0]), "score" for LLM rerankers, which have none
-            labels, rows = served.facts.labels[:1] or ("score",), scored.scores.reshape(-1, 1)
+            # a reranker has one score and no labels (TEI names it id2label[0], often "LABEL_0")
+            labels, rows = ("score",), scored.scores.reshape(-1, 1)
         else:
             texts = [item for item in items if isinstance(item, str)]
             classified = await call.infer(
