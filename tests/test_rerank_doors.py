@@ -439,6 +439,8 @@ def test_tei_rerank_predict_and_info(server, client, expected):
             "label2id": {"joy": 0, "anger": 1, "neutral": 2},
         }
     }
+    listed = httpx.get(server.http_url() + "/v1/models", headers={"authorization": f"Bearer {KEY}"}).json()
+    assert {m["id"]: m["task"] for m in listed["data"]}["qwen3"] == "rerank"
     # the same metrics as gRPC's, per model
     text = httpx.get(server.metrics_url).text
     for line in (

@@ -68,7 +68,14 @@ async def list_models(request: Request, call: Call) -> Response:
     registry = call.door.registry
     registry.get("")  # 503 while loading or draining
     data = [
-        {"id": m.name, "object": "model", "created": 0, "owned_by": "embedsvc", "dimension": m.dimension}
+        {
+            "id": m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "embedsvc",
+            "dimension": m.dimension,
+            "task": m.task,  # embed | rerank (/v1/rerank) | classify (/predict)
+        }
         for m in registry.models.values()
     ]
     return json_response({"object": "list", "data": data})
