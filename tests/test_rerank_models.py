@@ -175,6 +175,7 @@ def qwen3_model_card(folder, pairs, instruction, max_length):
     return batch_scores[:, 1].exp().numpy(), (true_vector - false_vector).numpy()
 
 
+@pytest.mark.filterwarnings("ignore:`max_length` is ignored")  # the model card pads with max_length
 @pytest.mark.parametrize("instruction", [None, "Find the sentence about music"])
 def test_qwen3_reranker_scores_as_its_model_card(folders, instruction):
     folder = folders["qwen3"]
@@ -277,6 +278,12 @@ def test_llm_rerankers_are_recognised_by_name_and_task_is_checked(folders, tmp_p
         scoring_recipe("x", classifier, {}, task="rerank")
     with pytest.raises(InvalidInputError, match="unknown task"):
         load_served(folders["xlmr"], task="sort")
+    from embedsvc.engine.embedder import Embedder
+
+    with pytest.raises(InvalidInputError, match="load_served"):
+        Embedder.from_pretrained(folders["xlmr"], task="rerank")
+    # a cross-encoder's encoder can still be served as an embedder when asked for
+    assert isinstance(load_served(folders["xlmr"], task="embed", pooling="cls"), Embedder)
 
 
 # ---------------------------------------------------------------------- the facade

@@ -179,9 +179,17 @@ class Embedder:
         ``deterministic`` (bitwise batch-invariant vectors), ``deterministic_tile_rows``,
         ``quantize`` (``"int8"``: int8 linear layers on CPU through ONNX Runtime),
         ``trust_remote_code``, ``base_model``, ``threads`` (torch's intra-op threads and the
-        tokenizer's pool, process-wide; default every core or ``EMBEDSVC_THREADS``).
+        tokenizer's pool, process-wide; default every core or ``EMBEDSVC_THREADS``), ``task``
+        (``"embed"`` only here: rerankers and classifiers load through ``engine/scorer.py``).
+        ``head="sequence-classification"``: a Scorer's trunk, its classification head loaded beside it.
         """
         check_options(options, dtype=dtype, device=device)
+        if (options.get("task") or "embed") != "embed":
+            raise InvalidInputError(
+                f"task {options['task']!r}: an Embedder embeds; load rerankers and classifiers with "
+                "embedsvc.engine.scorer.load_served (the server does)",
+                field="task",
+            )
         threads = resolve_threads(options.get("threads"))
         apply_threads(threads)
         loaded = load_model(
