@@ -439,6 +439,10 @@ def test_tei_rerank_predict_and_info(server, client, expected):
             "label2id": {"joy": 0, "anger": 1, "neutral": 2},
         }
     }
+    info = httpx.get(
+        server.http_url() + "/info", headers={"authorization": f"Bearer {KEY}"}, params={"model": "qwen3"}
+    )
+    assert info.json()["model_type"] == {"reranker": {"id2label": {"0": "score"}, "label2id": {"score": 0}}}
     listed = httpx.get(server.http_url() + "/v1/models", headers={"authorization": f"Bearer {KEY}"}).json()
     assert {m["id"]: m["task"] for m in listed["data"]}["qwen3"] == "rerank"
     # the same metrics as gRPC's, per model

@@ -210,8 +210,9 @@ def _model_type(facts: ModelFacts) -> dict[str, Any]:
     """TEI's model_type: an embedding model's pooling, or a reranker's / classifier's labels."""
     if facts.task == "embed":
         return {"embedding": {"pooling": facts.settings.pooling}}
-    id2label = {str(i): label for i, label in enumerate(facts.labels)}
-    label2id = {label: i for i, label in enumerate(facts.labels)}
+    labels = facts.labels or ("score",)  # a reranker's one output, as /predict labels it
+    id2label = {str(i): label for i, label in enumerate(labels)}
+    label2id = {label: i for i, label in enumerate(labels)}
     kind = "reranker" if facts.task == "rerank" else "classifier"
     return {kind: {"id2label": id2label, "label2id": label2id}}
 
