@@ -164,6 +164,12 @@ class Scorer:
         if family == tasks.QWEN3_RERANKER:
             self._prefix = self._pairs.ids(tasks.QWEN3_PREFIX)
             self._suffix = self._pairs.ids(tasks.QWEN3_SUFFIX)
+            if max_length <= len(self._prefix) + len(self._suffix):
+                raise InvalidInputError(
+                    f"max_length {max_length} leaves no room for the pair: Qwen3-Reranker's prompt alone "
+                    f"takes {len(self._prefix) + len(self._suffix)} tokens",
+                    field="max_length",
+                )
         elif family == tasks.BGE_GEMMA_RERANKER:
             self._sep = self._pairs.ids(tasks.GEMMA_SEP)
             self._prompt = self._pairs.ids(tasks.GEMMA_PROMPT)
