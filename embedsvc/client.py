@@ -33,10 +33,21 @@ from embedsvc.errors import EmbedsvcError
 from embedsvc.server.errors import category_for
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 from embedsvc.v1 import index_pb2_grpc as ipb_grpc
-from embedsvc.wire import Hit, IdPage, IndexInfo, ModelInfo, Reembedded, Rerank, SearchOptions
+from embedsvc.wire import (
+    Classification,
+    Hit,
+    IdPage,
+    IndexInfo,
+    ModelInfo,
+    Reembedded,
+    Rerank,
+    RerankResult,
+    SearchOptions,
+)
 
 __all__ = [
     "AsyncEmbedClient",
+    "Classification",
     "EmbedClient",
     "EmbedServiceError",
     "Hit",
@@ -44,6 +55,7 @@ __all__ = [
     "ModelInfo",
     "Reembedded",
     "Rerank",
+    "RerankResult",
 ]
 
 DEFAULT_CHUNK = 256  # items per request the client sends (embed texts, upsert items, get/delete ids)
@@ -406,6 +418,75 @@ class AsyncEmbedClient:
             ids for reply in await self._each(self._stub.Tokenize, requests) for ids in wire.token_ids(reply)
         ]
 
+    # ------------------------------------------------- rerank, score, classify
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        model: str | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        instruction: str | None = None,
+        truncation: str = "end",
+        raw_scores: bool = False,
+        timeout: float | None = None,
+    ) -> list[RerankResult]:
+        """``documents`` scored against ``query`` by a reranker model, highest score first (ties in
+        document order), the best ``top_n`` of them; ``index`` is each one's position in ``documents``.
+        More documents than ``chunk_size`` go in several requests, ranked together here."""
+        requests = wire.rerank_requests(
+            query,
+            documents,
+            self.chunk_size,
+            model=model,
+            top_n=top_n,
+            return_documents=return_documents,
+            instruction=instruction,
+            truncation=truncation,
+            raw_scores=raw_scores,
+        )
+        replies = await self._each(self._stub.Rerank, requests, timeout=timeout)
+        return wire.rerank_results(requests, replies, top_n)
+
+    async def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        model: str | None = None,
+        instruction: str | None = None,
+        truncation: str = "end",
+        raw_scores: bool = False,
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        """A reranker's score of each (query, document) pair, float32 ``[pairs]`` in their order."""
+        requests = wire.score_requests(
+            pairs,
+            self.chunk_size,
+            model=model,
+            instruction=instruction,
+            truncation=truncation,
+            raw_scores=raw_scores,
+        )
+        replies = await self._each(self._stub.Score, requests, timeout=timeout)
+        return np.concatenate([wire.scores(r) for r in replies])
+
+    async def classify(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        truncation: str = "end",
+        raw_scores: bool = False,
+        timeout: float | None = None,
+    ) -> Classification:
+        """A classifier's score of every label for each text: ``.scores`` float32 ``[texts, labels]`` in
+        the order of ``.labels``; ``.predicted`` the best label of each text."""
+        requests = wire.classify_requests(
+            texts, self.chunk_size, model=model, truncation=truncation, raw_scores=raw_scores
+        )
+        return wire.classification(await self._each(self._stub.Classify, requests, timeout=timeout))
+
     async def list_models(self) -> list[ModelInfo]:
         return wire.model_infos(await self._call(self._stub.ListModels, wire.list_models_request()))
 
@@ -556,6 +637,9 @@ class EmbedClient:
     reembed = _blocking(AsyncEmbedClient.reembed)
     embed = _blocking(AsyncEmbedClient.embed)
     tokenize = _blocking(AsyncEmbedClient.tokenize)
+    rerank = _blocking(AsyncEmbedClient.rerank)
+    score = _blocking(AsyncEmbedClient.score)
+    classify = _blocking(AsyncEmbedClient.classify)
     list_models = _blocking(AsyncEmbedClient.list_models)
     health = _blocking(AsyncEmbedClient.health)
 

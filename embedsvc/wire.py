@@ -1,12 +1,14 @@
 """Every protobuf <-> plain conversion, shared by the server and the clients.
 
 Enum tables (input types, truncations, encodings, metrics, index kinds) in both directions,
-metadata values, filters, embed options, model and index infos, and the clients' requests (split to
-the per-request limits) and replies. Nothing else converts protobuf.
+metadata values, filters, embed and score options, model and index infos, the clients' requests (split
+to the per-request limits) and replies, and the one ranking order of rerank results. Nothing else
+converts protobuf.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedsvc import codecs
-from embedsvc.engine.options import EmbedOptions, ModelFacts
+from embedsvc.engine.options import EmbedOptions, ModelFacts, ScoreOptions
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.index.filters import MAX_DEPTH as MAX_FILTER_DEPTH
 from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range, parse_filter
@@ -22,6 +24,7 @@ from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import index_pb2 as ipb
 
 if TYPE_CHECKING:  # server-side types: a client-only install has no index package's dependencies
+    from embedsvc.engine.options import Classified, Scored
     from embedsvc.index.binding import Binding
     from embedsvc.index.collection import Hit as IndexHit
     from embedsvc.index.service import IndexState, NewItem
@@ -139,10 +142,14 @@ class ModelInfo:
     quantization: str = "none"
     fingerprint: str = ""  # 16 hex characters; "" from a server that predates fingerprints
     fingerprint_parts: dict[str, str] = field(default_factory=dict)
+    task: str = "embed"  # "embed" | "rerank" | "classify"
+    labels: tuple[str, ...] = ()  # a classifier's labels, in output order
+    scoring: dict[str, str] = field(default_factory=dict)  # rerank/classify: how scores are made
 
 
 def model_info(facts: ModelFacts) -> pb.ModelInfo:
     s = facts.settings
+    scoring = facts.scoring.items()
     return pb.ModelInfo(
         name=facts.name,
         source=facts.source,
@@ -170,6 +177,9 @@ def model_info(facts: ModelFacts) -> pb.ModelInfo:
         remote_code=facts.remote_code,
         fingerprint=facts.fingerprint,
         fingerprint_parts=facts.fingerprint_parts,
+        task=facts.task,
+        labels=list(facts.labels),
+        scoring={k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in scoring},
     )
 
 
@@ -199,6 +209,9 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             quantization=m.quantization,
             fingerprint=m.fingerprint,
             fingerprint_parts=dict(m.fingerprint_parts),
+            task=m.task or "embed",  # servers before rerankers leave it empty
+            labels=tuple(m.labels),
+            scoring=dict(m.scoring),
         )
         for m in response.models
     ]
@@ -1049,3 +1062,227 @@ def float32_rows(response: pb.EmbedResponse) -> np.ndarray:
         else:
             raise ValueError(f"embedding {i} has {len(item.values)} values, the response says {dims}")
     return out
+
+
+# ------------------------------------------------------------ rerank, score, classify
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One ranked document: its position in the request, its score, its text when asked for."""
+
+    index: int
+    score: float
+    document: str | None = None
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Every label's score for each text: ``scores[i, j]`` is text i's score for ``labels[j]``."""
+
+    labels: tuple[str, ...]  # the model's labels, in the order of its outputs
+    scores: np.ndarray  # float32 [texts, labels]
+
+    @property
+    def predicted(self) -> list[str]:
+        """The best label of each text."""
+        return [self.labels[j] for j in np.argmax(self.scores, axis=1)] if len(self.labels) else []
+
+
+def ranked(scores: Any, top_n: int | None) -> list[int]:
+    """Positions of ``scores``, highest first (ties in input order), the first ``top_n`` of them: the
+    order every door returns rerank results in."""
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise InvalidInputError(f"top_n must be an integer of at least 1, got {top_n!r}", field="top_n")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return [int(i) for i in order[:top_n]]
+
+
+def score_options(request: Any) -> ScoreOptions:
+    """ScoreOptions of a RerankRequest, ScoreRequest or ClassifyRequest."""
+    names = {f.name for f in request.DESCRIPTOR.fields}
+    instruction = request.instruction if "instruction" in names and request.HasField("instruction") else None
+    return ScoreOptions(
+        instruction=instruction,
+        truncation=lookup(_TRUNCATION_NAMES, request.truncation, "truncation"),
+        raw=request.raw_scores,
+    )
+
+
+def _score_fields(instruction: str | None, truncation: str, raw_scores: bool) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "truncation": lookup(TRUNCATIONS, truncation, "truncation"),
+        "raw_scores": raw_scores,
+    }
+    if instruction is not None:
+        fields["instruction"] = instruction
+    return fields
+
+
+def _strings(items: Any, what: str) -> list[str]:
+    if isinstance(items, str | bytes):
+        raise ValueError(f"{what} must be a list of strings, not a single string")
+    out = list(items)
+    if not out:
+        raise ValueError(f"{what} must hold at least one string")
+    return out
+
+
+def rerank_requests(
+    query: str,
+    documents: Sequence[str],
+    chunk: int,
+    *,
+    model: str | None,
+    top_n: int | None,
+    return_documents: bool,
+    instruction: str | None,
+    truncation: str,
+    raw_scores: bool,
+) -> list[pb.RerankRequest]:
+    """RerankRequests of at most ``chunk`` documents each; ``id`` is the position of its first document.
+    Each asks for its own ``top_n``: the best ``top_n`` overall are among them."""
+    if not isinstance(query, str):
+        raise ValueError("query must be a string")
+    items = _strings(documents, "documents")
+    fields = _score_fields(instruction, truncation, raw_scores)
+    if top_n is not None:
+        ranked([], top_n)  # checked before sending
+        fields["top_n"] = top_n
+    size = max(1, chunk)
+    return [
+        pb.RerankRequest(
+            id=str(i * size),
+            model=model or "",
+            query=query,
+            documents=part,
+            return_documents=return_documents,
+            **fields,
+        )
+        for i, part in enumerate(split(items, size))
+    ]
+
+
+def rerank_response(
+    *, request_id: str, model: str, scored: Scored, top_n: int | None, documents: Sequence[str] | None
+) -> pb.RerankResponse:
+    """Results in :func:`ranked` order; each document's text copied in when ``documents`` is given."""
+    response = pb.RerankResponse(
+        id=request_id,
+        model=model,
+        usage=pb.Usage(total_tokens=scored.total_tokens, inputs=len(scored.token_counts)),
+    )
+    scores = scored.scores
+    for i in ranked(scores, top_n):
+        result = response.results.add(index=i, score=float(scores[i]), tokens=scored.token_counts[i])
+        if documents is not None:
+            result.document = documents[i]
+    return response
+
+
+def rerank_results(
+    requests: Sequence[pb.RerankRequest], replies: Sequence[pb.RerankResponse], top_n: int | None
+) -> list[RerankResult]:
+    """The replies to :func:`rerank_requests` merged: indexes into the whole list, ranked again."""
+    merged = [
+        RerankResult(
+            index=int(request.id) + r.index,
+            score=r.score,
+            document=r.document if r.HasField("document") else None,
+            tokens=r.tokens,
+        )
+        for request, reply in zip(requests, replies, strict=True)
+        for r in reply.results
+    ]
+    return [merged[i] for i in ranked([r.score for r in merged], top_n)] if merged else []
+
+
+def _pairs(pairs: Any) -> list[tuple[str, str]]:
+    if isinstance(pairs, str | bytes):
+        raise ValueError("pairs must be a list of (query, document) pairs, not a single string")
+    out = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, str | bytes) or len(pair) != 2 or not all(isinstance(t, str) for t in pair):
+            raise ValueError(f"pairs[{i}] must be a (query, document) pair of strings, got {pair!r}")
+        out.append((pair[0], pair[1]))
+    if not out:
+        raise ValueError("pairs must hold at least one pair")
+    return out
+
+
+def score_requests(
+    pairs: Sequence[tuple[str, str]],
+    chunk: int,
+    *,
+    model: str | None,
+    instruction: str | None,
+    truncation: str,
+    raw_scores: bool,
+) -> list[pb.ScoreRequest]:
+    """ScoreRequests of at most ``chunk`` pairs each."""
+    fields = _score_fields(instruction, truncation, raw_scores)
+    return [
+        pb.ScoreRequest(
+            model=model or "", pairs=[pb.ScorePair(query=q, document=d) for q, d in part], **fields
+        )
+        for part in split(_pairs(pairs), chunk)
+    ]
+
+
+def score_pairs(request: pb.ScoreRequest) -> list[tuple[str, str]]:
+    return [(p.query, p.document) for p in request.pairs]
+
+
+def score_response(*, request_id: str, model: str, scored: Scored) -> pb.ScoreResponse:
+    return pb.ScoreResponse(
+        id=request_id,
+        model=model,
+        scores=np.asarray(scored.scores, dtype=np.float32).tolist(),
+        tokens=scored.token_counts,
+        usage=pb.Usage(total_tokens=scored.total_tokens, inputs=len(scored.token_counts)),
+    )
+
+
+def scores(response: pb.ScoreResponse) -> np.ndarray:
+    return np.asarray(response.scores, dtype=np.float32)
+
+
+def classify_requests(
+    texts: Sequence[str], chunk: int, *, model: str | None, truncation: str, raw_scores: bool
+) -> list[pb.ClassifyRequest]:
+    """ClassifyRequests of at most ``chunk`` texts each."""
+    fields = _score_fields(None, truncation, raw_scores)
+    return [
+        pb.ClassifyRequest(model=model or "", inputs=part, **fields)
+        for part in split(_strings(texts, "texts"), chunk)
+    ]
+
+
+def classify_response(*, request_id: str, model: str, classified: Classified) -> pb.ClassifyResponse:
+    """Each text's labels, highest score first (ties in the model's label order)."""
+    response = pb.ClassifyResponse(
+        id=request_id,
+        model=model,
+        labels=classified.labels,
+        usage=pb.Usage(total_tokens=sum(classified.token_counts), inputs=len(classified.token_counts)),
+    )
+    for row, n_tokens in zip(classified.scores, classified.token_counts, strict=True):
+        result = response.results.add(tokens=n_tokens)
+        for j in ranked(row, None):
+            result.labels.add(label=classified.labels[j], score=float(row[j]))
+    return response
+
+
+def classification(replies: Sequence[pb.ClassifyResponse]) -> Classification:
+    """The replies to :func:`classify_requests` as one [texts, labels] array in the model's label order."""
+    labels = tuple(replies[0].labels) if replies else ()
+    column = {label: j for j, label in enumerate(labels)}
+    rows = []
+    for reply in replies:
+        for result in reply.results:
+            row = np.zeros(len(labels), dtype=np.float32)
+            for item in result.labels:
+                row[column[item.label]] = item.score
+            rows.append(row)
+    return Classification(labels, np.stack(rows) if rows else np.zeros((0, len(labels)), dtype=np.float32))

@@ -1,5 +1,6 @@
 # PYTHON_ARGCOMPLETE_OK
-"""Command line: ``embedsvc serve | embed | models | index ... | inspect`` (``embedsvc --help``).
+"""Command line: ``embedsvc serve | embed | rerank | score | classify | models | index ... | inspect``
+(``embedsvc --help``).
 
 Owns argument parsing, settings from flags, the one-line messages and exit codes (``failures.py``) and
 output formats; each command only converts and calls down. May import any package: it is the top, and

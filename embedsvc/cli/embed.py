@@ -94,7 +94,7 @@ def _lines(handle: Any) -> Iterator[str]:
             yield line
 
 
-def _records(path: str, text_field: str) -> Iterator[tuple[str | None, str]]:
+def text_records(path: str, text_field: str) -> Iterator[tuple[str | None, str]]:
     """(id or None, text) for each record of a file ("-" = stdin)."""
     is_json = path != "-" and Path(path).suffix.lower() in (".jsonl", ".ndjson")
     handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115 - closed below
@@ -121,7 +121,8 @@ def _records(path: str, text_field: str) -> Iterator[tuple[str | None, str]]:
             handle.close()
 
 
-def _inputs(args: argparse.Namespace) -> Iterator[tuple[str | None, str]]:
+def text_inputs(args: argparse.Namespace, verb: str = "embed") -> Iterator[tuple[str | None, str]]:
+    """(id or None, text) of the TEXT arguments, then of each --input file ("-" or a pipe: stdin)."""
     sources = list(args.input)
     texts = list(args.texts)
     if texts == ["-"]:
@@ -131,13 +132,13 @@ def _inputs(args: argparse.Namespace) -> Iterator[tuple[str | None, str]]:
     if not texts and not sources:
         if sys.stdin.isatty():
             raise CommandError(
-                "nothing to embed: give TEXT arguments, --input FILE, or pipe lines to stdin", USAGE
+                f"nothing to {verb}: give TEXT arguments, --input FILE, or pipe lines to stdin", USAGE
             )
         sources = ["-"]
     for text in texts:
         yield None, text
     for source in sources:
-        yield from _records(source, args.text_field)
+        yield from text_records(source, args.text_field)
 
 
 def _slices(items: Iterator[tuple[str | None, str]]) -> Iterator[list[tuple[str | None, str]]]:
@@ -190,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--dimensions must be at least 1", USAGE)
     arrays: list[np.ndarray] = []
     done = 0
-    with open_client(args) as client, _open_output(args.output) as out, _progress(args) as bar:
-        for block in _slices(_inputs(args)):
+    with open_client(args) as client, open_output(args.output) as out, _progress(args) as bar:
+        for block in _slices(text_inputs(args)):
             vectors = client.embed(
                 [text for _, text in block],
                 model=args.model,
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _open_output(path: str | None) -> Iterator[BinaryIO]:
+def open_output(path: str | None) -> Iterator[BinaryIO]:
     """stdout, or FILE written whole: into FILE.partial, renamed over FILE only when all went well."""
     if path is None:
         yield sys.stdout.buffer

@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from embedsvc import __version__
-from embedsvc.cli import embed, index, inspect, models, serve
+from embedsvc.cli import embed, index, inspect, models, scoring, serve
 from embedsvc.cli.failures import INTERRUPTED, MISSING_EXTRA, describe
 from embedsvc.cli.remote import connection_options, target_of
 from embedsvc.extras import install_hint
@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog="embedsvc",
-        description="Embedding service: serve models over gRPC/HTTP, embed texts, build and query indexes.",
+        description=(
+            "Embedding service: serve models over gRPC/HTTP, embed, rerank and classify texts, "
+            "build and query indexes."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -43,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     connection = connection_options()
     serve.add_parser(sub, common)
     embed.add_parser(sub, common, connection)
+    scoring.add_parsers(sub, common, connection)
     models.add_parser(sub, common, connection)
     index.add_parser(sub, common, connection)
     inspect.add_parser(sub, common)

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         [
             (
                 m.name + (" (default)" if m.default else ""),
+                m.task,
                 m.dimension,
                 m.max_length,
                 m.pooling,
@@ -43,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
             )
             for m in models
         ],
-        ("MODEL", "DIM", "MAX TOKENS", "POOLING", "DEVICE", "DTYPE", "QUANTIZED", "SOURCE"),
+        ("MODEL", "TASK", "DIM", "MAX TOKENS", "POOLING", "DEVICE", "DTYPE", "QUANTIZED", "SOURCE"),
     )
     return 0

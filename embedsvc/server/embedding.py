@@ -1,4 +1,5 @@
-"""EmbeddingService: protobuf in, the model's ModelService, protobuf out."""
+"""EmbeddingService: protobuf in, the model's ModelService, protobuf out (Embed, EmbedStream, Tokenize,
+ListModels, and the rerankers' and classifiers' Rerank, Score, Classify)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from embedsvc.server.errors import RETRY_AFTER_MS, message_for, status_for
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry
 from embedsvc.server.rpc import GuardedServicer
+from embedsvc.server.tasks import served_for
 from embedsvc.server.tenants import tenant_of
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
@@ -37,10 +39,15 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         self.draining = asyncio.Event()  # set on shutdown: open streams stop taking requests
         self._open_streams = 0
 
-    def _model(self, name: str, method: str) -> ModelService:
-        served = self.registry.get(name)
+    def _model(self, name: str, method: str, task: str = "embed") -> ModelService:
+        served = served_for(self.registry, name, task)
         self.metrics.requests.labels(method, served.name).inc()
         return served
+
+    def _count(self, model: str, token_counts: list[int], arrived: float) -> None:
+        self.metrics.queue_seconds.labels(model).observe(time.perf_counter() - arrived)
+        self.metrics.inputs.labels(model).inc(len(token_counts))
+        self.metrics.tokens.labels(model).inc(sum(token_counts))
 
     # ---------------------------------------------------------------- Embed
     async def _embed(self, request: pb.EmbedRequest, timeout: float | None, tenant: str) -> pb.EmbedResponse:
@@ -51,9 +58,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         embedded = await served.embed(
             list(request.inputs), wire.embed_options(request), timeout=timeout, tenant=tenant
         )
-        self.metrics.queue_seconds.labels(served.name).observe(time.perf_counter() - arrived)
-        self.metrics.inputs.labels(served.name).inc(len(embedded.token_counts))
-        self.metrics.tokens.labels(served.name).inc(embedded.total_tokens)
+        self._count(served.name, embedded.token_counts, arrived)
         return self._pack(request, served.name, embedded)
 
     @staticmethod
@@ -187,6 +192,67 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
                 "the server is shutting down: requests sent after the last response were not taken; "
                 "resend them to another replica",
             )
+
+    # ----------------------------------------------- Rerank, Score, Classify
+    async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+        tenant = tenant_of(context)
+
+        async def work() -> pb.RerankResponse:
+            served = self._model(request.model, "Rerank", "rerank")
+            options = wire.score_options(request)
+            top_n = request.top_n if request.HasField("top_n") else None
+            wire.ranked([], top_n)  # a bad top_n fails before the work
+            arrived = time.perf_counter()
+            documents = list(request.documents)
+            scored = await served.rerank(
+                request.query, documents, options, timeout=context.time_remaining(), tenant=tenant
+            )
+            self._count(served.name, scored.token_counts, arrived)
+            return wire.rerank_response(
+                request_id=request.id,
+                model=served.name,
+                scored=scored,
+                top_n=top_n,
+                documents=documents if request.return_documents else None,
+            )
+
+        return await self._guard("Rerank", request.model, context, work)
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+        tenant = tenant_of(context)
+
+        async def work() -> pb.ScoreResponse:
+            served = self._model(request.model, "Score", "rerank")
+            arrived = time.perf_counter()
+            scored = await served.score(
+                wire.score_pairs(request),
+                wire.score_options(request),
+                timeout=context.time_remaining(),
+                tenant=tenant,
+            )
+            self._count(served.name, scored.token_counts, arrived)
+            return wire.score_response(request_id=request.id, model=served.name, scored=scored)
+
+        return await self._guard("Score", request.model, context, work)
+
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:
+        tenant = tenant_of(context)
+
+        async def work() -> pb.ClassifyResponse:
+            served = self._model(request.model, "Classify", "classify")
+            arrived = time.perf_counter()
+            classified = await served.classify(
+                list(request.inputs),
+                wire.score_options(request),
+                timeout=context.time_remaining(),
+                tenant=tenant,
+            )
+            self._count(served.name, classified.token_counts, arrived)
+            return wire.classify_response(request_id=request.id, model=served.name, classified=classified)
+
+        return await self._guard("Classify", request.model, context, work)
 
     # ------------------------------------------------------------- Tokenize
     async def Tokenize(

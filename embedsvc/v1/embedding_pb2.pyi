@@ -161,7 +161,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "source", "dimension", "max_length", "pooling", "normalize", "prompts", "default_prompt_name", "query_prompt_name", "document_prompt_name", "instruction_template", "dtype", "device", "profile", "conversion", "is_decoder", "deterministic", "quantize", "attention", "append_eos", "recipe_sources", "recipe_warnings", "remote_code", "quantization", "fingerprint", "fingerprint_parts")
+    __slots__ = ("name", "source", "dimension", "max_length", "pooling", "normalize", "prompts", "default_prompt_name", "query_prompt_name", "document_prompt_name", "instruction_template", "dtype", "device", "profile", "conversion", "is_decoder", "deterministic", "quantize", "attention", "append_eos", "recipe_sources", "recipe_warnings", "remote_code", "quantization", "task", "labels", "scoring", "fingerprint", "fingerprint_parts")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,13 @@ class ModelInfo(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class RecipeSourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ScoringEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +214,9 @@ class ModelInfo(_message.Message):
     RECIPE_WARNINGS_FIELD_NUMBER: _ClassVar[int]
     REMOTE_CODE_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_PARTS_FIELD_NUMBER: _ClassVar[int]
     name: str
@@ -233,9 +243,12 @@ class ModelInfo(_message.Message):
     recipe_warnings: _containers.RepeatedScalarFieldContainer[str]
     remote_code: bool
     quantization: str
+    task: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    scoring: _containers.ScalarMap[str, str]
     fingerprint: str
     fingerprint_parts: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., instruction_template: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., profile: _Optional[str] = ..., conversion: _Optional[str] = ..., is_decoder: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., quantize: _Optional[str] = ..., attention: _Optional[str] = ..., append_eos: _Optional[bool] = ..., recipe_sources: _Optional[_Mapping[str, str]] = ..., recipe_warnings: _Optional[_Iterable[str]] = ..., remote_code: _Optional[bool] = ..., quantization: _Optional[str] = ..., fingerprint: _Optional[str] = ..., fingerprint_parts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., instruction_template: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., profile: _Optional[str] = ..., conversion: _Optional[str] = ..., is_decoder: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., quantize: _Optional[str] = ..., attention: _Optional[str] = ..., append_eos: _Optional[bool] = ..., recipe_sources: _Optional[_Mapping[str, str]] = ..., recipe_warnings: _Optional[_Iterable[str]] = ..., remote_code: _Optional[bool] = ..., quantization: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Mapping[str, str]] = ..., fingerprint: _Optional[str] = ..., fingerprint_parts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")
@@ -244,3 +257,131 @@ class ListModelsResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     default_model: str
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
+
+class RerankRequest(_message.Message):
+    __slots__ = ("id", "model", "query", "documents", "top_n", "return_documents", "instruction", "truncation", "raw_scores")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    RETURN_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    query: str
+    documents: _containers.RepeatedScalarFieldContainer[str]
+    top_n: int
+    return_documents: bool
+    instruction: str
+    truncation: Truncation
+    raw_scores: bool
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., instruction: _Optional[str] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., raw_scores: _Optional[bool] = ...) -> None: ...
+
+class RerankResult(_message.Message):
+    __slots__ = ("index", "score", "document", "tokens")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    score: float
+    document: str
+    tokens: int
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., document: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class RerankResponse(_message.Message):
+    __slots__ = ("id", "model", "results", "usage")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    results: _containers.RepeatedCompositeFieldContainer[RerankResult]
+    usage: Usage
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[RerankResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class ScorePair(_message.Message):
+    __slots__ = ("query", "document")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    document: str
+    def __init__(self, query: _Optional[str] = ..., document: _Optional[str] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("id", "model", "pairs", "instruction", "truncation", "raw_scores")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    pairs: _containers.RepeatedCompositeFieldContainer[ScorePair]
+    instruction: str
+    truncation: Truncation
+    raw_scores: bool
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., pairs: _Optional[_Iterable[_Union[ScorePair, _Mapping]]] = ..., instruction: _Optional[str] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., raw_scores: _Optional[bool] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("id", "model", "scores", "tokens", "usage")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    usage: Usage
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., tokens: _Optional[_Iterable[int]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("id", "model", "inputs", "truncation", "raw_scores")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    truncation: Truncation
+    raw_scores: bool
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., raw_scores: _Optional[bool] = ...) -> None: ...
+
+class ClassLabel(_message.Message):
+    __slots__ = ("label", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class ClassifyResult(_message.Message):
+    __slots__ = ("labels", "tokens")
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[ClassLabel]
+    tokens: int
+    def __init__(self, labels: _Optional[_Iterable[_Union[ClassLabel, _Mapping]]] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("id", "model", "results", "labels", "usage")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    results: _containers.RepeatedCompositeFieldContainer[ClassifyResult]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    usage: Usage
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ClassifyResult, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...

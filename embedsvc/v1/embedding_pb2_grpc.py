@@ -55,6 +55,21 @@ class EmbeddingServiceStub:
                 request_serializer=embedsvc_dot_v1_dot_embedding__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=embedsvc_dot_v1_dot_embedding__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/embedsvc.v1.EmbeddingService/Rerank',
+                request_serializer=embedsvc_dot_v1_dot_embedding__pb2.RerankRequest.SerializeToString,
+                response_deserializer=embedsvc_dot_v1_dot_embedding__pb2.RerankResponse.FromString,
+                _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/embedsvc.v1.EmbeddingService/Score',
+                request_serializer=embedsvc_dot_v1_dot_embedding__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=embedsvc_dot_v1_dot_embedding__pb2.ScoreResponse.FromString,
+                _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/embedsvc.v1.EmbeddingService/Classify',
+                request_serializer=embedsvc_dot_v1_dot_embedding__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=embedsvc_dot_v1_dot_embedding__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingServiceServicer:
@@ -92,6 +107,28 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """Scores documents against one query with a reranker model (cross-encoder or LLM reranker);
+        results sorted by score, highest first. Documents count as inputs (max inputs per request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Score(self, request, context):
+        """Scores (query, document) pairs with a reranker model, in the order of the request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """Classifies texts with a classifier model: every label's score for each text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +151,21 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=embedsvc_dot_v1_dot_embedding__pb2.ListModelsRequest.FromString,
                     response_serializer=embedsvc_dot_v1_dot_embedding__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=embedsvc_dot_v1_dot_embedding__pb2.RerankRequest.FromString,
+                    response_serializer=embedsvc_dot_v1_dot_embedding__pb2.RerankResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=embedsvc_dot_v1_dot_embedding__pb2.ScoreRequest.FromString,
+                    response_serializer=embedsvc_dot_v1_dot_embedding__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=embedsvc_dot_v1_dot_embedding__pb2.ClassifyRequest.FromString,
+                    response_serializer=embedsvc_dot_v1_dot_embedding__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +277,87 @@ class EmbeddingService:
             '/embedsvc.v1.EmbeddingService/ListModels',
             embedsvc_dot_v1_dot_embedding__pb2.ListModelsRequest.SerializeToString,
             embedsvc_dot_v1_dot_embedding__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsvc.v1.EmbeddingService/Rerank',
+            embedsvc_dot_v1_dot_embedding__pb2.RerankRequest.SerializeToString,
+            embedsvc_dot_v1_dot_embedding__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsvc.v1.EmbeddingService/Score',
+            embedsvc_dot_v1_dot_embedding__pb2.ScoreRequest.SerializeToString,
+            embedsvc_dot_v1_dot_embedding__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedsvc.v1.EmbeddingService/Classify',
+            embedsvc_dot_v1_dot_embedding__pb2.ClassifyRequest.SerializeToString,
+            embedsvc_dot_v1_dot_embedding__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

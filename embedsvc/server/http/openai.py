@@ -85,6 +85,7 @@ async def list_models(request: Request, call: Call) -> Response:
             "owned_by": "embedsvc",
             "dimension": m.dimension,
             "fingerprint": m.fingerprint.digest,
+            "task": m.task,  # embed | rerank (/v1/rerank) | classify (/predict)
         }
         for m in registry.models.values()
     ]

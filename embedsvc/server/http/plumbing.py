@@ -10,7 +10,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -30,10 +30,21 @@ from embedsvc.server.auth import HTTP_HINT, ApiKeys
 from embedsvc.server.errors import retry_after_s
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.registry import ModelRegistry
+from embedsvc.server.tasks import served_for
 from embedsvc.server.tenants import tenant_of_http
 
 log = logging.getLogger("embedsvc.http")
 T = TypeVar("T")
+
+
+class Counted(Protocol):
+    """What the engine answers (Embedded, Scored, Classified): tokens per input, for the metrics."""
+
+    @property
+    def token_counts(self) -> list[int]: ...
+
+
+C = TypeVar("C", bound=Counted)
 TIMEOUT_HEADER = "x-request-timeout"  # seconds the caller will wait (like gRPC's deadline)
 FINGERPRINT_HEADER = "x-embedsvc-fingerprint"  # on every embedding answer: the model's fingerprint
 OFF_LOOP_JSON_BYTES = 256 * 1024  # bigger bodies are parsed on a thread, never on the event loop
@@ -135,8 +146,9 @@ class Call:
         client = (self.request.client.host, self.request.client.port) if self.request.client else None
         return tenant_of_http(self.request.headers.get("authorization"), client)
 
-    def served(self, name: str | None) -> ModelService:
-        served = self.door.registry.get(name or "")
+    def served(self, name: str | None, task: str = "embed") -> ModelService:
+        """The model ``name`` names; unnamed, the default model or the first that does ``task``."""
+        served = served_for(self.door.registry, name, task)
         self.model = served.name
         self.door.metrics.requests.labels(self.method, served.name).inc()
         return served
@@ -171,12 +183,17 @@ class Call:
         return data
 
     async def embed(self, served: ModelService, texts: list[str], options: EmbedOptions) -> Embedded:
-        embedded = await self.until_disconnected(
-            served.embed(texts, options, timeout=self.remaining(), tenant=self.tenant)
+        return await self.infer(
+            served, served.embed(texts, options, timeout=self.remaining(), tenant=self.tenant)
         )
-        self.door.metrics.inputs.labels(served.name).inc(len(embedded.token_counts))
-        self.door.metrics.tokens.labels(served.name).inc(embedded.total_tokens)
-        return embedded
+
+    async def infer(self, served: ModelService, work: Awaitable[C]) -> C:
+        """``work`` (a call of ``served`` given ``remaining()`` and ``tenant``) until the client goes away,
+        its inputs and tokens counted like gRPC's."""
+        result = await self.until_disconnected(work)
+        self.door.metrics.inputs.labels(served.name).inc(len(result.token_counts))
+        self.door.metrics.tokens.labels(served.name).inc(sum(result.token_counts))
+        return result
 
     async def until_disconnected(self, work: Awaitable[T]) -> T:
         """``work``'s result, or ClientGoneError with ``work`` cancelled when the client goes away first

@@ -1,17 +1,23 @@
-"""Text Embeddings Inference's API: ``POST /embed``, ``POST /tokenize``, ``GET /info``, ``GET /health``,
-with TEI's request and response shapes and status codes, so TEI clients work unchanged (a ``model``
-field or ``?model=`` picks a model other than the default). Booleans are JSON booleans: a string such
-as ``"false"`` is refused, never read as true."""
+"""Text Embeddings Inference's API: ``POST /embed``, ``POST /rerank``, ``POST /predict``, ``POST /tokenize``,
+``GET /info``, ``GET /health``, with TEI's request and response shapes and status codes, so TEI clients
+work unchanged (a ``model`` field or ``?model=`` picks a model other than the default; unnamed, /rerank
+and /predict reach the first reranker or classifier when the default model is an embedder). Booleans
+are JSON booleans: a string such as ``"false"`` is refused, never read as true. A /rerank body with
+``documents`` instead of ``texts`` is Cohere's / Jina's shape and is answered in it (:mod:`.cohere`)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 import embedsvc
-from embedsvc.engine.options import EmbedOptions
+from embedsvc import wire
+from embedsvc.engine.options import EmbedOptions, ModelFacts, ScoreOptions
 from embedsvc.errors import InvalidInputError, TextTooLongError, UnavailableError
+from embedsvc.server.http import cohere
 from embedsvc.server.http.plumbing import (
     FINGERPRINT_HEADER,
     Call,
@@ -35,6 +41,8 @@ def routes(door: Door) -> list[Route]:
 
     return [
         Route("/embed", door.endpoint("/embed", embed, tei=True), methods=["POST"]),
+        Route("/rerank", door.endpoint("/rerank", rerank, tei=True), methods=["POST"]),
+        Route("/predict", door.endpoint("/predict", predict, tei=True), methods=["POST"]),
         Route("/tokenize", door.endpoint("/tokenize", tokenize, tei=True), methods=["POST"]),
         Route("/info", door.endpoint("/info", info, tei=True), methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -50,17 +58,11 @@ async def embed(request: Request, call: Call) -> Response:
     body = await call.body()
     texts = _inputs(body.get("inputs"))
     served = call.served(_model(call, body))
-    direction = body.get("truncation_direction") or "Right"
-    if direction not in ("Right", "Left", "right", "left"):
-        raise InvalidInputError(
-            f"truncation_direction must be 'Right' or 'Left', got {direction!r}", field="truncation_direction"
-        )
-    truncate = boolean(body, "truncate", False)
     options = EmbedOptions(
         prompt_name=optional_str(body, "prompt_name"),
         dimensions=optional_int(body, "dimensions"),
         normalize=boolean(body, "normalize", True),
-        truncation=("end" if direction.lower() == "right" else "start") if truncate else "none",
+        truncation=_truncation(body),
     )
     try:
         embedded = await call.embed(served, texts, options)
@@ -68,6 +70,104 @@ async def embed(request: Request, call: Call) -> Response:
         raise TextTooLongError(exc.index, exc.n_tokens, exc.limit, TRUNCATE_REMEDY) from None
     # TEI's answer is a bare list: the fingerprint travels in a header only
     return json_response(list(embedded.vectors), headers={FINGERPRINT_HEADER: embedded.fingerprint})
+
+
+def _truncation(body: dict[str, object]) -> str:
+    """TEI's ``truncate`` (off by default: over-long inputs are refused) and ``truncation_direction``."""
+    direction = body.get("truncation_direction") or "Right"
+    if direction not in ("Right", "Left", "right", "left"):
+        raise InvalidInputError(
+            f"truncation_direction must be 'Right' or 'Left', got {direction!r}", field="truncation_direction"
+        )
+    truncate = boolean(body, "truncate", False)
+    return ("end" if str(direction).lower() == "right" else "start") if truncate else "none"
+
+
+def _score_options(body: dict[str, object]) -> ScoreOptions:
+    return ScoreOptions(
+        instruction=optional_str(body, "instruction"),  # an extension: LLM rerankers' task
+        truncation=_truncation(body),
+        raw=boolean(body, "raw_scores", False),
+    )
+
+
+async def rerank(request: Request, call: Call) -> Response:
+    """``{"query", "texts", "return_text", "raw_scores", "truncate"}`` -> ``[{"index", "score", "text"?}]``,
+    highest score first."""
+    body = await call.body()
+    if "texts" not in body and "documents" in body:
+        return await cohere.rerank_body(body, call, version="1")
+    query = body.get("query")
+    if not isinstance(query, str):
+        raise InvalidInputError("query must be a string", field="query")
+    texts = _inputs(body.get("texts"), "texts")
+    return_text = boolean(body, "return_text", False)
+    options = _score_options(body)
+    served = call.served(_model(call, body), "rerank")
+    try:
+        scored = await call.infer(
+            served, served.rerank(query, texts, options, timeout=call.remaining(), tenant=call.tenant)
+        )
+    except TextTooLongError as exc:
+        raise TextTooLongError(exc.index, exc.n_tokens, exc.limit, TRUNCATE_REMEDY) from None
+    ranks = []
+    for i in wire.ranked(scored.scores, None):
+        rank: dict[str, object] = {"index": i, "score": float(scored.scores[i])}
+        if return_text:
+            rank["text"] = texts[i]
+        ranks.append(rank)
+    return json_response(ranks)
+
+
+async def predict(request: Request, call: Call) -> Response:
+    """``{"inputs": "text" | [a, b] | [[text] or [a, b], ...]}`` -> ``[{"score", "label"}]`` per input,
+    highest first (one list for one input, a list of them for a batch). Texts go to a classifier, pairs to
+    a reranker (labelled "score")."""
+    body = await call.body()
+    items, batch = _predict_inputs(body.get("inputs"))
+    pairs = [item for item in items if isinstance(item, tuple)]
+    if pairs and len(pairs) != len(items):
+        raise InvalidInputError(
+            "inputs mix single texts and pairs: send texts (a classifier) or pairs (a reranker), not both",
+            field="inputs",
+        )
+    options = _score_options(body)
+    served = call.served(_model(call, body), "rerank" if pairs else "classify")
+    timeout, tenant = call.remaining(), call.tenant
+    labels: tuple[str, ...]
+    try:
+        if pairs:
+            scored = await call.infer(served, served.score(pairs, options, timeout=timeout, tenant=tenant))
+            # a reranker has one score and no labels (TEI names it id2label[0], often "LABEL_0")
+            labels, rows = ("score",), scored.scores.reshape(-1, 1)
+        else:
+            texts = [item for item in items if isinstance(item, str)]
+            classified = await call.infer(
+                served, served.classify(texts, options, timeout=timeout, tenant=tenant)
+            )
+            labels, rows = classified.labels, classified.scores
+    except TextTooLongError as exc:
+        raise TextTooLongError(exc.index, exc.n_tokens, exc.limit, TRUNCATE_REMEDY) from None
+    out = [[{"score": float(row[j]), "label": labels[j]} for j in wire.ranked(row, None)] for row in rows]
+    return json_response(out if batch else out[0])
+
+
+def _predict_inputs(value: object) -> tuple[list[str | tuple[str, str]], bool]:
+    """TEI's predict inputs: a text, a pair, or a batch of [text] / [a, b] lists; (items, is a batch)."""
+    shape = 'inputs must be a string, a pair ["a", "b"], or a batch [["text"], ["a", "b"], ...]'
+
+    def one(item: object) -> str | tuple[str, str]:
+        if isinstance(item, list) and 1 <= len(item) <= 2 and all(isinstance(t, str) for t in item):
+            return item[0] if len(item) == 1 else (item[0], item[1])
+        raise InvalidInputError(shape, field="inputs")
+
+    if isinstance(value, str):
+        return [value], False
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [one(value)], False
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        return [one(v) for v in value], True
+    raise InvalidInputError(shape, field="inputs")
 
 
 async def tokenize(request: Request, call: Call) -> Response:
@@ -97,7 +197,7 @@ async def info(request: Request, call: Call) -> Response:
             "model_id": facts.source,
             "model_sha": None,
             "model_dtype": facts.dtype,
-            "model_type": {"embedding": {"pooling": facts.settings.pooling}},
+            "model_type": _model_type(facts),
             "max_concurrent_requests": config.max_queue_requests,
             "max_input_length": facts.max_length,
             "max_batch_tokens": facts.token_budget,
@@ -117,9 +217,20 @@ async def info(request: Request, call: Call) -> Response:
     )
 
 
-def _inputs(value: object) -> list[str]:
+def _model_type(facts: ModelFacts) -> dict[str, Any]:
+    """TEI's model_type: an embedding model's pooling, or a reranker's / classifier's labels."""
+    if facts.task == "embed":
+        return {"embedding": {"pooling": facts.settings.pooling}}
+    labels = facts.labels or ("score",)  # a reranker's one output, as /predict labels it
+    id2label = {str(i): label for i, label in enumerate(labels)}
+    label2id = {label: i for i, label in enumerate(labels)}
+    kind = "reranker" if facts.task == "rerank" else "classifier"
+    return {kind: {"id2label": id2label, "label2id": label2id}}
+
+
+def _inputs(value: object, field: str = "inputs") -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return value
-    raise InvalidInputError("inputs must be a string or a non-empty list of strings", field="inputs")
+    raise InvalidInputError(f"{field} must be a string or a non-empty list of strings", field=field)
