@@ -105,6 +105,11 @@ class EncodedInput:
     source: int  # index of the caller's text
     # a text pair (cross-encoders): where the second text's tokens start (token type 1 from there on)
     second_start: int | None = None
+    # outputs beyond the pooled vector this sequence asks for ("sparse", "multi_vector"; engine/outputs.py)
+    extra_outputs: tuple[str, ...] = ()
+    # ColBERT query expansion: only the first ``attended`` tokens are attended to (None: all of them)
+    attended: int | None = None
+    query: bool = False  # ColBERT: queries keep every token's vector, documents drop the skiplist's
 
 
 class InputEncoder:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from embedsvc.engine.options import (
     Scored,
     ScoreOptions,
 )
+from embedsvc.engine.outputs import Forwarded
 from embedsvc.engine.scheduler import DEFAULT_TENANT, BatchRecord, BatchScheduler
 from embedsvc.engine.scorer import SAMPLE_QUERY, Scorer
 from embedsvc.errors import InvalidInputError, PayloadTooLargeError, TaskMismatchError, TextTooLongError
@@ -166,15 +168,19 @@ def measure_throughput(model: Embedder | Scorer) -> float:
     words = max(8, min(model.max_length, 128) // 2)
     text = "the quick brown fox jumps over the lazy dog " * (words // 9 + 1)
     if isinstance(model, Scorer):
-        if model.task == "classify":
-            encoded = model.prepare_texts([text] * 8)
-        else:
-            encoded = model.prepare_pairs([(SAMPLE_QUERY, text)] * 8)
+        encoded = (
+            model.prepare_texts([text] * 8)
+            if model.task == "classify"
+            else model.prepare_pairs([(SAMPLE_QUERY, text)] * 8)
+        )
+        forward: Callable[[Any], Any] = model.forward
     else:
-        encoded = model.prepare([text] * 8)
-    model.forward(encoded)  # warm-up: first calls allocate
+        # every output the model offers: the slowest request it will be asked for (SPLADE's vocabulary head)
+        encoded = model.prepare([text] * 8, outputs=model.outputs)
+        forward = model.forward_outputs if model.heads is not None else model.forward
+    forward(encoded)  # warm-up: first calls allocate
     started = time.perf_counter()
-    model.forward(encoded)
+    forward(encoded)
     return sum(len(e.ids) for e in encoded) / max(time.perf_counter() - started, 1e-6)
 
 
@@ -224,7 +230,10 @@ class ModelService:
     ) -> ModelService:
         """A served model with its scheduler running on this event loop."""
         scheduler = BatchScheduler(
-            embedder.forward,
+            # models with sparse / multi-vector heads: one forward gives every output a request asks for
+            embedder.forward_outputs
+            if isinstance(embedder, Embedder) and embedder.heads is not None
+            else embedder.forward,
             name=embedder.name,
             token_budget=embedder.options.token_budget,
             max_batch_size=embedder.options.max_batch_size,
@@ -317,6 +326,9 @@ class ModelService:
             task=self.task,
             labels=scorer.labels if scorer else (),
             scoring=scorer.describe() if scorer else {},
+            outputs=e.outputs,
+            sparse_dimension=e.heads.sparse_dimension if e.heads is not None else None,
+            multi_vector_dimension=e.heads.multi_vector_dimension if e.heads is not None else None,
         )
 
     @property
@@ -353,7 +365,8 @@ class ModelService:
         items, size, estimate = check_inputs(
             texts, self.limits, max_length=self._embedder.max_length, chunked=options.chunked
         )
-        if self.cache is not None:
+        self._check_multi_vector_size(resolved, estimate)
+        if self.cache is not None and resolved.outputs == ("dense",):  # the cache holds dense vectors only
             lookup = self.cache.lookup(self.fingerprint.digest, resolved, items)
             if lookup.complete:  # every text known: the scheduler never sees this request
                 return self._from_cache(lookup, resolved, None)
@@ -395,10 +408,11 @@ class ModelService:
     def embed_now(self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS) -> Embedded:
         """In this thread, without the scheduler: for in-process callers such as the local pipeline."""
         resolved = self._embedder.resolve(options)
-        items, _, _ = check_inputs(
+        items, _, estimate = check_inputs(
             texts, self.limits, max_length=self._embedder.max_length, chunked=options.chunked
         )
-        if self.cache is None:
+        self._check_multi_vector_size(resolved, estimate)
+        if self.cache is None or resolved.outputs != ("dense",):
             return self._compute_now(items, resolved)
         lookup = self.cache.lookup(self.fingerprint.digest, resolved, items)
         if lookup.complete:
@@ -409,7 +423,24 @@ class ModelService:
 
     def _compute_now(self, items: list[str], resolved: ResolvedOptions) -> Embedded:
         encoded = self._embedder.prepare(items, resolved)
-        return self._combine(self._embedder.forward(encoded), encoded, len(items), resolved)
+        e = self._embedder
+        result = e.forward_outputs(encoded) if e.heads is not None else e.forward(encoded)
+        return self._combine(result, encoded, len(items), resolved)
+
+    def _check_multi_vector_size(self, resolved: ResolvedOptions, estimated_tokens: int) -> None:
+        """Multi-vector answers grow with every token: bounded before any work, from the estimate."""
+        heads = self._embedder.heads
+        if "multi_vector" not in resolved.outputs or heads is None or not heads.multi_vector_dimension:
+            return
+        values = estimated_tokens * heads.multi_vector_dimension
+        limit = self.limits.max_multi_vector_values
+        if values > limit:
+            raise PayloadTooLargeError(
+                f"the request's multi-vector output would hold about {values} floats (about "
+                f"{estimated_tokens} tokens x {heads.multi_vector_dimension}); the limit is {limit} "
+                "(max_multi_vector_values): send fewer or shorter texts per request, or raise the limit",
+                field="inputs",
+            )
 
     def _from_cache(self, lookup: Lookup, resolved: ResolvedOptions, computed: Embedded | None) -> Embedded:
         """A request's answer from its cache hits and the rows just computed (which are kept)."""
@@ -427,14 +458,23 @@ class ModelService:
     def _combine(
         self, pooled: Any, encoded: list[EncodedInput], n: int, resolved: ResolvedOptions
     ) -> Embedded:
-        vectors = self._embedder.combine(pooled, encoded, n, resolved)
-        return Embedded(vectors, self._embedder.count_tokens(encoded, n), self.fingerprint.digest)
+        counts = self._embedder.count_tokens(encoded, n)
+        digest = self.fingerprint.digest
+        if isinstance(pooled, Forwarded):
+            vectors, sparse, multi = self._embedder.combine_outputs(pooled, encoded, n, resolved)
+            return Embedded(vectors, counts, digest, sparse=sparse, multi_vectors=multi)
+        return Embedded(self._embedder.combine(pooled, encoded, n, resolved), counts, digest)
+
+    def sparse_tokens(self, ids: Sequence[int]) -> list[str]:
+        """Token strings of a sparse output's ids (the tokenizer stays inside the engine)."""
+        return self._embedder.sparse_tokens(ids)
 
     async def tokenize(
         self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS
     ) -> list[tuple[list[int], list[str]]]:
         """(ids, token strings) per text, as the model would see them."""
-        resolved = self._embedder.resolve(options)
+        # tokens do not depend on the outputs asked for: any the model offers will do
+        resolved = self._embedder.resolve(dataclasses.replace(options, outputs=self._embedder.outputs))
         items, size, _ = check_inputs(texts, self.limits, max_length=self._embedder.max_length, chunked=False)
         assert self._tokenizers is not None
         encoded = await self._tokenizers.run(items, size, lambda: self._embedder.prepare(items, resolved))

@@ -18,6 +18,7 @@ import torch
 
 from embedsvc.errors import InvalidInputError, ModelLoadError
 from embedsvc.models.dtypes import DTYPE_ALIASES
+from embedsvc.models.heads import SPLADE, OutputFiles, read_output_files
 from embedsvc.models.st_files import SentenceTransformersFiles, read_st_files
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -67,6 +68,10 @@ class LoadedModel:
     base_sources: tuple[ResolvedSource, ...] = ()
     # head="sequence-classification": the whole *ForSequenceClassification model; ``model`` is its base
     task_model: Any = None
+    # sparse / multi-vector heads the checkpoint's files declare (models/heads.py); None: pooled vector only
+    output_files: OutputFiles | None = None
+    # SPLADE: the masked-LM head split off the *ForMaskedLM (``model`` is its base model)
+    mlm_head: Any = None
 
 
 def default_model_path() -> Path:
@@ -305,17 +310,21 @@ def load_model(
         notes.append("the checkpoint's own modeling code runs (trust_remote_code)")
     else:
         model_kwargs["attn_implementation"] = attn_implementation
+    output_files = read_output_files(resolved.folder, folder, config_json)
+    mlm_head = None
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=remote)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
         with _quiet_transformers():
+            task_model = None
             if head == "sequence-classification":
                 task_model = AutoModelForSequenceClassification.from_pretrained(folder, **model_kwargs)
                 task_model = task_model.to(torch_device).eval()
                 task_model.requires_grad_(False)
                 model = task_model.base_model
+            elif output_files is not None and output_files.kind == SPLADE:
+                model, mlm_head = _split_masked_lm(folder, model_kwargs)
             else:
-                task_model = None
                 model = AutoModel.from_pretrained(folder, **model_kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load the checkpoint in {folder}: {exc}") from exc
@@ -337,4 +346,35 @@ def load_model(
         remote_code=remote,
         notes=tuple(notes),
         task_model=task_model,
+        output_files=output_files,
+        mlm_head=None if mlm_head is None else mlm_head.to(torch_device).eval(),
     )
+
+
+def _split_masked_lm(folder: Path, model_kwargs: dict[str, Any]) -> tuple[Any, torch.nn.Module]:
+    """A *ForMaskedLM as its base model (run like any encoder, packed batches included) and its head."""
+    import copy
+
+    from transformers import AutoModelForMaskedLM
+
+    mlm = AutoModelForMaskedLM.from_pretrained(folder, **model_kwargs)
+    base = getattr(mlm, mlm.base_model_prefix, None)
+    head: torch.nn.Module | None = None
+    if hasattr(mlm, "cls"):  # BERT
+        head = mlm.cls
+    elif hasattr(mlm, "lm_head"):  # RoBERTa, XLM-RoBERTa
+        head = mlm.lm_head
+    elif hasattr(mlm, "vocab_projector"):  # DistilBERT
+        head = torch.nn.Sequential(
+            mlm.vocab_transform, mlm.activation, mlm.vocab_layer_norm, mlm.vocab_projector
+        )
+    elif hasattr(mlm, "head") and hasattr(mlm, "decoder"):  # ModernBERT
+        head = torch.nn.Sequential(mlm.head, mlm.decoder)
+    if base is None or head is None:
+        raise ModelLoadError(
+            f"{folder}: a SPLADE checkpoint of {type(mlm).__name__}, whose masked-LM head embedsvc does not "
+            "know (it knows BERT, RoBERTa/XLM-R, DistilBERT and ModernBERT heads)"
+        )
+    # the head's decoder shares its weight with the word embeddings: a copy of its own, so the head can
+    # run in float32 while the encoder stays in its dtype
+    return base, copy.deepcopy(head).float()
