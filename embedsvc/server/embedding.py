@@ -47,6 +47,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         served = self._model(request.model, "Embed")
         if request.encoding not in wire.ENCODING_VALUES:
             raise InvalidInputError(f"unknown encoding enum value {request.encoding}", field="encoding")
+        wire.multi_vector_encoding(request)  # a bad one fails before any work
         arrived = time.perf_counter()
         embedded = await served.embed(
             list(request.inputs), wire.embed_options(request), timeout=timeout, tenant=tenant
@@ -54,7 +55,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         self.metrics.queue_seconds.labels(served.name).observe(time.perf_counter() - arrived)
         self.metrics.inputs.labels(served.name).inc(len(embedded.token_counts))
         self.metrics.tokens.labels(served.name).inc(embedded.total_tokens)
-        return self._pack(request, served.name, embedded)
+        return self._with_outputs(request, served, self._pack(request, served.name, embedded), embedded)
 
     @staticmethod
     def _pack(request: pb.EmbedRequest, model: str, embedded: Embedded) -> pb.EmbedResponse:
@@ -65,6 +66,21 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
             token_counts=embedded.token_counts,
             encoding=request.encoding or pb.ENCODING_FLOAT32,
             total_tokens=embedded.total_tokens,
+        )
+
+    @staticmethod
+    def _with_outputs(
+        request: pb.EmbedRequest, served: ModelService, response: pb.EmbedResponse, embedded: Embedded
+    ) -> pb.EmbedResponse:
+        """The sparse and multi-vector outputs, when asked, added to the (dense) response."""
+        if embedded.sparse is None and embedded.multi_vectors is None:
+            return response
+        return wire.add_outputs(
+            response,
+            sparse=embedded.sparse,
+            sparse_dimension=served.facts.sparse_dimension if embedded.sparse is not None else 0,
+            multi_vectors=embedded.multi_vectors,
+            encoding=wire.multi_vector_encoding(request),
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:

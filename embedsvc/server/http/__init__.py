@@ -2,7 +2,8 @@
 
 * OpenAI (:mod:`.openai`): ``POST /v1/embeddings`` (also ``/embeddings``), ``GET /v1/models``.
 * Text Embeddings Inference (:mod:`.tei`): ``POST /embed``, ``POST /tokenize``, ``GET /info``,
-  ``GET /health``, with TEI's request and response shapes and status codes.
+  ``GET /health``, with TEI's request and response shapes and status codes; (:mod:`.tei_outputs`)
+  ``POST /embed_sparse`` and ``POST /embed_all`` for sparse and multi-vector models.
 * Shared plumbing (:mod:`.plumbing`): errors to statuses, API keys, body limits, deadlines
   (``X-Request-Timeout``), cancelling work whose client disconnected, metrics labelled by model.
 * Serving (:mod:`.serving`): uvicorn on the gRPC server's event loop, with an idle timeout and a
@@ -17,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from embedsvc.config import ServerConfig
-from embedsvc.server.http import openai, tei
+from embedsvc.server.http import openai, tei, tei_outputs
 from embedsvc.server.http.plumbing import Door
 from embedsvc.server.http.serving import serve_http
 from embedsvc.server.metrics import Metrics
@@ -31,5 +32,9 @@ class HttpFrontDoor:
         self.door = Door(registry, config, metrics)
 
     def app(self) -> Starlette:
-        routes: list[Route] = [*openai.routes(self.door), *tei.routes(self.door)]
+        routes: list[Route] = [
+            *openai.routes(self.door),
+            *tei.routes(self.door),
+            *tei_outputs.routes(self.door),
+        ]
         return Starlette(routes=routes)

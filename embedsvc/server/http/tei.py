@@ -5,12 +5,14 @@ as ``"false"`` is refused, never read as true."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 import embedsvc
-from embedsvc.engine.options import EmbedOptions
+from embedsvc.engine.options import Embedded, EmbedOptions
 from embedsvc.errors import InvalidInputError, TextTooLongError, UnavailableError
 from embedsvc.server.http.plumbing import Call, Door, boolean, json_response, optional_int, optional_str
 
@@ -39,7 +41,13 @@ def _model(call: Call, body: dict[str, object] | None = None) -> str | None:
 
 
 async def embed(request: Request, call: Call) -> Response:
-    body = await call.body()
+    embedded = await embed_texts(call, await call.body())
+    return json_response(list(embedded.vectors))
+
+
+async def embed_texts(call: Call, body: dict[str, Any], outputs: tuple[str, ...] = ("dense",)) -> Embedded:
+    """A TEI body's inputs embedded for ``outputs`` (/embed, /embed_sparse, /embed_all): its model,
+    prompt and truncation fields read once; normalize and dimensions only when dense is asked."""
     texts = _inputs(body.get("inputs"))
     served = call.served(_model(call, body))
     direction = body.get("truncation_direction") or "Right"
@@ -48,17 +56,18 @@ async def embed(request: Request, call: Call) -> Response:
             f"truncation_direction must be 'Right' or 'Left', got {direction!r}", field="truncation_direction"
         )
     truncate = boolean(body, "truncate", False)
+    dense = "dense" in outputs
     options = EmbedOptions(
         prompt_name=optional_str(body, "prompt_name"),
-        dimensions=optional_int(body, "dimensions"),
-        normalize=boolean(body, "normalize", True),
+        dimensions=optional_int(body, "dimensions") if dense else None,
+        normalize=boolean(body, "normalize", True) if dense else None,
         truncation=("end" if direction.lower() == "right" else "start") if truncate else "none",
+        outputs=outputs,
     )
     try:
-        embedded = await call.embed(served, texts, options)
+        return await call.embed(served, texts, options)
     except TextTooLongError as exc:  # name TEI's field, not the Python argument
         raise TextTooLongError(exc.index, exc.n_tokens, exc.limit, TRUNCATE_REMEDY) from None
-    return json_response(list(embedded.vectors))
 
 
 async def tokenize(request: Request, call: Call) -> Response:
@@ -102,6 +111,9 @@ async def info(request: Request, call: Call) -> Response:
             "prompts": facts.settings.prompts,
             "name": facts.name,
             "dimension": facts.dimension,
+            "outputs": list(facts.outputs),
+            "sparse_dimension": facts.sparse_dimension or None,
+            "multi_vector_dimension": facts.multi_vector_dimension or None,
         }
     )
 
