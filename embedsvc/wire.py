@@ -248,9 +248,14 @@ def embed_requests(
     items = list(texts)
     if not items:
         raise ValueError("texts must hold at least one string")
+    if outputs is not None and "multi_vector" in outputs:
+        parts = split_by_tokens(items, chunk, MULTI_VECTOR_REQUEST_TOKENS)
+    else:
+        parts = split(items, chunk)
+    starts = np.cumsum([0, *(len(p) for p in parts)])  # each request's id: its first text's position
     return [
-        pb.EmbedRequest(id=str(i * max(1, chunk)), inputs=part, model=model or "", **base)
-        for i, part in enumerate(split(items, chunk))
+        pb.EmbedRequest(id=str(start), inputs=part, model=model or "", **base)
+        for start, part in zip(starts.tolist(), parts, strict=False)
     ]
 
 
@@ -766,6 +771,27 @@ def multi_vector_encoding(request: pb.EmbedRequest) -> pb.Encoding:
             field="multi_vector_encoding",
         )
     return value
+
+
+# Texts per multi-vector request, by the server's own estimate (UTF-8 bytes / 3 + 2 tokens, uncapped
+# here, so never under the server's): 16 384 tokens x bge-m3's 1 024 floats is half the server's default
+# bound (max_multi_vector_values), so a client's requests fit it whatever the chunk size.
+MULTI_VECTOR_REQUEST_TOKENS = 16_384
+
+
+def split_by_tokens(items: Sequence[str], size: int, tokens: int) -> list[Sequence[str]]:
+    """``items`` in consecutive slices of at most ``size`` texts and about ``tokens`` estimated tokens
+    (a longer text goes alone)."""
+    parts: list[Sequence[str]] = []
+    start, total = 0, 0
+    for i, text in enumerate(items):
+        estimate = len(text.encode("utf-8", "surrogatepass")) // 3 + 2
+        if i > start and (i - start >= max(1, size) or total + estimate > tokens):
+            parts.append(items[start:i])
+            start, total = i, 0
+        total += estimate
+    parts.append(items[start:])
+    return parts
 
 
 def output_request_fields(outputs: Sequence[str] | None, multi_vector_encoding: str) -> dict[str, Any]:

@@ -191,3 +191,21 @@ def test_model_info_from_a_server_before_outputs_says_dense_only():
         multi_vector_dimension=0,
     )
     assert wire.plain_output_facts(info)["outputs"] == ("dense", "sparse")
+
+
+def test_multi_vector_requests_are_split_by_estimated_tokens():
+    """Multi-vector answers grow with tokens: the client's requests stay under the server's bound."""
+    texts = ["x" * 3000, "short", "y" * 60_000, *["z" * 30_000] * 3, "w"]  # ~1002, 3, 20002, 10002 x3, 2 tokens
+    requests = wire.embed_requests(texts, 256, model=None, outputs=["multi_vector"], **_DEFAULTS)
+    assert [list(r.inputs) for r in requests] == [texts[:2], [texts[2]], texts[3:4], texts[4:5], texts[5:]]
+    assert [r.id for r in requests] == ["0", "2", "3", "4", "5"]  # the position of each one's first text
+    by_count = wire.embed_requests(["a"] * 5, 2, model=None, outputs=["multi_vector", "dense"], **_DEFAULTS)
+    assert [len(r.inputs) for r in by_count] == [2, 2, 1]
+    dense_only = wire.embed_requests(texts, 256, model=None, outputs=["sparse"], **_DEFAULTS)
+    assert len(dense_only) == 1  # only multi-vector answers need the token split
+
+
+_DEFAULTS = dict(
+    input_type=None, prompt_name=None, instruction=None, dimensions=None, normalize=None,
+    truncation="end", chunked=False, encoding="float32",
+)  # fmt: skip
