@@ -744,7 +744,10 @@ OUTPUT_KINDS = {
 }
 OUTPUT_KIND_NAMES = {v: k for k, v in OUTPUT_KINDS.items()}
 MULTI_VECTOR_ENCODINGS = {"float32": pb.ENCODING_FLOAT32, "float16": pb.ENCODING_FLOAT16}
-_MULTI_VECTOR_DTYPES = {pb.ENCODING_FLOAT32: np.dtype("<f4"), pb.ENCODING_FLOAT16: np.dtype("<f2")}
+_MULTI_VECTOR_DTYPES: dict[int, np.dtype[Any]] = {
+    pb.ENCODING_FLOAT32: np.dtype("<f4"),
+    pb.ENCODING_FLOAT16: np.dtype("<f2"),
+}
 
 
 def request_outputs(request: pb.EmbedRequest) -> tuple[str, ...]:

@@ -6,12 +6,23 @@ other and to the engine in this process."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
+import grpc
+import httpx
 import numpy as np
 import pytest
 
 from embedsvc import wire
+from embedsvc.client import EmbedClient, EmbedServiceError
+from embedsvc.engine.options import EmbedOptions
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.v1 import embedding_pb2 as pb
+from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
+from tests import families
+from tests.server_utils import ServerProcess
 
 RNG = np.random.default_rng(25)
 
@@ -195,7 +206,13 @@ def test_model_info_from_a_server_before_outputs_says_dense_only():
 
 def test_multi_vector_requests_are_split_by_estimated_tokens():
     """Multi-vector answers grow with tokens: the client's requests stay under the server's bound."""
-    texts = ["x" * 3000, "short", "y" * 60_000, *["z" * 30_000] * 3, "w"]  # ~1002, 3, 20002, 10002 x3, 2 tokens
+    texts = [
+        "x" * 3000,
+        "short",
+        "y" * 60_000,
+        *["z" * 30_000] * 3,
+        "w",
+    ]  # ~1002, 3, 20002, 10002 x3, 2 tokens
     requests = wire.embed_requests(texts, 256, model=None, outputs=["multi_vector"], **_DEFAULTS)
     assert [list(r.inputs) for r in requests] == [texts[:2], [texts[2]], texts[3:4], texts[4:5], texts[5:]]
     assert [r.id for r in requests] == ["0", "2", "3", "4", "5"]  # the position of each one's first text
@@ -209,3 +226,200 @@ _DEFAULTS = dict(
     input_type=None, prompt_name=None, instruction=None, dimensions=None, normalize=None,
     truncation="end", chunked=False, encoding="float32",
 )  # fmt: skip
+
+
+# ------------------------------------------------- one real server: a bge-m3 layout and a dense model
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Children read books at school.", "a"]
+ALL = ("dense", "sparse", "multi_vector")
+MULTI_VECTOR_BOUND = 6000  # floats: a few short texts fit, a long one does not
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("outputs")
+    return {
+        "m3": _bge_m3_layout(folder / "m3"),
+        "dense": families.build_bert_layout(folder / "plain", pooling="mean"),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints, tmp_path_factory):
+    log = tmp_path_factory.mktemp("outputs-log") / "server.log"
+    with ServerProcess(
+        "--model", f"m3={checkpoints['m3']}", "--model", f"plain={checkpoints['dense']}",
+        "--max-multi-vector-values", str(MULTI_VECTOR_BOUND), log_path=log,
+    ) as s:  # fmt: skip
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with EmbedClient(server.target, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints):
+    """The engine in this process, with no door in between: what every door must hand back."""
+    from embedsvc.engine.embedder import Embedder
+    from embedsvc.engine.service import ModelService
+
+    service = ModelService.in_process(Embedder.from_pretrained(str(checkpoints["m3"])))
+    return service.embed_now(TEXTS, EmbedOptions(outputs=ALL))
+
+
+@pytest.fixture(scope="module")
+def answer(client):
+    return client.embed(TEXTS, model="m3", outputs=list(ALL))
+
+
+def _assert_same(got: wire.EmbedOutputs, expected, *, atol: float = 1e-5) -> None:
+    assert got.dense is not None and got.sparse is not None and got.multi_vectors is not None
+    np.testing.assert_allclose(got.dense, expected.vectors, atol=atol)
+    for vector, (ids, weights) in zip(got.sparse, expected.sparse, strict=True):
+        np.testing.assert_array_equal(vector.indices, ids)
+        np.testing.assert_allclose(vector.values, weights, atol=atol)
+    for matrix, want in zip(got.multi_vectors, expected.multi_vectors, strict=True):
+        np.testing.assert_allclose(matrix, want, atol=atol)
+    assert got.tokens == expected.token_counts
+
+
+def test_list_models_says_what_each_model_offers(client):
+    infos = {m.name: m for m in client.list_models()}
+    m3, plain = infos["m3"], infos["plain"]
+    assert m3.outputs == ALL and m3.sparse_dimension > 0 and m3.multi_vector_dimension == m3.dimension
+    assert plain.outputs == ("dense",) and plain.sparse_dimension == plain.multi_vector_dimension == 0
+
+
+def test_grpc_client_gets_every_output_as_the_engine_gives_it(answer, reference, client):
+    _assert_same(answer, reference)
+    info = {m.name: m for m in client.list_models()}["m3"]
+    assert all(v.dimension == info.sparse_dimension for v in answer.sparse)
+    assert all(m.shape[1] == info.multi_vector_dimension for m in answer.multi_vectors)
+    # dense asked with the others is the dense of a plain call
+    np.testing.assert_allclose(answer.dense, client.embed(TEXTS, model="m3"), atol=1e-5)
+    only = client.embed(TEXTS, model="m3", outputs=["sparse"])
+    assert only.dense is None and only.multi_vectors is None
+    for a, b in zip(only.sparse, answer.sparse, strict=True):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.values, b.values, atol=1e-5)
+    matrix = answer.sparse_matrix()
+    assert matrix.shape == (len(TEXTS), info.sparse_dimension)
+
+
+def test_an_old_client_gets_exactly_the_dense_response(server, client):
+    """No outputs field: the response holds what it held before the field, byte for byte."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        response = stub.Embed(pb.EmbedRequest(id="old", model="m3", inputs=TEXTS), timeout=60)
+    assert all(not e.HasField("sparse") and not e.HasField("multi_vector") for e in response.embeddings)
+    vectors = wire.embeddings(response)
+    rebuilt = wire.embed_response(
+        request_id="old",
+        model="m3",
+        vectors=vectors,
+        token_counts=[e.tokens for e in response.embeddings],
+        encoding=pb.ENCODING_FLOAT32,
+        total_tokens=response.usage.total_tokens,
+    )
+    assert response.SerializeToString() == rebuilt.SerializeToString()
+    np.testing.assert_allclose(vectors, client.embed(TEXTS, model="m3"), atol=1e-6)
+
+
+def test_float16_multi_vectors_are_the_float32_ones_rounded(client, answer):
+    half = client.embed(TEXTS, model="m3", outputs=["multi_vector"], multi_vector_encoding="float16")
+    for got, full in zip(half.multi_vectors, answer.multi_vectors, strict=True):
+        np.testing.assert_allclose(got, full.astype(np.float16).astype(np.float32), atol=2e-3)
+
+
+def test_embed_stream_carries_outputs(server, answer):
+    requests = [
+        pb.EmbedRequest(
+            id="a", model="m3", inputs=TEXTS, outputs=[pb.OUTPUT_KIND_SPARSE, pb.OUTPUT_KIND_MULTI_VECTOR]
+        ),
+        pb.EmbedRequest(id="b", model="m3", inputs=TEXTS),
+    ]
+    with grpc.insecure_channel(server.target) as channel:
+        replies = {
+            r.id: r for r in pb_grpc.EmbeddingServiceStub(channel).EmbedStream(iter(requests), timeout=60)
+        }
+    got = wire.embed_outputs(replies["a"].response, ("sparse", "multi_vector"))
+    for a, b in zip(got.sparse, answer.sparse, strict=True):
+        np.testing.assert_array_equal(a.indices, b.indices)
+    for a, b in zip(got.multi_vectors, answer.multi_vectors, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    plain = replies["b"].response
+    assert plain.dimensions == answer.dense.shape[1] and not plain.embeddings[0].HasField("sparse")
+
+
+def test_tei_embed_sparse_and_embed_all(server, answer):
+    url = server.http_url()
+    sparse = httpx.post(url + "/embed_sparse", json={"inputs": TEXTS, "model": "m3"}, timeout=60)
+    assert sparse.status_code == 200, sparse.text
+    for entries, vector in zip(sparse.json(), answer.sparse, strict=True):
+        assert [e["index"] for e in entries] == vector.indices.tolist()
+        np.testing.assert_allclose([e["value"] for e in entries], vector.values, atol=1e-5)
+    single = httpx.post(url + "/embed_all?model=m3", json={"inputs": TEXTS[1]}, timeout=60)
+    assert single.status_code == 200, single.text
+    (tokens,) = single.json()
+    np.testing.assert_allclose(np.array(tokens, dtype=np.float32), answer.multi_vectors[1], atol=1e-5)
+    info = httpx.get(url + "/info?model=m3", timeout=10).json()
+    assert info["outputs"] == list(ALL) and info["sparse_dimension"] == answer.sparse[0].dimension
+
+
+def test_cli_writes_json_lines_with_the_outputs(server, answer, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "embedsvc", "embed", "--target", server.target, "--model", "m3",
+         "--outputs", "dense,sparse,multi_vector", "--multi-vector-encoding", "float16", *TEXTS],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["id"] for line in lines] == [0, 1, 2] and [line["text"] for line in lines] == TEXTS
+    for line, dense, vector, matrix in zip(
+        lines, answer.dense, answer.sparse, answer.multi_vectors, strict=True
+    ):
+        np.testing.assert_allclose(line["embedding"], dense, atol=1e-5)
+        assert line["sparse"]["indices"] == vector.indices.tolist()
+        assert line["sparse"]["dimension"] == vector.dimension
+        np.testing.assert_allclose(line["sparse"]["values"], vector.values, atol=1e-5)
+        np.testing.assert_allclose(line["multi_vector"], matrix, atol=2e-3)
+    npy = subprocess.run(
+        [sys.executable, "-m", "embedsvc", "embed", "--target", server.target, "--model", "m3",
+         "--outputs", "sparse", "--output", str(tmp_path / "x.npy"), "a"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert npy.returncode != 0 and "npy holds dense vectors only" in npy.stderr
+
+
+def test_what_a_model_lacks_and_what_is_too_big_are_clear_errors(server, client):
+    with pytest.raises(EmbedServiceError) as caught:
+        client.embed(["x"], model="plain", outputs=["sparse"])
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "dense" in caught.value.details
+    long_text = "many words here " * 200  # ~1 000 estimated tokens x the width: over the bound
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raw:
+            stub.Embed(
+                pb.EmbedRequest(model="m3", inputs=[long_text], outputs=[pb.OUTPUT_KIND_MULTI_VECTOR]),
+                timeout=60,
+            )
+        assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_multi_vector_values" in raw.value.details()
+        with pytest.raises(grpc.RpcError) as raw:
+            stub.Embed(pb.EmbedRequest(model="m3", inputs=["x"], outputs=[pb.OUTPUT_KIND_MULTI_VECTOR],
+                                       multi_vector_encoding=pb.ENCODING_INT8), timeout=60)  # fmt: skip
+        assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "multi_vector_encoding" in raw.value.details()
+        with pytest.raises(grpc.RpcError) as raw:
+            stub.Embed(pb.EmbedRequest(model="m3", inputs=["x"], outputs=[7]), timeout=60)
+        assert "outputs[0] is 7" in raw.value.details()
+    url = server.http_url()
+    lacking = httpx.post(url + "/embed_sparse", json={"inputs": ["x"], "model": "plain"}, timeout=60)
+    assert lacking.status_code == 413 and lacking.json()["error_type"] == "Validation"
+    too_big = httpx.post(
+        url + "/embed_all", json={"inputs": [long_text], "model": "m3", "truncate": True}, timeout=60
+    )
+    assert too_big.status_code == 413 and "max_multi_vector_values" in too_big.json()["error"]
