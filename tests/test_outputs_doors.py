@@ -235,6 +235,17 @@ ALL = ("dense", "sparse", "multi_vector")
 MULTI_VECTOR_BOUND = 6000  # floats: a few short texts fit, a long one does not
 
 
+def _bge_m3_layout(folder):
+    """bge-m3's hub layout: XLM-RoBERTa + sentence-transformers files (CLS, Normalize) + the two heads."""
+    import torch
+
+    families.build_xlmr_layout(folder, pooling="cls", seed=31)
+    torch.manual_seed(32)
+    torch.save(torch.nn.Linear(64, 1).state_dict(), folder / "sparse_linear.pt")
+    torch.save(torch.nn.Linear(64, 64).state_dict(), folder / "colbert_linear.pt")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("outputs")
