@@ -21,7 +21,7 @@ from embedsvc.engine.options import EmbedOptions
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
-from tests import families
+from tests import families, tiny_models
 from tests.server_utils import ServerProcess
 
 RNG = np.random.default_rng(25)
@@ -235,22 +235,11 @@ ALL = ("dense", "sparse", "multi_vector")
 MULTI_VECTOR_BOUND = 6000  # floats: a few short texts fit, a long one does not
 
 
-def _bge_m3_layout(folder):
-    """bge-m3's hub layout: XLM-RoBERTa + sentence-transformers files (CLS, Normalize) + the two heads."""
-    import torch
-
-    families.build_xlmr_layout(folder, pooling="cls", seed=31)
-    torch.manual_seed(32)
-    torch.save(torch.nn.Linear(64, 1).state_dict(), folder / "sparse_linear.pt")
-    torch.save(torch.nn.Linear(64, 64).state_dict(), folder / "colbert_linear.pt")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("outputs")
     return {
-        "m3": _bge_m3_layout(folder / "m3"),
+        "m3": tiny_models.build_bge_m3(folder / "m3"),
         "dense": families.build_bert_layout(folder / "plain", pooling="mean"),
     }
 

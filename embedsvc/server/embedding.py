@@ -78,7 +78,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         return wire.add_outputs(
             response,
             sparse=embedded.sparse,
-            sparse_dimension=served.facts.sparse_dimension if embedded.sparse is not None else 0,
+            sparse_dimension=(served.facts.sparse_dimension or 0) if embedded.sparse is not None else 0,
             multi_vectors=embedded.multi_vectors,
             encoding=wire.multi_vector_encoding(request),
         )

@@ -24,9 +24,10 @@ def routes(door: Door) -> list[Route]:
 async def embed_sparse(request: Request, call: Call) -> Response:
     embedded = await embed_texts(call, await call.body(), ("sparse",))
     assert embedded.sparse is not None  # asked: the facade gives it or refuses
+    # the weights stay numpy float32 scalars: orjson writes their shortest float32 form, as TEI does
     return json_response(
         [
-            [{"index": i, "value": v} for i, v in zip(ids.tolist(), weights.tolist(), strict=True)]
+            [{"index": i, "value": v} for i, v in zip(ids.tolist(), weights, strict=True)]
             for ids, weights in embedded.sparse
         ]
     )
