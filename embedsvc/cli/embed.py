@@ -210,7 +210,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--format npy writes binary: pass --output FILE.npy or redirect stdout", USAGE)
     if args.dimensions is not None and args.dimensions < 1:
         raise CommandError("--dimensions must be at least 1", USAGE)
-    if out_format == "npy" and args.outputs and args.outputs != ("dense",):
+    # dense alone (the default, or --outputs dense) is today's call and today's output, npy included
+    beyond_dense = args.outputs is not None and args.outputs != ("dense",)
+    if out_format == "npy" and beyond_dense:
         raise CommandError(
             "--format npy holds dense vectors only: write sparse and multi_vector as jsonl", USAGE
         )
@@ -230,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 encoding=args.encoding,
                 **(
                     {"outputs": args.outputs, "multi_vector_encoding": args.multi_vector_encoding}
-                    if args.outputs
+                    if beyond_dense
                     else {}
                 ),
             )

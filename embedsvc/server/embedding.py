@@ -27,6 +27,9 @@ log = logging.getLogger("embedsvc.rpc")
 
 STREAM_WINDOW = 32  # requests of one stream processed concurrently (and responses held unread)
 STREAM_BACKOFF_S = 1.0  # a stream whose request was refused for overload reads nothing for this long
+# multi-vector floats above which a response's outputs are copied into it on a thread, not the event loop
+# (100 MB of them took 150 ms here)
+OFF_LOOP_OUTPUT_VALUES = 1 << 20
 
 
 class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
@@ -55,7 +58,12 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         self.metrics.queue_seconds.labels(served.name).observe(time.perf_counter() - arrived)
         self.metrics.inputs.labels(served.name).inc(len(embedded.token_counts))
         self.metrics.tokens.labels(served.name).inc(embedded.total_tokens)
-        return self._with_outputs(request, served, self._pack(request, served.name, embedded), embedded)
+        response = self._pack(request, served.name, embedded)
+        if embedded.sparse is None and embedded.multi_vectors is None:
+            return response
+        if sum(m.size for m in embedded.multi_vectors or ()) > OFF_LOOP_OUTPUT_VALUES:
+            return await asyncio.to_thread(self._with_outputs, request, served, response, embedded)
+        return self._with_outputs(request, served, response, embedded)
 
     @staticmethod
     def _pack(request: pb.EmbedRequest, model: str, embedded: Embedded) -> pb.EmbedResponse:
@@ -72,9 +80,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
     def _with_outputs(
         request: pb.EmbedRequest, served: ModelService, response: pb.EmbedResponse, embedded: Embedded
     ) -> pb.EmbedResponse:
-        """The sparse and multi-vector outputs, when asked, added to the (dense) response."""
-        if embedded.sparse is None and embedded.multi_vectors is None:
-            return response
+        """The sparse and multi-vector outputs added to the (dense) response."""
         return wire.add_outputs(
             response,
             sparse=embedded.sparse,
