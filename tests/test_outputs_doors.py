@@ -19,6 +19,7 @@ from embedsvc import wire
 from embedsvc.client import EmbedClient, EmbedServiceError
 from embedsvc.engine.options import EmbedOptions
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
+from embedsvc.server import embedding as embedding_servicer
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 from tests import families, tiny_models
@@ -232,7 +233,8 @@ _DEFAULTS = dict(
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Children read books at school.", "a"]
 ALL = ("dense", "sparse", "multi_vector")
-MULTI_VECTOR_BOUND = 6000  # floats: a few short texts fit, a long one does not
+# floats: over the server's 1 M floats filled off the event loop, under 64 texts of 512 tokens x 64 wide
+MULTI_VECTOR_BOUND = 2_000_000
 
 
 @pytest.fixture(scope="module")
@@ -398,12 +400,12 @@ def test_what_a_model_lacks_and_what_is_too_big_are_clear_errors(server, client)
     with pytest.raises(EmbedServiceError) as caught:
         client.embed(["x"], model="plain", outputs=["sparse"])
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "dense" in caught.value.details
-    long_text = "many words here " * 200  # ~1 000 estimated tokens x the width: over the bound
+    long_text = "many words here " * 200  # ~1 000 estimated tokens: the model's 512 x the width, 70 times
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raw:
             stub.Embed(
-                pb.EmbedRequest(model="m3", inputs=[long_text], outputs=[pb.OUTPUT_KIND_MULTI_VECTOR]),
+                pb.EmbedRequest(model="m3", inputs=[long_text] * 70, outputs=[pb.OUTPUT_KIND_MULTI_VECTOR]),
                 timeout=60,
             )
         assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -420,6 +422,25 @@ def test_what_a_model_lacks_and_what_is_too_big_are_clear_errors(server, client)
     lacking = httpx.post(url + "/embed_sparse", json={"inputs": ["x"], "model": "plain"}, timeout=60)
     assert lacking.status_code == 413 and lacking.json()["error_type"] == "Validation"
     too_big = httpx.post(
-        url + "/embed_all", json={"inputs": [long_text], "model": "m3", "truncate": True}, timeout=60
+        url + "/embed_all", json={"inputs": [long_text] * 70, "model": "m3", "truncate": True}, timeout=60
     )
     assert too_big.status_code == 413 and "max_multi_vector_values" in too_big.json()["error"]
+
+
+def test_a_big_multi_vector_answer_is_the_same_filled_off_the_event_loop(server, client):
+    """Over 1 M floats the servicer fills the response on a thread: same answer as small requests."""
+    texts = [f"{i} " + "the quick brown fox jumps over the lazy dog " * 26 for i in range(64)]
+    receive = [("grpc.max_receive_message_length", 64 << 20)]  # gRPC's default 4 MiB is too small
+    with grpc.insecure_channel(server.target, options=receive) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        request = pb.EmbedRequest(model="m3", inputs=texts, outputs=[pb.OUTPUT_KIND_MULTI_VECTOR])
+        big = wire.embed_outputs(stub.Embed(request, timeout=120), ("multi_vector",))
+    assert big.multi_vectors is not None
+    assert sum(m.size for m in big.multi_vectors) > embedding_servicer.OFF_LOOP_OUTPUT_VALUES
+    client.chunk_size = 8  # the same texts in small requests, each filled on the event loop
+    try:
+        small = client.embed(texts, model="m3", outputs=["multi_vector"])
+    finally:
+        client.chunk_size = 256
+    for a, b in zip(big.multi_vectors, small.multi_vectors, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
