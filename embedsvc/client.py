@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 import grpc
 import grpc.aio
@@ -35,6 +35,7 @@ from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 from embedsvc.v1 import index_pb2_grpc as ipb_grpc
 from embedsvc.wire import (
     Classification,
+    EmbedOutputs,
     Hit,
     IdPage,
     IndexInfo,
@@ -43,12 +44,14 @@ from embedsvc.wire import (
     Rerank,
     RerankResult,
     SearchOptions,
+    SparseVector,
 )
 
 __all__ = [
     "AsyncEmbedClient",
     "Classification",
     "EmbedClient",
+    "EmbedOutputs",
     "EmbedServiceError",
     "Hit",
     "IndexInfo",
@@ -56,6 +59,7 @@ __all__ = [
     "Reembedded",
     "Rerank",
     "RerankResult",
+    "SparseVector",
 ]
 
 DEFAULT_CHUNK = 256  # items per request the client sends (embed texts, upsert items, get/delete ids)
@@ -370,6 +374,7 @@ class AsyncEmbedClient:
             token = page.next_page_token
 
     # ------------------------------------------------------------ embedding
+    @overload
     async def embed(
         self,
         texts: Sequence[str],
@@ -384,7 +389,50 @@ class AsyncEmbedClient:
         encoding: str = "float32",
         chunked: bool = False,
         timeout: float | None = None,
-    ) -> np.ndarray:
+        outputs: None = None,
+        multi_vector_encoding: str = "float32",
+    ) -> np.ndarray: ...
+
+    @overload
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        truncation: str = "end",
+        encoding: str = "float32",
+        chunked: bool = False,
+        timeout: float | None = None,
+        outputs: Sequence[str],
+        multi_vector_encoding: str = "float32",
+    ) -> EmbedOutputs: ...
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        input_type: str | None = None,
+        prompt_name: str | None = None,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        truncation: str = "end",
+        encoding: str = "float32",
+        chunked: bool = False,
+        timeout: float | None = None,
+        outputs: Sequence[str] | None = None,
+        multi_vector_encoding: str = "float32",
+    ) -> np.ndarray | EmbedOutputs:
+        """float32 ``[inputs, dimensions]``; with ``outputs`` (any of "dense", "sparse", "multi_vector")
+        an :class:`EmbedOutputs` holding each kind asked, from one forward pass. ``encoding`` is the
+        dense vectors' wire encoding, ``multi_vector_encoding`` ("float32" | "float16") the
+        multi-vectors'; both are decoded to float32."""
         requests = wire.embed_requests(
             texts,
             self.chunk_size,
@@ -397,11 +445,14 @@ class AsyncEmbedClient:
             truncation=truncation,
             encoding=encoding,
             chunked=chunked,
+            outputs=outputs,
+            multi_vector_encoding=multi_vector_encoding,
         )
         replies = await self._each(self._stub.Embed, requests, timeout=timeout)
-        vectors = np.concatenate([wire.embeddings(r) for r in replies])
         self.last_fingerprint = wire.fingerprint(replies)
-        return vectors
+        if outputs is not None:
+            return EmbedOutputs.joined([wire.embed_outputs(r, outputs) for r in replies])
+        return np.concatenate([wire.embeddings(r) for r in replies])
 
     async def tokenize(
         self,

@@ -83,6 +83,8 @@ class ServerConfig:
     http_idle_timeout_s: float = 10.0
     max_http_connections: int | None = None
     max_filter_leaves: int = 16_384  # conditions + listed values in one search filter
+    # a request's multi-vector floats (estimated tokens x width), refused before any work beyond it
+    max_multi_vector_values: int = 32 * 1024 * 1024
     batch_wait_ms: float = 2.0
     grace_period_s: float = 10.0
     tokenizer_threads: int = 2
@@ -125,6 +127,7 @@ class ServerConfig:
             "max_queue_tokens",
             "max_streams",
             "max_filter_leaves",
+            "max_multi_vector_values",
         ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1", field=name)

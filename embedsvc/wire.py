@@ -17,7 +17,7 @@ import numpy as np
 
 from embedsvc import codecs
 from embedsvc.engine.options import EmbedOptions, ModelFacts, ScoreOptions
-from embedsvc.errors import FailedPreconditionError, InvalidInputError
+from embedsvc.errors import FailedPreconditionError, InvalidInputError, MissingExtraError
 from embedsvc.index.filters import MAX_DEPTH as MAX_FILTER_DEPTH
 from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range, parse_filter
 from embedsvc.v1 import embedding_pb2 as pb
@@ -77,7 +77,10 @@ def embed_options(request: Any) -> EmbedOptions:
         return getattr(request, name) if request.HasField(name) else None
 
     fields = {f.name for f in request.DESCRIPTOR.fields}
+    # an empty outputs list (every request before the field) keeps EmbedOptions' default: dense only
+    outputs = {"outputs": request_outputs(request)} if "outputs" in fields and request.outputs else {}
     return EmbedOptions(
+        **outputs,
         input_type=lookup(_INPUT_TYPE_NAMES, request.input_type, "input_type"),
         prompt_name=optional("prompt_name"),
         instruction=optional("instruction"),
@@ -145,6 +148,9 @@ class ModelInfo:
     task: str = "embed"  # "embed" | "rerank" | "classify"
     labels: tuple[str, ...] = ()  # a classifier's labels, in output order
     scoring: dict[str, str] = field(default_factory=dict)  # rerank/classify: how scores are made
+    outputs: tuple[str, ...] = ("dense",)  # what ``embed(outputs=...)`` may ask of this model
+    sparse_dimension: int = 0  # vocabulary size of its sparse output (0: none)
+    multi_vector_dimension: int = 0  # width of its per-token vectors (0: none)
 
 
 def model_info(facts: ModelFacts) -> pb.ModelInfo:
@@ -180,6 +186,7 @@ def model_info(facts: ModelFacts) -> pb.ModelInfo:
         task=facts.task,
         labels=list(facts.labels),
         scoring={k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in scoring},
+        **output_facts(facts),
     )
 
 
@@ -212,6 +219,7 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             task=m.task or "embed",  # servers before rerankers leave it empty
             labels=tuple(m.labels),
             scoring=dict(m.scoring),
+            **plain_output_facts(m),
         )
         for m in response.models
     ]
@@ -255,18 +263,30 @@ def split(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 
 def embed_requests(
-    texts: Sequence[str], chunk: int, *, model: str | None, **options: Any
+    texts: Sequence[str],
+    chunk: int,
+    *,
+    model: str | None,
+    outputs: Sequence[str] | None = None,
+    multi_vector_encoding: str = "float32",
+    **options: Any,
 ) -> list[pb.EmbedRequest]:
-    """EmbedRequests of at most ``chunk`` texts; ``options`` are :func:`embed_request_fields`'s."""
+    """EmbedRequests of at most ``chunk`` texts; ``options`` are :func:`embed_request_fields`'s,
+    ``outputs`` and ``multi_vector_encoding`` :func:`output_request_fields`'."""
     if isinstance(texts, str):
         raise ValueError("texts must be a list of strings, not a single string")
-    base = embed_request_fields(**options)
+    base = {**embed_request_fields(**options), **output_request_fields(outputs, multi_vector_encoding)}
     items = list(texts)
     if not items:
         raise ValueError("texts must hold at least one string")
+    if outputs is not None and "multi_vector" in outputs:
+        parts = split_by_tokens(items, chunk, MULTI_VECTOR_REQUEST_TOKENS)
+    else:
+        parts = split(items, chunk)
+    starts = np.cumsum([0, *(len(p) for p in parts)])  # each request's id: its first text's position
     return [
-        pb.EmbedRequest(id=str(i * max(1, chunk)), inputs=part, model=model or "", **base)
-        for i, part in enumerate(split(items, chunk))
+        pb.EmbedRequest(id=str(start), inputs=part, model=model or "", **base)
+        for start, part in zip(starts.tolist(), parts, strict=False)
     ]
 
 
@@ -1010,11 +1030,15 @@ def embed_response(
         usage=pb.Usage(total_tokens=total_tokens, inputs=len(token_counts)),
         fingerprint=fingerprint,
     )
+    add = response.embeddings.add
+    if not vectors.shape[1]:  # dense was not asked: each embedding carries its token count only
+        for n_tokens in token_counts:
+            add(tokens=n_tokens)
+        return response
     if encoding == pb.ENCODING_FLOAT32:
         if len(token_counts):
             response.MergeFromString(pack_float32_embeddings(vectors, token_counts))
         return response
-    add = response.embeddings.add
     for vector, n_tokens in zip(vectors, token_counts, strict=True):
         if encoding == pb.ENCODING_FLOAT16:
             add(data=codecs.encode_float16(vector), tokens=n_tokens)
@@ -1286,3 +1310,230 @@ def classification(replies: Sequence[pb.ClassifyResponse]) -> Classification:
                 row[column[item.label]] = item.score
             rows.append(row)
     return Classification(labels, np.stack(rows) if rows else np.zeros((0, len(labels)), dtype=np.float32))
+
+
+# ------------------------------------------------------- outputs: sparse and multi-vector
+OUTPUT_KINDS = {
+    "dense": pb.OUTPUT_KIND_DENSE,
+    "sparse": pb.OUTPUT_KIND_SPARSE,
+    "multi_vector": pb.OUTPUT_KIND_MULTI_VECTOR,
+}
+OUTPUT_KIND_NAMES = {v: k for k, v in OUTPUT_KINDS.items()}
+MULTI_VECTOR_ENCODINGS = {"float32": pb.ENCODING_FLOAT32, "float16": pb.ENCODING_FLOAT16}
+_MULTI_VECTOR_DTYPES: dict[int, np.dtype[Any]] = {
+    pb.ENCODING_FLOAT32: np.dtype("<f4"),
+    pb.ENCODING_FLOAT16: np.dtype("<f2"),
+}
+
+
+def request_outputs(request: pb.EmbedRequest) -> tuple[str, ...]:
+    """The output kinds an EmbedRequest names, as EmbedOptions spells them (what the model offers is
+    the facade's to check); a number that is no kind is InvalidInputError."""
+    names = []
+    for i, kind in enumerate(request.outputs):
+        if kind not in OUTPUT_KIND_NAMES:
+            raise InvalidInputError(
+                f"outputs[{i}] is {kind}, not an output kind: use OUTPUT_KIND_DENSE, OUTPUT_KIND_SPARSE "
+                "or OUTPUT_KIND_MULTI_VECTOR",
+                field="outputs",
+            )
+        names.append(OUTPUT_KIND_NAMES[kind])
+    return tuple(names)
+
+
+def multi_vector_encoding(request: pb.EmbedRequest) -> pb.Encoding:
+    """The encoding an EmbedRequest asks for its multi-vectors: float32 (unspecified) or float16."""
+    value = request.multi_vector_encoding or pb.ENCODING_FLOAT32
+    if value not in _MULTI_VECTOR_DTYPES:
+        raise InvalidInputError(
+            f"multi_vector_encoding {value} is not served: use ENCODING_FLOAT32 or ENCODING_FLOAT16",
+            field="multi_vector_encoding",
+        )
+    return value
+
+
+# Texts per multi-vector request, by the server's own estimate (UTF-8 bytes / 3 + 2 tokens, uncapped
+# here, so never under the server's): 16 384 tokens x bge-m3's 1 024 floats is half the server's default
+# bound (max_multi_vector_values), so a client's requests fit it whatever the chunk size.
+MULTI_VECTOR_REQUEST_TOKENS = 16_384
+
+
+def split_by_tokens(items: Sequence[str], size: int, tokens: int) -> list[Sequence[str]]:
+    """``items`` in consecutive slices of at most ``size`` texts and about ``tokens`` estimated tokens
+    (a longer text goes alone)."""
+    parts: list[Sequence[str]] = []
+    start, total = 0, 0
+    for i, text in enumerate(items):
+        estimate = len(text.encode("utf-8", "surrogatepass")) // 3 + 2
+        if i > start and (i - start >= max(1, size) or total + estimate > tokens):
+            parts.append(items[start:i])
+            start, total = i, 0
+        total += estimate
+    parts.append(items[start:])
+    return parts
+
+
+def output_request_fields(outputs: Sequence[str] | None, multi_vector_encoding: str) -> dict[str, Any]:
+    """EmbedRequest fields for the clients' ``outputs`` (None: the field stays unset, and any server
+    answers dense as before) and ``multi_vector_encoding``."""
+    fields: dict[str, Any] = {}
+    if outputs is not None:
+        if isinstance(outputs, str):
+            raise ValueError(f"outputs is a list of kinds, such as [{outputs!r}], not a single string")
+        if not outputs:
+            raise ValueError("outputs must name at least one of dense, sparse, multi_vector (or be None)")
+        fields["outputs"] = [lookup(OUTPUT_KINDS, name, "outputs") for name in outputs]
+    encoding = lookup(MULTI_VECTOR_ENCODINGS, multi_vector_encoding, "multi_vector_encoding")
+    if encoding != pb.ENCODING_FLOAT32:
+        fields["multi_vector_encoding"] = encoding
+    return fields
+
+
+def add_outputs(
+    response: pb.EmbedResponse,
+    *,
+    sparse: Sequence[tuple[np.ndarray, np.ndarray]] | None,
+    sparse_dimension: int,
+    multi_vectors: Sequence[np.ndarray] | None,
+    encoding: pb.Encoding,
+) -> pb.EmbedResponse:
+    """The sparse vectors (token ids, weights) and multi-vectors (float32 [tokens, dim]) of each input
+    into ``response.embeddings`` (already one per input): each message is set even when empty, so a
+    client tells an answer from a server that ignored the field."""
+    items = response.embeddings
+    if sparse is not None:
+        for item, (ids, weights) in zip(items, sparse, strict=True):
+            item.sparse.SetInParent()
+            item.sparse.indices.extend(np.asarray(ids, dtype=np.uint32).tolist())
+            item.sparse.values.extend(np.asarray(weights, dtype=np.float32).tolist())
+            item.sparse.dimension = sparse_dimension
+    if multi_vectors is not None:
+        dtype = _MULTI_VECTOR_DTYPES[encoding]
+        for item, matrix in zip(items, multi_vectors, strict=True):
+            rows, dims = matrix.shape
+            item.multi_vector.SetInParent()
+            item.multi_vector.rows = rows
+            item.multi_vector.dimensions = dims
+            item.multi_vector.encoding = encoding
+            item.multi_vector.data = np.ascontiguousarray(matrix, dtype=dtype).tobytes()
+    return response
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """One input's sparse output: the weights of the vocabulary ids it lights up."""
+
+    indices: np.ndarray  # int32 token ids, ascending
+    values: np.ndarray  # float32 weights, one per id
+    dimension: int  # vocabulary size: every index is below it
+
+    def as_dict(self) -> dict[int, float]:
+        """``{token id: weight}``."""
+        return dict(zip(self.indices.tolist(), self.values.tolist(), strict=True))
+
+
+@dataclass(frozen=True)
+class EmbedOutputs:
+    """What ``embed(texts, outputs=[...])`` returns: each kind asked, in input order (None if not asked)."""
+
+    dense: np.ndarray | None  # float32 [inputs, dimensions]
+    sparse: list[SparseVector] | None
+    multi_vectors: list[np.ndarray] | None  # per input float32 [tokens, dimensions]
+    tokens: list[int]  # per input, as the model saw it
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def sparse_matrix(self) -> Any:
+        """The sparse outputs as one ``scipy.sparse.csr_array`` [inputs, vocabulary size]."""
+        if self.sparse is None:
+            raise ValueError("no sparse output here: ask for it with outputs=[..., 'sparse']")
+        try:
+            from scipy import sparse as scipy_sparse
+        except ImportError as exc:
+            raise MissingExtraError("sparse_matrix needs scipy: pip install scipy") from exc
+        lengths = np.array([len(v.indices) for v in self.sparse], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        empty_i, empty_v = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        indices = np.concatenate([empty_i, *(v.indices for v in self.sparse)])
+        values = np.concatenate([empty_v, *(v.values for v in self.sparse)])
+        width = max((v.dimension for v in self.sparse), default=0)
+        return scipy_sparse.csr_array((values, indices, indptr), shape=(len(self.sparse), width))
+
+    @staticmethod
+    def joined(parts: Sequence[EmbedOutputs]) -> EmbedOutputs:
+        """One result of several requests' results, in order."""
+
+        def each(name: str) -> Any:
+            lists = [getattr(p, name) for p in parts]
+            return None if not lists or lists[0] is None else [x for part in lists for x in part]
+
+        dense = [p.dense for p in parts if p.dense is not None]
+        return EmbedOutputs(
+            dense=np.concatenate(dense) if dense else None,
+            sparse=each("sparse"),
+            multi_vectors=each("multi_vectors"),
+            tokens=[n for p in parts for n in p.tokens],
+        )
+
+
+def embed_outputs(response: pb.EmbedResponse, outputs: Sequence[str]) -> EmbedOutputs:
+    """An EmbedResponse's outputs as plain arrays (bytes read by numpy); asked kinds the response lacks
+    mean the server predates them: FailedPreconditionError, not a silent dense answer."""
+    items = response.embeddings
+    for kind in ("sparse", "multi_vector"):
+        if kind in outputs and any(not item.HasField(kind) for item in items):  # type: ignore[arg-type]
+            raise FailedPreconditionError(
+                f"the server answered without the {kind} output: it predates output kinds "
+                "(EmbedRequest.outputs); upgrade it"
+            )
+    sparse = None
+    if "sparse" in outputs:
+        sparse = [
+            SparseVector(
+                np.asarray(item.sparse.indices, dtype=np.int32),
+                np.asarray(item.sparse.values, dtype=np.float32),
+                item.sparse.dimension,
+            )
+            for item in items
+        ]
+    multi = (
+        [_multi_vector(item.multi_vector, i) for i, item in enumerate(items)]
+        if "multi_vector" in outputs
+        else None
+    )
+    return EmbedOutputs(
+        dense=embeddings(response) if "dense" in outputs else None,
+        sparse=sparse,
+        multi_vectors=multi,
+        tokens=[item.tokens for item in items],
+    )
+
+
+def _multi_vector(message: pb.MultiVector, i: int) -> np.ndarray:
+    dtype = _MULTI_VECTOR_DTYPES.get(message.encoding or pb.ENCODING_FLOAT32)
+    if dtype is None:
+        raise ValueError(f"multi-vector {i} has encoding {message.encoding}, which this client cannot read")
+    shape = (message.rows, message.dimensions)
+    if len(message.data) != shape[0] * shape[1] * dtype.itemsize:
+        raise ValueError(f"multi-vector {i} holds {len(message.data)} bytes, not the {shape} it says")
+    return np.frombuffer(message.data, dtype=dtype).reshape(shape).astype(np.float32)
+
+
+def output_facts(facts: ModelFacts) -> dict[str, Any]:
+    """ModelInfo fields saying which outputs a served model offers, and their widths."""
+    return {
+        "outputs": [OUTPUT_KINDS[name] for name in facts.outputs],
+        "sparse_dimension": facts.sparse_dimension or 0,
+        "multi_vector_dimension": facts.multi_vector_dimension or 0,
+    }
+
+
+def plain_output_facts(message: pb.ModelInfo) -> dict[str, Any]:
+    """:class:`ModelInfo`'s output fields; a server before them offers dense only."""
+    names = tuple(OUTPUT_KIND_NAMES[k] for k in message.outputs if k in OUTPUT_KIND_NAMES)
+    return {
+        "outputs": names or ("dense",),
+        "sparse_dimension": message.sparse_dimension,
+        "multi_vector_dimension": message.multi_vector_dimension,
+    }

@@ -16,7 +16,7 @@ import numpy as np
 from embedsvc.cli.failures import USAGE, CommandError
 from embedsvc.cli.output import vector_json
 from embedsvc.cli.remote import open_client
-from embedsvc.wire import ENCODINGS, TRUNCATIONS
+from embedsvc.wire import ENCODINGS, MULTI_VECTOR_ENCODINGS, TRUNCATIONS, EmbedOutputs
 
 SLICE = 4096  # texts per round trip of this command; the client splits them further into requests
 
@@ -32,6 +32,10 @@ output (stdout or --output FILE):
   npy    one float32 array [inputs, dimensions] (numpy.load); the default for --output *.npy
   --encoding picks what travels over the wire (float16/int8/binary are smaller); the output
   holds the decoded values.
+  --outputs dense,sparse,multi_vector (any of them, for models that offer them: see `embedsvc
+  models --json`) writes, per JSON line, "embedding" (dense), "sparse" ({"indices": token ids
+  ascending, "values": weights, "dimension": vocabulary size}) and "multi_vector" (one vector per
+  token); jsonl only. --multi-vector-encoding float16 halves what multi-vectors take on the wire.
 
 progress: a bar on stderr (texts done, of how many the --input files hold) when stderr is a terminal;
   --progress forces it on (e.g. under a job runner's log), --no-progress turns it off.
@@ -40,6 +44,7 @@ examples:
   embedsvc embed "what is a vector index?"
   embedsvc embed --input corpus.jsonl --output vectors.npy --input-type document
   cat questions.txt | embedsvc embed --input-type query --dimensions 256 > vectors.jsonl
+  embedsvc embed --model bge-m3 --outputs dense,sparse,multi_vector --input corpus.txt > all.jsonl
 """
 
 
@@ -79,12 +84,29 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
         "--encoding", choices=list(ENCODINGS), default="float32", help="wire encoding (default float32)"
     )
     p.add_argument(
+        "--outputs",
+        type=_output_kinds,
+        metavar="KINDS",
+        help="comma-separated: dense, sparse, multi_vector (default dense; jsonl only beyond dense)",
+    )
+    p.add_argument(
+        "--multi-vector-encoding",
+        choices=list(MULTI_VECTOR_ENCODINGS),
+        default="float32",
+        help="wire encoding of multi-vectors (default float32)",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar on stderr (default: on when stderr is a terminal)",
     )
     p.set_defaults(handler=run, parser=p)
+
+
+def _output_kinds(value: str) -> tuple[str, ...]:
+    """``dense,sparse`` as a tuple; the names are checked where every client's are (wire)."""
+    return tuple(k.strip() for k in value.split(",") if k.strip())
 
 
 def _lines(handle: Any) -> Iterator[str]:
@@ -189,6 +211,12 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--format npy writes binary: pass --output FILE.npy or redirect stdout", USAGE)
     if args.dimensions is not None and args.dimensions < 1:
         raise CommandError("--dimensions must be at least 1", USAGE)
+    # dense alone (the default, or --outputs dense) is today's call and today's output, npy included
+    beyond_dense = args.outputs is not None and args.outputs != ("dense",)
+    if out_format == "npy" and beyond_dense:
+        raise CommandError(
+            "--format npy holds dense vectors only: write sparse and multi_vector as jsonl", USAGE
+        )
     arrays: list[np.ndarray] = []
     done = 0
     with open_client(args) as client, open_output(args.output) as out, _progress(args) as bar:
@@ -203,8 +231,15 @@ def run(args: argparse.Namespace) -> int:
                 normalize=args.normalize,
                 truncation=args.truncation,
                 encoding=args.encoding,
+                **(
+                    {"outputs": args.outputs, "multi_vector_encoding": args.multi_vector_encoding}
+                    if beyond_dense
+                    else {}
+                ),
             )
-            if out_format == "npy":
+            if isinstance(vectors, EmbedOutputs):
+                _write_outputs(out, block, vectors, done)
+            elif out_format == "npy":
                 arrays.append(vectors.astype(np.float32))
             else:
                 for i, ((record_id, text), vector) in enumerate(zip(block, vectors, strict=True)):
@@ -221,6 +256,29 @@ def run(args: argparse.Namespace) -> int:
         if out_format == "npy":
             np.save(out, np.concatenate(arrays))
     return 0
+
+
+def _matrix_json(rows: np.ndarray) -> str:
+    return "[" + ",".join(vector_json(row) for row in rows) + "]"
+
+
+def _write_outputs(out: BinaryIO, block: list[tuple[str | None, str]], got: EmbedOutputs, start: int) -> None:
+    """One JSON line per input with each output asked (keys in a fixed order: id, text, embedding,
+    sparse, multi_vector)."""
+    for i, (record_id, text) in enumerate(block):
+        name = json.dumps(record_id if record_id is not None else start + i)
+        parts = [f'"id": {name}', f'"text": {json.dumps(text)}']
+        if got.dense is not None:
+            parts.append(f'"embedding": {vector_json(got.dense[i])}')
+        if got.sparse is not None:
+            sparse = got.sparse[i]
+            parts.append(
+                f'"sparse": {{"indices": {json.dumps(sparse.indices.tolist())}, '
+                f'"values": {vector_json(sparse.values)}, "dimension": {sparse.dimension}}}'
+            )
+        if got.multi_vectors is not None:
+            parts.append(f'"multi_vector": {_matrix_json(got.multi_vectors[i])}')
+        out.write(("{" + ", ".join(parts) + "}\n").encode())
 
 
 @contextlib.contextmanager

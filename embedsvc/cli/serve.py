@@ -26,7 +26,7 @@ config file (--config FILE, TOML):
   [server]   host, port, http, http_port, metrics_port, api_keys, tls_cert, tls_key, max_inputs_per_request,
              max_message_bytes, max_text_bytes, max_request_bytes, max_queue_requests,
              max_queue_tokens, max_queue_seconds, max_streams, batch_wait_ms,
-             http_idle_timeout_s, max_http_connections, max_filter_leaves,
+             http_idle_timeout_s, max_http_connections, max_filter_leaves, max_multi_vector_values,
              grace_period_s, tokenizer_threads, log_level, log_json, data_dir,
              index_fsync, snapshot_every, index_device, cache_mb
   [[models]] name, source, default, and any engine option: pooling, normalize, dtype, device,
@@ -126,6 +126,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-filter-leaves", type=int, help="conditions + listed values in a search filter (default 16384)"
+    )
+    p.add_argument(
+        "--max-multi-vector-values",
+        type=int,
+        help="multi-vector floats one request may ask for (default 33554432 = 128 MiB of float32)",
     )
     p.add_argument("--max-text-bytes", type=int, help="bytes per input text (default 1 MiB)")
     p.add_argument("--max-request-bytes", type=int, help="bytes of input text per request (default 8 MiB)")
@@ -234,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         "http_idle_timeout_s": args.http_idle_timeout_s,
         "max_http_connections": args.max_http_connections,
         "max_filter_leaves": args.max_filter_leaves,
+        "max_multi_vector_values": args.max_multi_vector_values,
         "grace_period_s": args.grace_period_s,
         "log_level": args.log_level,
         "log_json": False if args.plain_logs else None,

@@ -56,19 +56,19 @@ class EmbedsvcEmbeddings(Embeddings):
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        return self._clients.sync().embed(texts, **self._documents()).tolist()  # type: ignore[arg-type]
+        return self._clients.sync().embed(texts, **self._documents()).tolist()  # type: ignore[call-overload]
 
     def embed_query(self, text: str) -> list[float]:
-        return self._clients.sync().embed([text], **self._query())[0].tolist()  # type: ignore[arg-type]
+        return self._clients.sync().embed([text], **self._query())[0].tolist()  # type: ignore[call-overload]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        vectors = await self._clients.aio().embed(texts, **self._documents())  # type: ignore[arg-type]
+        vectors = await self._clients.aio().embed(texts, **self._documents())  # type: ignore[call-overload]
         return vectors.tolist()  # type: ignore[no-any-return]
 
     async def aembed_query(self, text: str) -> list[float]:
-        vectors = await self._clients.aio().embed([text], **self._query())  # type: ignore[arg-type]
+        vectors = await self._clients.aio().embed([text], **self._query())  # type: ignore[call-overload]
         return vectors[0].tolist()  # type: ignore[no-any-return]
 
 

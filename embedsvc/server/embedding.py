@@ -29,6 +29,9 @@ log = logging.getLogger("embedsvc.rpc")
 
 STREAM_WINDOW = 32  # requests of one stream processed concurrently (and responses held unread)
 STREAM_BACKOFF_S = 1.0  # a stream whose request was refused for overload reads nothing for this long
+# multi-vector floats above which a response's outputs are copied into it on a thread, not the event loop
+# (100 MB of them took 150 ms here)
+OFF_LOOP_OUTPUT_VALUES = 1 << 20
 
 
 class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
@@ -54,12 +57,18 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         served = self._model(request.model, "Embed")
         if request.encoding not in wire.ENCODING_VALUES:
             raise InvalidInputError(f"unknown encoding enum value {request.encoding}", field="encoding")
+        wire.multi_vector_encoding(request)  # a bad one fails before any work
         arrived = time.perf_counter()
         embedded = await served.embed(
             list(request.inputs), wire.embed_options(request), timeout=timeout, tenant=tenant
         )
         self._count(served.name, embedded.token_counts, arrived)
-        return self._pack(request, served.name, embedded)
+        response = self._pack(request, served.name, embedded)
+        if embedded.sparse is None and embedded.multi_vectors is None:
+            return response
+        if sum(m.size for m in embedded.multi_vectors or ()) > OFF_LOOP_OUTPUT_VALUES:
+            return await asyncio.to_thread(self._with_outputs, request, served, response, embedded)
+        return self._with_outputs(request, served, response, embedded)
 
     @staticmethod
     def _pack(request: pb.EmbedRequest, model: str, embedded: Embedded) -> pb.EmbedResponse:
@@ -71,6 +80,19 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
             encoding=request.encoding,
             total_tokens=embedded.total_tokens,
             fingerprint=embedded.fingerprint,
+        )
+
+    @staticmethod
+    def _with_outputs(
+        request: pb.EmbedRequest, served: ModelService, response: pb.EmbedResponse, embedded: Embedded
+    ) -> pb.EmbedResponse:
+        """The sparse and multi-vector outputs added to the (dense) response."""
+        return wire.add_outputs(
+            response,
+            sparse=embedded.sparse,
+            sparse_dimension=(served.facts.sparse_dimension or 0) if embedded.sparse is not None else 0,
+            multi_vectors=embedded.multi_vectors,
+            encoding=wire.multi_vector_encoding(request),
         )
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:

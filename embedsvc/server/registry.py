@@ -27,6 +27,7 @@ class ModelRegistry:
             max_inputs=config.max_inputs_per_request,
             max_text_bytes=config.max_text_bytes or Limits.max_text_bytes,
             max_request_bytes=config.max_request_bytes or Limits.max_request_bytes,
+            max_multi_vector_values=config.max_multi_vector_values,
         )
         self.models: dict[str, ModelService] = {}
         # one cache for every served model (fingerprints in its keys keep them apart); off at 0

@@ -27,6 +27,13 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_FLOAT16: _ClassVar[Encoding]
     ENCODING_INT8: _ClassVar[Encoding]
     ENCODING_BINARY: _ClassVar[Encoding]
+
+class OutputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTPUT_KIND_UNSPECIFIED: _ClassVar[OutputKind]
+    OUTPUT_KIND_DENSE: _ClassVar[OutputKind]
+    OUTPUT_KIND_SPARSE: _ClassVar[OutputKind]
+    OUTPUT_KIND_MULTI_VECTOR: _ClassVar[OutputKind]
 INPUT_TYPE_UNSPECIFIED: InputType
 INPUT_TYPE_QUERY: InputType
 INPUT_TYPE_DOCUMENT: InputType
@@ -39,9 +46,13 @@ ENCODING_FLOAT32: Encoding
 ENCODING_FLOAT16: Encoding
 ENCODING_INT8: Encoding
 ENCODING_BINARY: Encoding
+OUTPUT_KIND_UNSPECIFIED: OutputKind
+OUTPUT_KIND_DENSE: OutputKind
+OUTPUT_KIND_SPARSE: OutputKind
+OUTPUT_KIND_MULTI_VECTOR: OutputKind
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("id", "model", "inputs", "input_type", "prompt_name", "instruction", "dimensions", "normalize", "truncation", "encoding", "chunked")
+    __slots__ = ("id", "model", "inputs", "input_type", "prompt_name", "instruction", "dimensions", "normalize", "truncation", "encoding", "chunked", "outputs", "multi_vector_encoding")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +64,8 @@ class EmbedRequest(_message.Message):
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     CHUNKED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    MULTI_VECTOR_ENCODING_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
@@ -64,19 +77,47 @@ class EmbedRequest(_message.Message):
     truncation: Truncation
     encoding: Encoding
     chunked: bool
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., input_type: _Optional[_Union[InputType, str]] = ..., prompt_name: _Optional[str] = ..., instruction: _Optional[str] = ..., dimensions: _Optional[int] = ..., normalize: _Optional[bool] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., chunked: _Optional[bool] = ...) -> None: ...
+    outputs: _containers.RepeatedScalarFieldContainer[OutputKind]
+    multi_vector_encoding: Encoding
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., input_type: _Optional[_Union[InputType, str]] = ..., prompt_name: _Optional[str] = ..., instruction: _Optional[str] = ..., dimensions: _Optional[int] = ..., normalize: _Optional[bool] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., chunked: _Optional[bool] = ..., outputs: _Optional[_Iterable[_Union[OutputKind, str]]] = ..., multi_vector_encoding: _Optional[_Union[Encoding, str]] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("values", "data", "scale", "tokens")
+    __slots__ = ("values", "data", "scale", "tokens", "sparse", "multi_vector")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    MULTI_VECTOR_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     data: bytes
     scale: float
     tokens: int
-    def __init__(self, values: _Optional[_Iterable[float]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., tokens: _Optional[int] = ...) -> None: ...
+    sparse: SparseEmbedding
+    multi_vector: MultiVector
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., tokens: _Optional[int] = ..., sparse: _Optional[_Union[SparseEmbedding, _Mapping]] = ..., multi_vector: _Optional[_Union[MultiVector, _Mapping]] = ...) -> None: ...
+
+class SparseEmbedding(_message.Message):
+    __slots__ = ("indices", "values", "dimension")
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    dimension: int
+    def __init__(self, indices: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., dimension: _Optional[int] = ...) -> None: ...
+
+class MultiVector(_message.Message):
+    __slots__ = ("rows", "dimensions", "encoding", "data")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    dimensions: int
+    encoding: Encoding
+    data: bytes
+    def __init__(self, rows: _Optional[int] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("total_tokens", "inputs")
@@ -161,7 +202,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "source", "dimension", "max_length", "pooling", "normalize", "prompts", "default_prompt_name", "query_prompt_name", "document_prompt_name", "instruction_template", "dtype", "device", "profile", "conversion", "is_decoder", "deterministic", "quantize", "attention", "append_eos", "recipe_sources", "recipe_warnings", "remote_code", "quantization", "task", "labels", "scoring", "fingerprint", "fingerprint_parts")
+    __slots__ = ("name", "source", "dimension", "max_length", "pooling", "normalize", "prompts", "default_prompt_name", "query_prompt_name", "document_prompt_name", "instruction_template", "dtype", "device", "profile", "conversion", "is_decoder", "deterministic", "quantize", "attention", "append_eos", "recipe_sources", "recipe_warnings", "remote_code", "quantization", "task", "labels", "scoring", "fingerprint", "fingerprint_parts", "outputs", "sparse_dimension", "multi_vector_dimension")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +260,9 @@ class ModelInfo(_message.Message):
     SCORING_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_PARTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    MULTI_VECTOR_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: str
     dimension: int
@@ -248,7 +292,10 @@ class ModelInfo(_message.Message):
     scoring: _containers.ScalarMap[str, str]
     fingerprint: str
     fingerprint_parts: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., instruction_template: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., profile: _Optional[str] = ..., conversion: _Optional[str] = ..., is_decoder: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., quantize: _Optional[str] = ..., attention: _Optional[str] = ..., append_eos: _Optional[bool] = ..., recipe_sources: _Optional[_Mapping[str, str]] = ..., recipe_warnings: _Optional[_Iterable[str]] = ..., remote_code: _Optional[bool] = ..., quantization: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Mapping[str, str]] = ..., fingerprint: _Optional[str] = ..., fingerprint_parts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    outputs: _containers.RepeatedScalarFieldContainer[OutputKind]
+    sparse_dimension: int
+    multi_vector_dimension: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., dimension: _Optional[int] = ..., max_length: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ..., query_prompt_name: _Optional[str] = ..., document_prompt_name: _Optional[str] = ..., instruction_template: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., profile: _Optional[str] = ..., conversion: _Optional[str] = ..., is_decoder: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., quantize: _Optional[str] = ..., attention: _Optional[str] = ..., append_eos: _Optional[bool] = ..., recipe_sources: _Optional[_Mapping[str, str]] = ..., recipe_warnings: _Optional[_Iterable[str]] = ..., remote_code: _Optional[bool] = ..., quantization: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., scoring: _Optional[_Mapping[str, str]] = ..., fingerprint: _Optional[str] = ..., fingerprint_parts: _Optional[_Mapping[str, str]] = ..., outputs: _Optional[_Iterable[_Union[OutputKind, str]]] = ..., sparse_dimension: _Optional[int] = ..., multi_vector_dimension: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")

@@ -1,5 +1,6 @@
 """Text Embeddings Inference's API: ``POST /embed``, ``POST /rerank``, ``POST /predict``, ``POST /tokenize``,
-``GET /info``, ``GET /health``, with TEI's request and response shapes and status codes, so TEI clients
+``GET /info``, ``GET /health`` (and, in :mod:`.tei_outputs`, ``POST /embed_sparse`` / ``POST /embed_all``),
+with TEI's request and response shapes and status codes, so TEI clients
 work unchanged (a ``model`` field or ``?model=`` picks a model other than the default; unnamed, /rerank
 and /predict reach the first reranker or classifier when the default model is an embedder). Booleans
 are JSON booleans: a string such as ``"false"`` is refused, never read as true. A /rerank body with
@@ -15,7 +16,7 @@ from starlette.routing import Route
 
 import embedsvc
 from embedsvc import wire
-from embedsvc.engine.options import EmbedOptions, ModelFacts, ScoreOptions
+from embedsvc.engine.options import Embedded, EmbedOptions, ModelFacts, ScoreOptions
 from embedsvc.errors import InvalidInputError, TextTooLongError, UnavailableError
 from embedsvc.server.http import cohere
 from embedsvc.server.http.plumbing import (
@@ -55,21 +56,28 @@ def _model(call: Call, body: dict[str, object] | None = None) -> str | None:
 
 
 async def embed(request: Request, call: Call) -> Response:
-    body = await call.body()
-    texts = _inputs(body.get("inputs"))
-    served = call.served(_model(call, body))
-    options = EmbedOptions(
-        prompt_name=optional_str(body, "prompt_name"),
-        dimensions=optional_int(body, "dimensions"),
-        normalize=boolean(body, "normalize", True),
-        truncation=_truncation(body),
-    )
-    try:
-        embedded = await call.embed(served, texts, options)
-    except TextTooLongError as exc:  # name TEI's field, not the Python argument
-        raise TextTooLongError(exc.index, exc.n_tokens, exc.limit, TRUNCATE_REMEDY) from None
+    embedded = await embed_texts(call, await call.body())
     # TEI's answer is a bare list: the fingerprint travels in a header only
     return json_response(list(embedded.vectors), headers={FINGERPRINT_HEADER: embedded.fingerprint})
+
+
+async def embed_texts(call: Call, body: dict[str, Any], outputs: tuple[str, ...] = ("dense",)) -> Embedded:
+    """A TEI body's inputs embedded for ``outputs`` (/embed, /embed_sparse, /embed_all): its model,
+    prompt and truncation fields read once; normalize and dimensions only when dense is asked."""
+    texts = _inputs(body.get("inputs"))
+    served = call.served(_model(call, body))
+    dense = "dense" in outputs
+    options = EmbedOptions(
+        prompt_name=optional_str(body, "prompt_name"),
+        dimensions=optional_int(body, "dimensions") if dense else None,
+        normalize=boolean(body, "normalize", True) if dense else None,
+        truncation=_truncation(body),
+        outputs=outputs,
+    )
+    try:
+        return await call.embed(served, texts, options)
+    except TextTooLongError as exc:  # name TEI's field, not the Python argument
+        raise TextTooLongError(exc.index, exc.n_tokens, exc.limit, TRUNCATE_REMEDY) from None
 
 
 def _truncation(body: dict[str, object]) -> str:
@@ -213,6 +221,9 @@ async def info(request: Request, call: Call) -> Response:
             "dimension": facts.dimension,
             "fingerprint": facts.fingerprint,
             "fingerprint_parts": facts.fingerprint_parts,
+            "outputs": list(facts.outputs),
+            "sparse_dimension": facts.sparse_dimension or None,
+            "multi_vector_dimension": facts.multi_vector_dimension or None,
         }
     )
 
