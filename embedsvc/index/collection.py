@@ -26,7 +26,9 @@ from embedsvc.index.durability import (
     Durable,
     read_spec,
 )
-from embedsvc.index.planning import SearchPlanner
+from embedsvc.index.multivector import check_tokens
+from embedsvc.index.retrieval import RetrievalPlanner
+from embedsvc.index.sparse import SparseRow, check_sparse
 from embedsvc.index.spec import Hit, IndexSpec
 from embedsvc.index.store import check_metadata, check_vectors
 
@@ -45,13 +47,22 @@ __all__ = [
 ]
 
 
-class Collection(Durable, SearchPlanner):
+class Collection(Durable, RetrievalPlanner):
     """Durable writes (log, then apply) over a searchable store."""
 
     def upsert(
-        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, Any]] | None
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[Mapping[str, Any]] | None,
+        *,
+        sparse: Sequence[SparseRow] | None = None,
+        tokens: Sequence[Any] | None = None,
     ) -> int:
-        """Insert or replace; all or nothing. Returns the collection's size afterwards."""
+        """Insert or replace; all or nothing. Returns the collection's size afterwards.
+
+        ``vectors`` is [n, 0] for an index without dense vectors; ``sparse`` ((ids, weights) per item)
+        and ``tokens`` ([tokens, dim] per item) are required exactly when the index keeps them."""
         if len(ids) == 0:
             raise InvalidInputError("upsert needs at least one item", field="items")
         for i, item_id in enumerate(ids):
@@ -67,11 +78,45 @@ class Collection(Durable, SearchPlanner):
         metas = [check_metadata(m, i) for i, m in enumerate(metadata or [{}] * len(ids))]
         if len(metas) != len(ids):
             raise InvalidInputError(f"{len(ids)} ids but {len(metas)} metadata entries", field="metadata")
+        rows = self._checked_sparse(sparse, len(ids))
+        matrices = self._checked_tokens(tokens, len(ids))
         with self._lock.write():
-            self._log({"op": "upsert", "ids": list(ids), "metadata": metas}, vectors)
-            self._apply_upsert(ids, vectors, metas)
+            self._log(
+                {"op": "upsert", "ids": list(ids), "metadata": metas}, vectors, self._blocks(rows, matrices)
+            )
+            self._apply_upsert(ids, vectors, metas, sparse=rows, tokens=matrices)
             self._maintain()
             return len(self._id_of)
+
+    def _checked_sparse(self, given: Sequence[Any] | None, n: int) -> list[SparseRow] | None:
+        if not self.spec.sparse:
+            if given is not None:
+                raise InvalidInputError(
+                    f"index {self.spec.name!r} keeps no sparse vectors (create it with sparse)",
+                    field="sparse",
+                )
+            return None
+        if given is None or len(given) != n:
+            raise InvalidInputError(
+                f"index {self.spec.name!r} keeps sparse vectors: every item needs one", field="sparse"
+            )
+        dimension = self.spec.sparse_dimension
+        return [check_sparse(ids, weights, dimension, f"item {i}") for i, (ids, weights) in enumerate(given)]
+
+    def _checked_tokens(self, given: Sequence[Any] | None, n: int) -> list[np.ndarray] | None:
+        if not self.spec.multi_vector:
+            if given is not None:
+                raise InvalidInputError(
+                    f"index {self.spec.name!r} keeps no token vectors (create it with multi_vector)",
+                    field="token_vectors",
+                )
+            return None
+        if given is None or len(given) != n:
+            raise InvalidInputError(
+                f"index {self.spec.name!r} keeps token vectors: every item needs them", field="token_vectors"
+            )
+        dimension = self.spec.multi_vector_dimension
+        return [check_tokens(m, dimension, f"item {i}") for i, m in enumerate(given)]
 
     def delete(self, ids: Sequence[str]) -> tuple[int, int]:
         """Remove ids (unknown ones are ignored); returns (removed, size afterwards)."""

@@ -20,8 +20,32 @@ class IndexSpec:
     metric: str = "cosine"
     kind: str = "flat"
     params: AnnParams = field(default_factory=AnnParams)
+    # which representations every item carries (see sparse.py, multivector.py); older specs lack these
+    # keys and read as dense-only
+    dense: bool = True
+    sparse: bool = False
+    sparse_dimension: int = 0  # vocabulary size: sparse term ids run from 0 to it, exclusive
+    multi_vector: bool = False  # token vectors kept (float16) for MaxSim re-ranking
+    multi_vector_dimension: int = 0
 
     def __post_init__(self) -> None:
+        if not (self.dense or self.sparse):
+            raise InvalidInputError("an index keeps dense vectors, sparse vectors or both", field="dense")
+        if not self.dense and (self.kind != "flat" or self.dimension != 0):
+            raise InvalidInputError(
+                "an index without dense vectors has no FAISS structure: leave kind at flat", field="kind"
+            )
+        if self.sparse and self.sparse_dimension < 1:
+            raise InvalidInputError(
+                "a sparse index needs its vocabulary size (sparse_dimension): the model's, or the "
+                "largest term id plus one",
+                field="sparse_dimension",
+            )
+        if self.multi_vector and self.multi_vector_dimension < 1:
+            raise InvalidInputError(
+                "a multi-vector index needs the token vectors' width (multi_vector_dimension)",
+                field="multi_vector_dimension",
+            )
         if self.metric not in METRICS:
             raise InvalidInputError(
                 f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}", field="metric"
@@ -45,3 +69,7 @@ class Hit:
     id: str
     score: float
     metadata: dict[str, MetadataValue]
+    # the parts of a hybrid or re-ranked score (None: not computed for this search)
+    dense_score: float | None = None
+    sparse_score: float | None = None
+    maxsim_score: float | None = None
