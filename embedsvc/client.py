@@ -210,9 +210,16 @@ class AsyncEmbedClient:
         model: str | None = None,
         metric: str = "cosine",
         kind: str = "flat",
+        dense: bool = True,
+        sparse: int | None = None,
+        multi_vector: int | None = None,
         **params: int,
     ) -> IndexInfo:
-        request = wire.create_index_request(name, model, metric, kind, params)
+        """``sparse`` / ``multi_vector``: keep sparse vectors / token vectors too (0: the model's
+        vocabulary size / token width, else that width); ``dense=False``: no dense vectors."""
+        request = wire.create_index_request(
+            name, model, metric, kind, params, dense=dense, sparse=sparse, multi_vector=multi_vector
+        )
         return wire.index_info(await self._call(self._index.CreateIndex, request, idempotent=False))
 
     async def delete_index(self, name: str) -> None:
@@ -234,10 +241,16 @@ class AsyncEmbedClient:
         texts: Sequence[str] | None = None,
         vectors: Any = None,
         metadata: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        sparse: Sequence[Any] | None = None,
+        token_vectors: Sequence[Any] | None = None,
     ) -> int:
         """Insert or replace; returns the index's size afterwards. Each request is all or nothing; they
-        go one after another, so a later duplicate id wins."""
-        requests = wire.upsert_requests(index, ids, texts, vectors, metadata, self.chunk_size)
+        go one after another, so a later duplicate id wins. ``sparse``: (term ids, weights) per item;
+        ``token_vectors``: a [tokens, width] array per item (with vectors, or alone without dense)."""
+        requests = wire.upsert_requests(
+            index, ids, texts, vectors, metadata, self.chunk_size, sparse=sparse, tokens=token_vectors
+        )
         replies = await self._each(self._index.Upsert, requests, in_flight=1)
         return int(replies[-1].count) if replies else 0
 
@@ -253,6 +266,13 @@ class AsyncEmbedClient:
             found.update(wire.got(reply))
         return found
 
+    async def get_parts(self, index: str, ids: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+        """``{id: (sparse (ids, weights) or None, token vectors or None)}`` for the ids that exist."""
+        found: dict[str, tuple[Any, Any]] = {}
+        for reply in await self._each(self._index.Get, wire.get_requests(index, ids, self.chunk_size)):
+            found.update(wire.got_parts(reply))
+        return found
+
     async def search(
         self,
         index: str,
@@ -264,13 +284,35 @@ class AsyncEmbedClient:
         ef_search: int | None = None,
         nprobe: int | None = None,
         instruction: str | None = None,
+        sparse: Any = None,
+        token_vectors: Any = None,
+        mode: str = "dense",
+        fusion: str = "rrf",
+        dense_weight: float | None = None,
+        sparse_weight: float | None = None,
+        rrf_k: int | None = None,
+        candidates: int = 0,
+        rerank: bool = False,
     ) -> list[Hit]:
         """Top ``k`` for a text or a vector; ``filter`` in the plain filter language (docs/search.md),
-        checked here before sending."""
-        options = SearchOptions(k, filter, ef_search, nprobe, instruction)
-        return wire.hits(
-            await self._call(self._index.Search, wire.search_request(index, text, vector, options))
+        checked here before sending. ``mode`` sparse / hybrid searches with ``sparse`` ((term ids,
+        weights)) and fuses by ``fusion``; ``rerank`` re-ranks by MaxSim with ``token_vectors``."""
+        options = SearchOptions(
+            k,
+            filter,
+            ef_search,
+            nprobe,
+            instruction,
+            mode,
+            fusion,
+            dense_weight,
+            sparse_weight,
+            rrf_k,
+            candidates,
+            rerank,
         )
+        request = wire.search_request(index, text, vector, options, sparse=sparse, tokens=token_vectors)
+        return wire.hits(await self._call(self._index.Search, request))
 
     async def search_batch(
         self,
@@ -283,11 +325,36 @@ class AsyncEmbedClient:
         ef_search: int | None = None,
         nprobe: int | None = None,
         instruction: str | None = None,
+        sparse: Sequence[Any] | None = None,
+        token_vectors: Sequence[Any] | None = None,
+        mode: str = "dense",
+        fusion: str = "rrf",
+        dense_weight: float | None = None,
+        sparse_weight: float | None = None,
+        rrf_k: int | None = None,
+        candidates: int = 0,
+        rerank: bool = False,
     ) -> list[list[Hit]]:
         """Top ``k`` for each of many queries (texts or a [queries, dim] array), in order; sent
-        ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index."""
-        options = SearchOptions(k, filter, ef_search, nprobe, instruction)
-        requests = wire.search_batch_requests(index, texts, vectors, options, self.chunk_size)
+        ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index.
+        ``sparse`` / ``token_vectors``: one per query, as in :meth:`search`."""
+        options = SearchOptions(
+            k,
+            filter,
+            ef_search,
+            nprobe,
+            instruction,
+            mode,
+            fusion,
+            dense_weight,
+            sparse_weight,
+            rrf_k,
+            candidates,
+            rerank,
+        )
+        requests = wire.search_batch_requests(
+            index, texts, vectors, options, self.chunk_size, sparse=sparse, tokens=token_vectors
+        )
         return [
             hits
             for reply in await self._each(self._index.SearchBatch, requests)
@@ -498,6 +565,7 @@ class EmbedClient:
     upsert = _blocking(AsyncEmbedClient.upsert)
     delete = _blocking(AsyncEmbedClient.delete)
     get = _blocking(AsyncEmbedClient.get)
+    get_parts = _blocking(AsyncEmbedClient.get_parts)
     search = _blocking(AsyncEmbedClient.search)
     search_batch = _blocking(AsyncEmbedClient.search_batch)
     count = _blocking(AsyncEmbedClient.count)

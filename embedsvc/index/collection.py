@@ -100,8 +100,15 @@ class Collection(Durable, RetrievalPlanner):
             raise InvalidInputError(
                 f"index {self.spec.name!r} keeps sparse vectors: every item needs one", field="sparse"
             )
-        dimension = self.spec.sparse_dimension
-        return [check_sparse(ids, weights, dimension, f"item {i}") for i, (ids, weights) in enumerate(given)]
+        rows = []
+        for i, row in enumerate(given):
+            if row is None:
+                raise InvalidInputError(
+                    f"item {i}: index {self.spec.name!r} keeps sparse vectors: give its sparse vector",
+                    field="sparse",
+                )
+            rows.append(check_sparse(row[0], row[1], self.spec.sparse_dimension, f"item {i}"))
+        return rows
 
     def _checked_tokens(self, given: Sequence[Any] | None, n: int) -> list[np.ndarray] | None:
         if not self.spec.multi_vector:
@@ -115,6 +122,12 @@ class Collection(Durable, RetrievalPlanner):
             raise InvalidInputError(
                 f"index {self.spec.name!r} keeps token vectors: every item needs them", field="token_vectors"
             )
+        for i, matrix in enumerate(given):
+            if matrix is None:
+                raise InvalidInputError(
+                    f"item {i}: index {self.spec.name!r} keeps token vectors: give its token vectors",
+                    field="token_vectors",
+                )
         dimension = self.spec.multi_vector_dimension
         return [check_tokens(m, dimension, f"item {i}") for i, m in enumerate(given)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,7 +18,9 @@ from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.index.ann import KIND_PARAMS, AnnParams
 from embedsvc.index.collection import Collection, Hit, IndexSpec
 from embedsvc.index.filters import Condition
+from embedsvc.index.fusion import HybridOptions
 from embedsvc.index.manager import IndexManager
+from embedsvc.index.retrieval import Query
 
 DOCUMENTS = EmbedOptions(input_type="document")
 
@@ -52,12 +54,16 @@ Embed = Callable[[Any, list[str], EmbedOptions], Awaitable[np.ndarray]]
 
 @dataclass(frozen=True)
 class NewItem:
-    """One item to write: exactly one of ``text`` (embedded as a document) or ``vector``."""
+    """One item to write: ``text`` (embedded as a document, into every representation the index
+    keeps) or the representations themselves: ``vector``, ``sparse`` (term ids, weights) and
+    ``token_vectors`` ([tokens, width]), each exactly when the index keeps it."""
 
     id: str
     text: str | None = None
     vector: Sequence[float] | None = None
     metadata: Mapping[str, Any] | None = None
+    sparse: tuple[Sequence[int], Sequence[float]] | None = None
+    token_vectors: Any = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,9 @@ class SearchOptions:
     where: Condition | None = None
     ef_search: int | None = None
     nprobe: int | None = None
+    hybrid: HybridOptions = field(
+        default_factory=HybridOptions
+    )  # dense, sparse or hybrid; fusion; MaxSim re-ranking
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -139,10 +148,27 @@ class Indexes:
 
     # --------------------------------------------------------- lifecycle
     def create(
-        self, name: str, model: str, *, metric: str, kind: str, params: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        model: str,
+        *,
+        metric: str,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        dense: bool = True,
+        sparse: int | None = None,
+        multi_vector: int | None = None,
     ) -> Collection:
-        """A new index bound to the served ``model`` ("" for the default); ``params`` only those given."""
+        """A new index bound to the served ``model`` ("" for the default); ``params`` only those given.
+
+        ``sparse`` / ``multi_vector`` (None: not kept): the vocabulary size / token vector width,
+        0 for the model's own."""
         served = self.models.get(model)
+        facts = served.facts if hasattr(served, "facts") else None
+        sparse_dimension = _width(sparse, getattr(facts, "sparse_dimension", 0), served.name, "sparse")
+        multi_dimension = _width(
+            multi_vector, getattr(facts, "multi_vector_dimension", 0), served.name, "multi_vector"
+        )
         given = dict(params or {})
         stray = sorted(set(given) - set(KIND_PARAMS.get(kind, given)))
         if stray:
@@ -156,10 +182,15 @@ class Indexes:
             name=name,
             model=served.name,
             model_source=served.source,
-            dimension=served.dimension,
+            dimension=served.dimension if dense else 0,
             metric=metric,
             kind=kind,
             params=AnnParams(**given),
+            dense=dense,
+            sparse=sparse is not None,
+            sparse_dimension=sparse_dimension,
+            multi_vector=multi_vector is not None,
+            multi_vector_dimension=multi_dimension,
         )
         return self.manager.create(spec)
 
@@ -195,14 +226,34 @@ class Indexes:
         """Write items (texts embedded through ``embed``); all or nothing. (written, size afterwards)."""
         collection = self.manager.get(index)
         self.check_batch(len(items), "items")
-        dimension = collection.spec.dimension
+        spec = collection.spec
+        dimension = spec.dimension
         texts: list[tuple[int, str]] = []
         vectors = np.zeros((len(items), dimension), dtype=np.float32)
+        sparse: list[Any] = [item.sparse for item in items]
+        tokens: list[Any] = [item.token_vectors for item in items]
         for i, item in enumerate(items):
             has_text, has_vector = item.text is not None, item.vector is not None and len(item.vector) > 0
-            if has_text == has_vector:
+            has_parts = item.sparse is not None or item.token_vectors is not None
+            if has_text == (has_vector or has_parts):
                 raise InvalidInputError(
-                    f"item {i} ({item.id!r}) must have exactly one of text or vector", field="items"
+                    f"item {i} ({item.id!r}) must have exactly one of text or vector"
+                    + (
+                        " (with its sparse vector / token vectors)"
+                        if spec.sparse or spec.multi_vector
+                        else ""
+                    ),
+                    field="items",
+                )
+            if not has_text and spec.dense and not has_vector:
+                raise InvalidInputError(
+                    f"item {i} ({item.id!r}): index {spec.name!r} keeps dense vectors: give the vector too",
+                    field="vector",
+                )
+            if has_vector and not spec.dense:
+                raise InvalidInputError(
+                    f"item {i} ({item.id!r}): index {spec.name!r} keeps no dense vectors: leave vector empty",
+                    field="vector",
                 )
             if item.vector is not None and has_vector:
                 if len(item.vector) != dimension:
@@ -218,7 +269,14 @@ class Indexes:
             served = self.require_model(collection)
             vectors[[i for i, _ in texts]] = await embed(served, [t for _, t in texts], DOCUMENTS)
         ids, metadata = [item.id for item in items], [dict(item.metadata or {}) for item in items]
-        count = await asyncio.to_thread(collection.upsert, ids, vectors, metadata)
+        count = await asyncio.to_thread(
+            collection.upsert,
+            ids,
+            vectors,
+            metadata,
+            sparse=sparse if spec.sparse or any(r is not None for r in sparse) else None,
+            tokens=tokens if spec.multi_vector or any(t is not None for t in tokens) else None,
+        )
         return len(ids), count
 
     async def upsert_vectors(
@@ -250,6 +308,13 @@ class Indexes:
         self.check_batch(len(ids), "ids")
         return await asyncio.to_thread(collection.get, list(ids))
 
+    async def parts(self, index: str, ids: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+        """The sparse vector and token vectors of the ids that exist, where the index keeps them."""
+        collection = self.manager.get(index)
+        if not (collection.spec.sparse or collection.spec.multi_vector) or not ids:
+            return {}
+        return await asyncio.to_thread(collection.parts, list(ids))
+
     def count(self, index: str) -> int:
         return self.manager.get(index).count()
 
@@ -274,18 +339,56 @@ class Indexes:
         text: str | None = None,
         vector: Sequence[float] | None = None,
         instruction: str | None = None,
+        sparse: tuple[Sequence[int], Sequence[float]] | None = None,
+        tokens: Any = None,
     ) -> list[Hit]:
-        """One query: a text (embedded as a query) or a vector."""
+        """One query: a text (embedded as a query, into what the search mode needs), or a vector, a
+        sparse vector and token vectors as the mode and re-ranking need them."""
         collection = self.manager.get(index)
-        if (text is None) == (vector is None):
-            raise InvalidInputError("set exactly one of text or vector", field="query")
-        if text is not None:
-            query = (await self._queries(collection, [text], instruction, embed))[0]
-        else:
-            assert vector is not None
+        given = vector is not None or sparse is not None or tokens is not None
+        if (text is None) == (not given):
+            raise InvalidInputError("set exactly one of text or vector (or the sparse query)", field="query")
+        if vector is not None:
             self._check_vector(vector, collection.spec.dimension, "vector")
-            query = np.asarray(vector, dtype=np.float32)
-        return await asyncio.to_thread(collection.search, query, options.k, **options.kwargs())
+        if self._plain(options, sparse, tokens):
+            if text is not None:
+                query = (await self._queries(collection, [text], instruction, embed))[0]
+            else:
+                query = np.asarray(vector, dtype=np.float32)
+            return await asyncio.to_thread(collection.search, query, options.k, **options.kwargs())
+        if text is not None:
+            queries = await self._query_parts(collection, [text], instruction, embed, options.hybrid)
+        else:
+            queries = [Query(dense=vector, sparse=sparse, tokens=tokens)]
+        return (
+            await asyncio.to_thread(
+                collection.retrieve, queries, options.k, options.hybrid, **options.kwargs()
+            )
+        )[0]
+
+    @staticmethod
+    def _plain(options: SearchOptions, sparse: Any, tokens: Any) -> bool:
+        """A dense search without re-ranking: the batched FAISS path."""
+        return (
+            options.hybrid.mode == "dense" and not options.hybrid.rerank and sparse is None and tokens is None
+        )
+
+    async def _query_parts(
+        self,
+        collection: Collection,
+        texts: list[str],
+        instruction: str | None,
+        embed: Embed,
+        hybrid: HybridOptions,
+    ) -> list[Query]:
+        """Text queries embedded into the representations the search needs."""
+        if hybrid.mode != "dense" or hybrid.rerank:
+            raise FailedPreconditionError(
+                "text queries in sparse or hybrid mode, or with MaxSim re-ranking, need the model's sparse / "
+                "multi-vector outputs: send the query's vectors instead"
+            )
+        dense = await self._queries(collection, texts, instruction, embed)
+        return [Query(dense=row) for row in dense]
 
     async def search_many(
         self,
@@ -296,12 +399,22 @@ class Indexes:
         texts: Sequence[str] = (),
         vectors: Sequence[Sequence[float]] = (),
         instruction: str | None = None,
+        sparse: Sequence[tuple[Sequence[int], Sequence[float]]] = (),
+        tokens: Sequence[Any] = (),
     ) -> list[list[Hit]]:
-        """Many queries with one k and filter: texts or vectors (one of them, not empty)."""
+        """Many queries with one k and filter: texts, or vectors / sparse vectors / token vectors (as
+        the mode needs them, one per query)."""
         collection = self.manager.get(index)
-        if bool(texts) == bool(vectors):
+        given = [len(part) for part in (vectors, sparse, tokens) if len(part)]
+        if bool(texts) == bool(given):
             raise InvalidInputError("set texts or vectors (one of them, not empty)", field="query")
-        n, k = len(texts) or len(vectors), options.k
+        if len(set(given)) > 1:
+            raise InvalidInputError(
+                "vectors, sparse vectors and token vectors are one per query: got "
+                f"{', '.join(map(str, given))}",
+                field="query",
+            )
+        n, k = len(texts) or given[0], options.k
         self.check_batch(n, "texts" if texts else "vectors")
         if n * k > self.max_batch_hits:
             raise InvalidInputError(
@@ -309,10 +422,43 @@ class Indexes:
                 "send fewer queries per request",
                 field="k",
             )
+        for i, vector in enumerate(vectors):
+            self._check_vector(vector, collection.spec.dimension, f"vector {i}")
+        plain = self._plain(options, sparse or None, tokens or None)
+        if plain:
+            if texts:
+                queries = await self._queries(collection, list(texts), instruction, embed)
+            else:
+                queries = np.asarray(vectors, dtype=np.float32)
+            return await asyncio.to_thread(collection.search_many, queries, k, **options.kwargs())
         if texts:
-            queries = await self._queries(collection, list(texts), instruction, embed)
+            parts = await self._query_parts(collection, list(texts), instruction, embed, options.hybrid)
         else:
-            for i, vector in enumerate(vectors):
-                self._check_vector(vector, collection.spec.dimension, f"vector {i}")
-            queries = np.asarray(vectors, dtype=np.float32)
-        return await asyncio.to_thread(collection.search_many, queries, k, **options.kwargs())
+            parts = [
+                Query(
+                    dense=vectors[i] if vectors else None,
+                    sparse=sparse[i] if sparse else None,
+                    tokens=tokens[i] if tokens else None,
+                )
+                for i in range(n)
+            ]
+        return await asyncio.to_thread(collection.retrieve, parts, k, options.hybrid, **options.kwargs())
+
+
+def _width(requested: int | None, models: int, model: str, what: str) -> int:
+    """The vocabulary size / token width an index keeps: the request's, else the model's."""
+    if requested is None:
+        return 0
+    if requested and models and requested != models:
+        raise InvalidInputError(
+            f"{what}={requested}, but model {model!r} gives {models}: leave it 0 to take the model's",
+            field=what,
+        )
+    width = requested or models
+    if not width:
+        raise InvalidInputError(
+            f"model {model!r} gives no {what} output: give the width ({what}=N: the vocabulary size or token "
+            "vector width) to store vectors you compute yourself",
+            field=what,
+        )
+    return width

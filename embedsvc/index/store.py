@@ -348,7 +348,8 @@ class Store:
             "count": self.count(),
             "durable": self.durable,
             "device": self._ann.device,
-            # what the other representations hold (their memory: 8 bytes a nonzero, 2 a token value)
-            "sparse_nonzeros": 0 if self._sparse is None else self._sparse.nonzeros,
-            "token_values": 0 if self._tokens is None else self._tokens.values,
+            # memory of the other representations: a sparse nonzero is held twice (rows and posting
+            # lists, 4-byte id + 4-byte weight each), a token value is a float16
+            "representation_bytes": (0 if self._sparse is None else 16 * self._sparse.nonzeros)
+            + (0 if self._tokens is None else 2 * self._tokens.values),
         }

@@ -113,6 +113,9 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             status=described.status,
             durable=state["durable"],
             device=state["device"],
+            sparse_dimension=spec.sparse_dimension,
+            multi_vector_dimension=spec.multi_vector_dimension,
+            representation_bytes=state["representation_bytes"],
         )
 
     # ---------------------------------------------------------- lifecycle
@@ -128,6 +131,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 metric=wire.lookup(wire.METRIC_NAMES, request.metric, "metric"),
                 kind=wire.lookup(wire.KIND_NAMES, request.kind, "kind"),
                 params=given,
+                **wire.create_index_parts(request),
             )
             return self._info(self.indexes.describe(collection))
 
@@ -169,6 +173,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                     text=item.text if item.HasField("text") else None,
                     vector=item.vector or None,
                     metadata=wire.from_metadata(item.metadata),
+                    **wire.item_parts(item),
                 )
                 for item in request.items
             ]
@@ -187,7 +192,8 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         async def work() -> pb.GetResponse:
             found, missing = await self.indexes.get(request.index, list(request.ids))
-            items = [pb.Item(id=i, vector=v.tolist(), metadata=wire.to_metadata(m)) for i, v, m in found]
+            parts = await self.indexes.parts(request.index, [i for i, _, _ in found])
+            items = [wire.got_item(i, v, m, *parts.get(i, (None, None))) for i, v, m in found]
             return pb.GetResponse(items=items, missing=missing)
 
         return await self._guard("Get", "", context, work)
@@ -211,13 +217,12 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             where=parse_filter(where),
             ef_search=request.ef_search if request.HasField("ef_search") else None,
             nprobe=request.nprobe if request.HasField("nprobe") else None,
+            hybrid=wire.hybrid_options(request),
         )
 
     @staticmethod
     def _hits(hits: list[Hit]) -> pb.SearchResponse:
-        return pb.SearchResponse(
-            hits=[pb.Hit(id=h.id, score=h.score, metadata=wire.to_metadata(h.metadata)) for h in hits]
-        )
+        return pb.SearchResponse(hits=[wire.hit(h) for h in hits])
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         async def work() -> pb.SearchResponse:
@@ -230,6 +235,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 text=request.text if which == "text" else None,
                 vector=list(request.vector.values) if which == "vector" else None,
                 instruction=request.instruction if request.HasField("instruction") else None,
+                **wire.query_parts(request),
             )
             return self._hits(hits)
 
@@ -247,6 +253,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 texts=list(request.texts),
                 vectors=[v.values for v in request.vectors],
                 instruction=request.instruction if request.HasField("instruction") else None,
+                **wire.batch_query_parts(request),
             )
             return pb.SearchBatchResponse(results=[self._hits(hits) for hits in results])
 
