@@ -336,3 +336,76 @@ def test_sigkill_loses_no_acknowledged_sparse_write(tmp_path):
     hits = c.retrieve([Query(sparse=(acknowledged[i][:1], [1.0]))], 10_000, HybridOptions(mode="sparse"))[0]
     assert f"d{i}" in {h.id for h in hits}
     assert next(h.score for h in hits if h.id == f"d{i}") == i + 1.0
+
+
+# ---------------------------------------------------------------- through the server (gRPC, client)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from embedsvc import EmbedClient
+    from tests.server_utils import ServerProcess
+
+    data = tmp_path_factory.mktemp("sparse-data")
+    with (
+        ServerProcess("--data-dir", str(data), log_path=data.parent / "sparse-server.log") as server,
+        EmbedClient(server.target, timeout=120) as client,
+    ):
+        yield client
+
+
+def test_hybrid_and_reranked_search_through_the_server(served):
+    client = served
+    info = client.create_index("hyb", sparse=VOCAB, multi_vector=TOKEN_DIM)
+    assert (info.sparse_dimension, info.multi_vector_dimension, info.dimension) == (VOCAB, TOKEN_DIM, 384)
+    n = 300
+    rng = np.random.default_rng(5)
+    dense = rng.normal(size=(n, 384)).astype(np.float32)
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    rows, toks = sparse_rows(n, 6), tokens(n, 7)
+    toks = [t / np.linalg.norm(t, axis=1, keepdims=True) for t in toks]  # unit tokens: MaxSim <= tokens
+    meta = [{"group": i % 2} for i in range(n)]
+    ids = [f"h{i}" for i in range(n)]
+    assert client.upsert("hyb", ids, vectors=dense, metadata=meta, sparse=rows, token_vectors=toks) == n
+    assert client.describe_index("hyb").representation_bytes > 0
+    query = rows[11]
+    hits = client.search("hyb", sparse=query, mode="sparse", k=5, filter={"group": 1})
+    scores = densify(rows) @ densify([query])[0]
+    allowed = np.arange(1, n, 2)
+    expected = top(allowed[scores[allowed] != 0], scores, 5)
+    assert [h.id for h in hits] == [f"h{i}" for i in expected]
+    assert all(h.sparse_score is not None and h.dense_score is None for h in hits)
+    # weighted hybrid: the parts come back and add up by the weights
+    hybrid = client.search(
+        "hyb", vector=dense[11], sparse=query, mode="hybrid", fusion="weighted", dense_weight=2.0, k=5
+    )
+    assert hybrid[0].id == "h11"
+    for h in hybrid:
+        assert h.score == pytest.approx(2.0 * h.dense_score + 1.0 * h.sparse_score, rel=1e-5)
+    # MaxSim re-ranking of a dense search's candidates: the item's own tokens win
+    reranked = client.search("hyb", vector=dense[40], token_vectors=toks[40], rerank=True, k=3, candidates=50)
+    assert reranked[0].id == "h40" and reranked[0].maxsim_score == reranked[0].score
+    batch = client.search_batch("hyb", sparse=[rows[1], rows[2]], mode="sparse", k=1)
+    matrix = densify(rows)
+    assert [b[0].id for b in batch] == [f"h{top(np.arange(n), matrix @ matrix[q], 1)[0]}" for q in (1, 2)]
+    parts = client.get_parts("hyb", ["h3"])
+    np.testing.assert_array_equal(parts["h3"][0][0], rows[3][0])
+    np.testing.assert_allclose(parts["h3"][1], toks[3], rtol=1e-3, atol=1e-3)
+
+
+def test_a_sparse_only_index_and_mistakes_through_the_server(served):
+    from embedsvc.client import EmbedServiceError
+
+    client = served
+    info = client.create_index("lex", dense=False, sparse=VOCAB)
+    assert info.dimension == 0
+    rows = sparse_rows(40, 8)
+    client.upsert("lex", [f"s{i}" for i in range(40)], sparse=rows)
+    assert client.search("lex", sparse=rows[4], mode="sparse", k=1)[0].id == "s4"
+    with pytest.raises(EmbedServiceError, match="keeps no dense vectors") as caught:
+        client.search("lex", vector=np.ones(384), k=1)
+    assert caught.value.code.name == "INVALID_ARGUMENT"
+    with pytest.raises(EmbedServiceError, match="outside the index's vocabulary"):
+        client.upsert("lex", ["bad"], sparse=[([VOCAB + 5], [1.0])])
+    with pytest.raises(EmbedServiceError, match="gives no sparse output"):
+        client.create_index("nosparse", sparse=0)

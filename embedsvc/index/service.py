@@ -146,6 +146,15 @@ class Indexes:
                 field="vector" if what == "vector" else "vectors",
             )
 
+    @staticmethod
+    def _check_dense(collection: Collection) -> None:
+        if not collection.spec.dense:
+            raise InvalidInputError(
+                f"index {collection.spec.name!r} keeps no dense vectors: search it with a sparse query "
+                "(mode sparse)",
+                field="vector",
+            )
+
     # --------------------------------------------------------- lifecycle
     def create(
         self,
@@ -263,8 +272,8 @@ class Indexes:
                         field="vector",
                     )
                 vectors[i] = item.vector
-            else:
-                texts.append((i, item.text or ""))
+            elif item.text is not None:
+                texts.append((i, item.text))
         if texts:
             served = self.require_model(collection)
             vectors[[i for i, _ in texts]] = await embed(served, [t for _, t in texts], DOCUMENTS)
@@ -349,6 +358,7 @@ class Indexes:
         if (text is None) == (not given):
             raise InvalidInputError("set exactly one of text or vector (or the sparse query)", field="query")
         if vector is not None:
+            self._check_dense(collection)
             self._check_vector(vector, collection.spec.dimension, "vector")
         if self._plain(options, sparse, tokens):
             if text is not None:
@@ -422,6 +432,8 @@ class Indexes:
                 "send fewer queries per request",
                 field="k",
             )
+        if len(vectors):
+            self._check_dense(collection)
         for i, vector in enumerate(vectors):
             self._check_vector(vector, collection.spec.dimension, f"vector {i}")
         plain = self._plain(options, sparse or None, tokens or None)
