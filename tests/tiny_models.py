@@ -255,3 +255,185 @@ def build_decoder(folder: Path, family: str, *, seed: int = 0, e5_st_files: bool
             },
         )
     return folder
+
+
+# ------------------------------------------------- sparse and multi-vector layouts
+
+
+def build_bge_m3(folder: Path, *, seed: int = 31) -> Path:
+    """bge-m3's hub layout: XLM-RoBERTa weights, sentence-transformers files (CLS pooling, Normalize),
+    and ``sparse_linear.pt`` (hidden -> 1) and ``colbert_linear.pt`` (hidden -> hidden) beside them."""
+    from tests.families import build_xlmr_layout
+
+    build_xlmr_layout(folder, pooling="cls", seed=seed)
+    hidden = json.loads((folder / "config.json").read_text())["hidden_size"]
+    torch.manual_seed(seed + 1)
+    sparse, colbert = torch.nn.Linear(hidden, 1), torch.nn.Linear(hidden, hidden)
+    with torch.no_grad():
+        sparse.weight.normal_(0.0, 0.3)  # about half the tokens get a positive weight
+    torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
+    torch.save(colbert.state_dict(), folder / "colbert_linear.pt")
+    return folder
+
+
+def build_masked_lm(folder: Path, *, seed: int = 32) -> Path:
+    """A BERT *ForMaskedLM checkpoint (the base SPLADE checkpoints are trained from)."""
+    import transformers
+
+    from tests.families import TINY_ENCODER, _token_id, _vocab, save_model, wordpiece_tokenizer
+
+    wordpiece_tokenizer(folder, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
+    cfg = transformers.BertConfig(
+        vocab_size=_vocab(folder),
+        **TINY_ENCODER,
+        max_position_embeddings=512,
+        pad_token_id=_token_id(folder, "[PAD]"),
+    )
+    save_model(transformers.BertForMaskedLM(cfg), folder, seed=seed)
+    return folder
+
+
+def build_splade(
+    folder: Path, work: Path, *, pooling: str = "max", legacy: bool = False, seed: int = 32
+) -> Path:
+    """SPLADE as sentence-transformers' SparseEncoder saves it (``SparseEncoder.save``, for real);
+    ``legacy``: the module names sentence-transformers 5.0 wrote (``sparse_encoder.models.MLMTransformer``),
+    which SPLADE checkpoints on the hub carry."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    base = build_masked_lm(work, seed=seed)
+    transformer = Transformer(str(base), transformer_task="fill-mask", max_seq_length=96)
+    SparseEncoder(modules=[transformer, SpladePooling(pooling)], device="cpu").save(str(folder))
+    if legacy:
+        modules = json.loads((folder / "modules.json").read_text())
+        modules[0]["type"] = "sentence_transformers.sparse_encoder.models.MLMTransformer"
+        modules[1]["type"] = "sentence_transformers.sparse_encoder.models.SpladePooling"
+        _write_json(folder / "modules.json", modules)
+    return folder
+
+
+def _colbert_tokenizer(folder: Path) -> None:
+    """BERT's WordPiece with [unused0] / [unused1] in the vocabulary (colbert-ir's markers)."""
+    from tests.families import wordpiece_tokenizer
+
+    wordpiece_tokenizer(folder, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
+    data = json.loads((folder / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    for token in ("[unused0]", "[unused1]"):
+        vocab[token] = len(vocab)
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+
+
+def build_colbert_ir(folder: Path, *, seed: int = 33, query_maxlen: int = 16, doc_maxlen: int = 24) -> Path:
+    """colbert-ir's layout (colbertv2.0): an HF_ColBERT config, BERT weights under ``bert.`` with the
+    projection ``linear.weight`` (no bias) in the same file, settings in ``artifact.metadata``."""
+    import transformers
+    from safetensors.torch import save_file
+
+    from tests.families import TINY_ENCODER, _token_id, _vocab
+
+    _colbert_tokenizer(folder)
+    cfg = transformers.BertConfig(
+        vocab_size=_vocab(folder),
+        **TINY_ENCODER,
+        max_position_embeddings=512,
+        pad_token_id=_token_id(folder, "[PAD]"),
+    )
+    torch.manual_seed(seed)
+    bert = transformers.BertModel(cfg, add_pooling_layer=False)
+    with torch.no_grad():
+        for param in bert.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.1)
+    linear = torch.nn.Linear(cfg.hidden_size, 16, bias=False)
+    state = {f"bert.{k}": v.contiguous() for k, v in bert.state_dict().items()}
+    state["linear.weight"] = linear.weight.detach().contiguous()
+    save_file(state, str(folder / "model.safetensors"))
+    config = cfg.to_dict()
+    config["architectures"] = ["HF_ColBERT"]
+    _write_json(folder / "config.json", config)
+    _write_json(
+        folder / "artifact.metadata",
+        {
+            "query_token_id": "[unused0]",
+            "doc_token_id": "[unused1]",
+            "query_maxlen": query_maxlen,
+            "doc_maxlen": doc_maxlen,
+            "dim": 16,
+            "mask_punctuation": True,
+            "attend_to_mask_tokens": False,
+            "similarity": "cosine",
+        },
+    )
+    return folder
+
+
+def build_pylate(
+    folder: Path, *, seed: int = 34, query_length: int = 16, document_length: int = 24, attend: bool = False
+) -> Path:
+    """PyLate's sentence-transformers layout: a BERT whose tokenizer gained "[Q] " and "[D] ", a
+    ``pylate.models.Dense.Dense`` projection (no bias), PyLate's keys in config_sentence_transformers.json."""
+    import string
+
+    import transformers
+    from safetensors.torch import save_file
+
+    from tests.families import TINY_ENCODER, _token_id, save_model, wordpiece_tokenizer
+
+    wordpiece_tokenizer(folder, specials=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_tokens(["[Q] ", "[D] "])  # as PyLate does: plain added tokens
+    tokenizer.save_pretrained(folder)
+    cfg = transformers.BertConfig(
+        vocab_size=len(tokenizer),
+        **TINY_ENCODER,
+        max_position_embeddings=512,
+        pad_token_id=_token_id(folder, "[PAD]"),
+    )
+    cfg.architectures = ["BertModel"]
+    save_model(transformers.BertModel(cfg, add_pooling_layer=False), folder, seed=seed)
+    torch.manual_seed(seed + 1)
+    linear = torch.nn.Linear(cfg.hidden_size, 16, bias=False)
+    (folder / "1_Dense").mkdir(exist_ok=True)
+    save_file(
+        {"linear.weight": linear.weight.detach().contiguous()}, str(folder / "1_Dense" / "model.safetensors")
+    )
+    _write_json(
+        folder / "1_Dense" / "config.json",
+        {
+            "in_features": cfg.hidden_size,
+            "out_features": 16,
+            "bias": False,
+            "activation_function": "torch.nn.modules.linear.Identity",
+            "use_residual": False,
+        },
+    )
+    _write_json(
+        folder / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+        ],
+    )
+    _write_json(
+        folder / "config_sentence_transformers.json",
+        {
+            "__version__": {"sentence_transformers": "3.4.1", "pylate": "1.1.7"},
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": "MaxSim",
+            "query_prefix": "[Q] ",
+            "document_prefix": "[D] ",
+            "query_length": query_length,
+            "document_length": document_length,
+            "attend_to_expansion_tokens": attend,
+            "skiplist_words": list(string.punctuation),
+            "do_query_expansion": True,
+        },
+    )
+    _write_json(
+        folder / "sentence_bert_config.json", {"max_seq_length": document_length - 1, "do_lower_case": False}
+    )
+    return folder

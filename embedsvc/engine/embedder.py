@@ -20,6 +20,7 @@ from embedsvc.engine.deterministic import DEFAULT_TILE_ROWS, FixedTileLinear, ma
 from embedsvc.engine.inputs import TRUNCATIONS, EncodedInput, InputEncoder, Template, trim_heap
 from embedsvc.engine.onnx_int8 import load_int8
 from embedsvc.engine.options import EmbedOptions, ResolvedOptions
+from embedsvc.engine.outputs import OUTPUT_KINDS, Forwarded, OutputHeads, TokenOutputs, with_extra_outputs
 from embedsvc.engine.pooling import finalize, pool_packed, pool_padded, sqrt_len_scale
 from embedsvc.engine.recipe import Recipe, describe_recipe
 from embedsvc.engine.threads import apply_threads, resolve_threads
@@ -125,6 +126,17 @@ class Embedder:
         if options.deterministic:
             make_batch_invariant(self.model, options.tile_rows)
             self._dense = [(FixedTileLinear(lin, options.tile_rows), act) for lin, act in self._dense]  # type: ignore[arg-type]
+        # sparse / multi-vector heads the checkpoint declares (engine/outputs.py); None: pooled vectors only
+        self.heads: OutputHeads | None = None
+        if loaded.output_files is not None:
+            self.heads = OutputHeads(
+                loaded.output_files,
+                tokenizer=self.tokenizer,
+                vocab_size=int(self.model.config.vocab_size),
+                mlm_head=loaded.mlm_head,
+                device=self.device,
+                tile_rows=options.tile_rows if options.deterministic else None,
+            )
         self.token_facts = token_facts or probe_tokenizer(self.tokenizer, loaded.tokenizer_config_json)
         self._encoder = InputEncoder(
             self.tokenizer,
@@ -256,6 +268,12 @@ class Embedder:
         )
         quantize = options.get("quantize") or "none"
         if quantize != "none":
+            if loaded.output_files is not None:
+                raise InvalidInputError(
+                    f"quantize='int8' exports the pooled-vector path; {loaded.source.name} also has "
+                    f"{loaded.output_files.kind} heads: serve it in float32 or bfloat16",
+                    field="quantize",
+                )
             _check_int8(loaded, settings)
             engine = dataclasses.replace(  # the ONNX graph takes padded batches
                 engine, packed=False, token_budget=int(options.get("token_budget") or INT8_TOKEN_BUDGET)
@@ -318,7 +336,15 @@ class Embedder:
 
     @property
     def max_length(self) -> int:
+        if self.heads is not None and self.heads.colbert is not None:  # queries and documents have their own
+            colbert = self.heads.colbert.settings
+            return max(colbert.query_length, colbert.document_length)
         return self.settings.max_length
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """What ``EmbedOptions.outputs`` may ask of this model."""
+        return self.heads.offered if self.heads is not None else ("dense",)
 
     @property
     def is_decoder(self) -> bool:
@@ -374,6 +400,7 @@ class Embedder:
         template = self.template_for(
             input_type=options.input_type, prompt_name=options.prompt_name, instruction=options.instruction
         )
+        outputs = self._check_outputs(options)
         return ResolvedOptions(
             template=template,
             truncation=options.truncation,
@@ -381,7 +408,50 @@ class Embedder:
             normalize=self.settings.normalize if options.normalize is None else options.normalize,
             chunked=options.chunked,
             input_type=options.input_type,
+            outputs=outputs,
         )
+
+    def _check_outputs(self, options: EmbedOptions) -> tuple[str, ...]:
+        asked = options.outputs
+        if isinstance(asked, str) or not isinstance(asked, tuple | list) or not asked:
+            raise InvalidInputError(
+                f"outputs must be a non-empty list of {', '.join(OUTPUT_KINDS)}, got {asked!r}",
+                field="outputs",
+            )
+        outputs = tuple(asked)
+        offered = self.outputs
+        for kind in outputs:
+            if kind not in OUTPUT_KINDS:
+                raise InvalidInputError(
+                    f"unknown output {kind!r}; choose from {', '.join(OUTPUT_KINDS)}", field="outputs"
+                )
+            if kind not in offered:
+                raise InvalidInputError(
+                    f"model {self.name} does not give {kind!r} outputs; it offers {', '.join(offered)}",
+                    field="outputs",
+                )
+        if len(set(outputs)) != len(outputs):
+            raise InvalidInputError(f"outputs names an output twice: {list(outputs)}", field="outputs")
+        if options.chunked and outputs != ("dense",):
+            raise InvalidInputError(
+                "chunked mode merges a long text's windows into one pooled vector; sparse and multi-vector "
+                "outputs are per window: split the text yourself, or leave chunked off",
+                field="chunked",
+            )
+        if self.heads is not None and self.heads.colbert is not None:
+            if options.truncation != "end":
+                raise InvalidInputError(
+                    f"ColBERT checkpoints cut queries and documents at their end; truncation "
+                    f"{options.truncation!r} is not offered for model {self.name}",
+                    field="truncation",
+                )
+            if options.prompt_name is not None or options.instruction is not None:
+                raise InvalidInputError(
+                    f"model {self.name} is a ColBERT checkpoint: its query/document markers are its prompts; "
+                    "choose input_type 'query' or 'document' instead of a prompt or instruction",
+                    field="prompt_name" if options.prompt_name is not None else "instruction",
+                )
+        return outputs
 
     def template_for(
         self,
@@ -489,13 +559,18 @@ class Embedder:
     def _encode(
         self, texts: Sequence[str], resolved: ResolvedOptions, first_index: int = 0
     ) -> list[EncodedInput]:
-        return self._encoder.encode(
+        if self.heads is not None and self.heads.colbert is not None:
+            # markers, [MASK] expansion and lengths are the checkpoint's own (engine/outputs.py)
+            query = resolved.input_type == "query"
+            return self.heads.colbert.encode(texts, query=query, first_index=first_index)
+        encoded = self._encoder.encode(
             texts,
             resolved.template,
             truncation=resolved.truncation,
             chunked=resolved.chunked,
             first_index=first_index,
         )
+        return with_extra_outputs(encoded, tuple(o for o in resolved.outputs if o != "dense"))
 
     @staticmethod
     def _check_truncation(truncation: str) -> None:
@@ -508,9 +583,21 @@ class Embedder:
     @torch.inference_mode()
     def forward(self, encoded: Sequence[EncodedInput]) -> torch.Tensor:
         """Pooled (and Dense-projected) float32 vectors, one per encoded sequence, in order."""
+        return self._run(encoded, with_tokens=False).pooled
+
+    @torch.inference_mode()
+    def forward_outputs(self, encoded: Sequence[EncodedInput]) -> Forwarded:
+        """Pooled vectors and, for the sequences that ask for them, sparse and multi-vector outputs,
+        from the same forward pass."""
+        return self._run(encoded, with_tokens=True)
+
+    def _run(self, encoded: Sequence[EncodedInput], *, with_tokens: bool) -> Forwarded:
         out = torch.empty((len(encoded), self.dimension), dtype=torch.float32, device=self.device)
+        tokens: list[TokenOutputs] = []
         if not encoded:
-            return out
+            return Forwarded(out, tokens)
+        if with_tokens:
+            tokens = [TokenOutputs() for _ in encoded]
         batches = plan_batches(
             [len(e.ids) for e in encoded],
             token_budget=self.options.token_budget,
@@ -519,35 +606,56 @@ class Embedder:
         )
         for batch in batches:
             seqs = [encoded[i] for i in batch]
-            pooled = self._forward_packed(seqs) if self.options.packed else self._forward_padded(seqs)
+            keep = with_tokens and self.heads is not None and any(s.extra_outputs for s in seqs)
+            # ColBERT's un-attended [MASK] expansion is a key mask: padded batches (queries share one length)
+            packed = self.options.packed and all(s.attended is None for s in seqs)
+            run = self._forward_packed if packed else self._forward_padded
+            pooled, flat = run(seqs, keep_tokens=keep)
             for linear, activation in self._dense:
                 pooled = activation(linear(pooled))
             out[torch.tensor(batch, device=self.device)] = pooled
+            if flat is not None:
+                assert self.heads is not None
+                bounds = np.zeros(len(seqs) + 1, dtype=np.int64)
+                np.cumsum([len(s.ids) for s in seqs], out=bounds[1:])
+                for i, result in zip(batch, self.heads.compute(flat, seqs, bounds), strict=True):
+                    tokens[i] = result
         if len(encoded) > TRIM_AFTER_SEQUENCES:
             trim_heap()  # a huge input's batches freed: their memory back to the system
-        return out
+        return Forwarded(out, tokens)
 
-    def _forward_padded(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
+    def _forward_padded(
+        self, seqs: Sequence[EncodedInput], *, keep_tokens: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         longest = max(len(s.ids) for s in seqs)
         ids = torch.full((len(seqs), longest), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), longest), dtype=torch.long)
         for row, seq in enumerate(seqs):
             ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
             mask[row, : len(seq.ids)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        model_mask: torch.Tensor = mask
+        attend = mask
+        if any(s.attended is not None for s in seqs):
+            attend = mask.clone()
+            for row, seq in enumerate(seqs):
+                if seq.attended is not None:
+                    attend[row, seq.attended :] = 0
+        ids, mask, attend = ids.to(self.device), mask.to(self.device), attend.to(self.device)
+        model_mask: torch.Tensor = attend
         if self._own_bidirectional:
             # a 4D mask is used as given: padding hidden, no causal triangle, no window
-            model_mask = mask.bool()[:, None, None, :].expand(-1, 1, longest, -1)
+            model_mask = attend.bool()[:, None, None, :].expand(-1, 1, longest, -1)
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": model_mask}
         if self._takes_token_types:
             kwargs["token_type_ids"] = torch.zeros_like(ids)
         hidden = _last_hidden_state(self.model(**kwargs))
         starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
         ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
-        return pool_padded(hidden, mask, self.settings.pooling, starts, ends)
+        flat = hidden[mask.bool()] if keep_tokens else None  # right padding: each sequence's tokens in order
+        return pool_padded(hidden, mask, self.settings.pooling, starts, ends), flat
 
-    def _forward_packed(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
+    def _forward_packed(
+        self, seqs: Sequence[EncodedInput], *, keep_tokens: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # ids, positions and boundaries built in bulk (numpy), never token by token in Python
         lengths = np.fromiter((len(s.ids) for s in seqs), dtype=np.int64, count=len(seqs))
         total = int(lengths.sum())
@@ -572,15 +680,17 @@ class Embedder:
         hidden = self.model(**kwargs).last_hidden_state[0]
         starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
         ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
+        states = hidden if keep_tokens else None
         if self._fused_pooling:
             from embedsvc.kernels.segment_pool import segment_pool
 
             if self.settings.pooling == "mean_sqrt_len":
-                return sqrt_len_scale(segment_pool(hidden, cu, starts, ends, "mean"), starts, ends)
-            return segment_pool(hidden, cu, starts, ends, self.settings.pooling)
-        return pool_packed(
+                return sqrt_len_scale(segment_pool(hidden, cu, starts, ends, "mean"), starts, ends), states
+            return segment_pool(hidden, cu, starts, ends, self.settings.pooling), states
+        pooled = pool_packed(
             hidden, cu, self.settings.pooling, starts, ends, per_sequence=self.options.deterministic
         )
+        return pooled, states
 
     def combine(
         self,
@@ -613,6 +723,28 @@ class Embedder:
             merged = torch.stack(rows)
         final = finalize(merged, resolved.dimensions, resolved.normalize)
         return final.cpu().numpy().astype(np.float32, copy=False)
+
+    def combine_outputs(
+        self, result: Forwarded, encoded: Sequence[EncodedInput], n_texts: int, resolved: ResolvedOptions
+    ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]] | None, list[np.ndarray] | None]:
+        """The dense vectors (``[n, 0]`` when not asked for), sparse vectors and multi-vectors of
+        ``n_texts`` texts; one sequence per text (``resolve`` refuses chunked mode with these)."""
+        if "dense" in resolved.outputs:
+            vectors = self.combine(result.pooled, encoded, n_texts, resolved)
+        else:
+            vectors = np.zeros((n_texts, 0), dtype=np.float32)
+        sparse = multi = None
+        if "sparse" in resolved.outputs:
+            sparse = [t.sparse for t in result.tokens]
+            assert len(sparse) == n_texts and all(v is not None for v in sparse)
+        if "multi_vector" in resolved.outputs:
+            multi = [t.multi_vector.numpy() for t in result.tokens if t.multi_vector is not None]
+            assert len(multi) == n_texts
+        return vectors, sparse, multi  # type: ignore[return-value]
+
+    def sparse_tokens(self, ids: Sequence[int]) -> list[str]:
+        """Token strings of sparse output ids (TEI's /embed_sparse reports them)."""
+        return list(self.tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
 
     def count_tokens(self, encoded: Sequence[EncodedInput], n_texts: int) -> list[int]:
         """Tokens per caller text (chunks summed), as the model sees them."""

@@ -103,6 +103,11 @@ class EncodedInput:
     pool_end: int
     text_tokens: int  # input tokens kept (weights chunk averaging)
     source: int  # index of the caller's text
+    # outputs beyond the pooled vector this sequence asks for ("sparse", "multi_vector"; engine/outputs.py)
+    extra_outputs: tuple[str, ...] = ()
+    # ColBERT query expansion: only the first ``attended`` tokens are attended to (None: all of them)
+    attended: int | None = None
+    query: bool = False  # ColBERT: queries keep every token's vector, documents drop the skiplist's
 
 
 class InputEncoder:

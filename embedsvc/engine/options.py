@@ -22,6 +22,8 @@ class EmbedOptions:
     normalize: bool | None = None  # None: the model's default
     truncation: str = "end"  # "end" | "start" | "none"
     chunked: bool = False
+    # any of "dense", "sparse", "multi_vector" (engine/outputs.py), as far as the model offers them
+    outputs: tuple[str, ...] = ("dense",)
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,17 @@ class ResolvedOptions:
     normalize: bool  # the model's default already applied
     chunked: bool
     input_type: str | None
+    outputs: tuple[str, ...] = ("dense",)  # known to be offered by the model, no duplicates
 
 
 @dataclass(frozen=True)
 class Embedded:
-    vectors: np.ndarray  # float32 [n, dimensions]
+    vectors: np.ndarray  # float32 [n, dimensions]; [n, 0] when "dense" was not asked for
     token_counts: list[int]  # per text, as the model saw it (chunks summed)
+    # per text: (token ids int32 ascending, weights float32 > 0), when "sparse" was asked for
+    sparse: list[tuple[np.ndarray, np.ndarray]] | None = None
+    # per text: float32 [tokens, multi_vector_dimension], when "multi_vector" was asked for
+    multi_vectors: list[np.ndarray] | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -52,6 +59,8 @@ class Limits:
     max_inputs: int = 2048
     max_text_bytes: int = 1024 * 1024
     max_request_bytes: int = 8 * 1024 * 1024
+    # a request's multi-vector floats (tokens x width), estimated before the forward: 128 MB of float32
+    max_multi_vector_values: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,3 +83,6 @@ class ModelFacts:
     max_batch_size: int
     default: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ("dense",)  # what EmbedOptions.outputs may ask of this model
+    sparse_dimension: int | None = None  # vocabulary size, when "sparse" is offered
+    multi_vector_dimension: int | None = None  # width of each token vector, when "multi_vector" is offered

@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from embedsvc.engine.inputs import EncodedInput
+from embedsvc.engine.outputs import join_rows
 from embedsvc.errors import DeadlineExceededError, OverloadedError, UnavailableError
 
 DEFAULT_TENANT = "-"
@@ -41,11 +43,11 @@ MAX_RETRY_AFTER_S = 30.0
 @dataclass
 class _Pending:
     seqs: Sequence[EncodedInput]
-    future: asyncio.Future[torch.Tensor]
+    future: asyncio.Future[Any]
     deadline: float | None
     enqueued_at: float
     tenant: str
-    results: list[torch.Tensor | None] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)  # rows of the forward's result (engine/outputs.py)
     next_seq: int = 0
     done: int = 0
     started_at: float | None = None
@@ -75,7 +77,8 @@ class BatchRecord:
 class BatchScheduler:
     def __init__(
         self,
-        forward: Callable[[Sequence[EncodedInput]], torch.Tensor],
+        # pooled vectors [n, d], or engine/outputs.Forwarded for models with sparse / multi-vector heads
+        forward: Callable[[Sequence[EncodedInput]], Any],
         *,
         name: str,
         token_budget: int,
@@ -170,8 +173,9 @@ class BatchScheduler:
 
     async def submit(
         self, seqs: Sequence[EncodedInput], *, timeout: float | None = None, tenant: str = DEFAULT_TENANT
-    ) -> torch.Tensor:
-        """Pooled vectors ``[len(seqs), d]`` in order; raises OverloadedError when the queue is full."""
+    ) -> Any:
+        """Pooled vectors ``[len(seqs), d]`` in order (the forward's result type: a tensor, or a
+        ``Forwarded`` with per-sequence outputs); raises OverloadedError when the queue is full."""
         if self._closed:
             raise UnavailableError(f"model {self.name} is shutting down")
         loop = asyncio.get_running_loop()
@@ -328,7 +332,7 @@ class BatchScheduler:
                 pending.results[index] = pooled[row]
                 pending.done += 1
                 if pending.done == len(pending.seqs) and not pending.future.done():
-                    pending.future.set_result(torch.stack(pending.results))  # type: ignore[arg-type]
+                    pending.future.set_result(join_rows(pending.results))
 
     def _record(self, sequences: int, tokens: int, seconds: float) -> None:
         self.stats.batches += 1

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from embedsvc.engine.embedder import Embedder
 from embedsvc.engine.inputs import EncodedInput
 from embedsvc.engine.options import Embedded, EmbedOptions, Limits, ModelFacts, ResolvedOptions
+from embedsvc.engine.outputs import Forwarded
 from embedsvc.engine.scheduler import DEFAULT_TENANT, BatchRecord, BatchScheduler
 from embedsvc.errors import InvalidInputError, PayloadTooLargeError
 
@@ -138,7 +139,8 @@ class ModelService:
     ) -> ModelService:
         """A served model with its scheduler running on this event loop."""
         scheduler = BatchScheduler(
-            embedder.forward,
+            # models with sparse / multi-vector heads: one forward gives every output a request asks for
+            embedder.forward_outputs if embedder.heads is not None else embedder.forward,
             name=embedder.name,
             token_budget=embedder.options.token_budget,
             max_batch_size=embedder.options.max_batch_size,
@@ -189,6 +191,9 @@ class ModelService:
             token_budget=e.options.token_budget,
             max_batch_size=e.options.max_batch_size,
             default=self.default,
+            outputs=e.outputs,
+            sparse_dimension=e.heads.sparse_dimension if e.heads is not None else None,
+            multi_vector_dimension=e.heads.multi_vector_dimension if e.heads is not None else None,
         )
 
     @property
@@ -224,6 +229,7 @@ class ModelService:
         items, size, estimate = check_inputs(
             texts, self.limits, max_length=self._embedder.max_length, chunked=options.chunked
         )
+        self._check_multi_vector_size(resolved, estimate)
         with self.scheduler.admit(estimate, tenant):
             assert self._tokenizers is not None
             encoded = await self._tokenizers.run(items, size, lambda: self._embedder.prepare(items, resolved))
@@ -234,17 +240,42 @@ class ModelService:
     def embed_now(self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS) -> Embedded:
         """In this thread, without the scheduler: for in-process callers such as the local pipeline."""
         resolved = self._embedder.resolve(options)
-        items, _, _ = check_inputs(
+        items, _, estimate = check_inputs(
             texts, self.limits, max_length=self._embedder.max_length, chunked=options.chunked
         )
+        self._check_multi_vector_size(resolved, estimate)
         encoded = self._embedder.prepare(items, resolved)
-        return self._combine(self._embedder.forward(encoded), encoded, len(items), resolved)
+        e = self._embedder
+        result = e.forward_outputs(encoded) if e.heads is not None else e.forward(encoded)
+        return self._combine(result, encoded, len(items), resolved)
+
+    def _check_multi_vector_size(self, resolved: ResolvedOptions, estimated_tokens: int) -> None:
+        """Multi-vector answers grow with every token: bounded before any work, from the estimate."""
+        heads = self._embedder.heads
+        if "multi_vector" not in resolved.outputs or heads is None or not heads.multi_vector_dimension:
+            return
+        values = estimated_tokens * heads.multi_vector_dimension
+        limit = self.limits.max_multi_vector_values
+        if values > limit:
+            raise PayloadTooLargeError(
+                f"the request's multi-vector output would hold about {values} floats (about "
+                f"{estimated_tokens} tokens x {heads.multi_vector_dimension}); the limit is {limit} "
+                "(max_multi_vector_values): send fewer or shorter texts per request, or raise the limit",
+                field="inputs",
+            )
 
     def _combine(
         self, pooled: Any, encoded: list[EncodedInput], n: int, resolved: ResolvedOptions
     ) -> Embedded:
-        vectors = self._embedder.combine(pooled, encoded, n, resolved)
-        return Embedded(vectors, self._embedder.count_tokens(encoded, n))
+        counts = self._embedder.count_tokens(encoded, n)
+        if isinstance(pooled, Forwarded):
+            vectors, sparse, multi = self._embedder.combine_outputs(pooled, encoded, n, resolved)
+            return Embedded(vectors, counts, sparse=sparse, multi_vectors=multi)
+        return Embedded(self._embedder.combine(pooled, encoded, n, resolved), counts)
+
+    def sparse_tokens(self, ids: Sequence[int]) -> list[str]:
+        """Token strings of a sparse output's ids (the tokenizer stays inside the engine)."""
+        return self._embedder.sparse_tokens(ids)
 
     async def tokenize(
         self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS

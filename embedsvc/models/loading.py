@@ -18,6 +18,7 @@ import torch
 
 from embedsvc.errors import InvalidInputError, ModelLoadError
 from embedsvc.models.dtypes import DTYPE_ALIASES
+from embedsvc.models.heads import SPLADE, OutputFiles, read_output_files
 from embedsvc.models.st_files import SentenceTransformersFiles, read_st_files
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -62,6 +63,10 @@ class LoadedModel:
     remote_code: bool = False
     # what was loaded and how, for the recipe: e.g. "PEFT adapter merged into <base>"
     notes: tuple[str, ...] = ()
+    # sparse / multi-vector heads the checkpoint's files declare (models/heads.py); None: pooled vector only
+    output_files: OutputFiles | None = None
+    # SPLADE: the masked-LM head split off the *ForMaskedLM (``model`` is its base model)
+    mlm_head: Any = None
 
 
 def default_model_path() -> Path:
@@ -296,11 +301,16 @@ def load_model(
         notes.append("the checkpoint's own modeling code runs (trust_remote_code)")
     else:
         model_kwargs["attn_implementation"] = attn_implementation
+    output_files = read_output_files(resolved.folder, folder, config_json)
+    mlm_head = None
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=remote)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
         with _quiet_transformers():
-            model = AutoModel.from_pretrained(folder, **model_kwargs)
+            if output_files is not None and output_files.kind == SPLADE:
+                model, mlm_head = _split_masked_lm(folder, model_kwargs)
+            else:
+                model = AutoModel.from_pretrained(folder, **model_kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load the checkpoint in {folder}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -320,4 +330,35 @@ def load_model(
         tokenizer_config_json=tokenizer_config_json,
         remote_code=remote,
         notes=tuple(notes),
+        output_files=output_files,
+        mlm_head=None if mlm_head is None else mlm_head.to(torch_device).eval(),
     )
+
+
+def _split_masked_lm(folder: Path, model_kwargs: dict[str, Any]) -> tuple[Any, torch.nn.Module]:
+    """A *ForMaskedLM as its base model (run like any encoder, packed batches included) and its head."""
+    import copy
+
+    from transformers import AutoModelForMaskedLM
+
+    mlm = AutoModelForMaskedLM.from_pretrained(folder, **model_kwargs)
+    base = getattr(mlm, mlm.base_model_prefix, None)
+    head: torch.nn.Module | None = None
+    if hasattr(mlm, "cls"):  # BERT
+        head = mlm.cls
+    elif hasattr(mlm, "lm_head"):  # RoBERTa, XLM-RoBERTa
+        head = mlm.lm_head
+    elif hasattr(mlm, "vocab_projector"):  # DistilBERT
+        head = torch.nn.Sequential(
+            mlm.vocab_transform, mlm.activation, mlm.vocab_layer_norm, mlm.vocab_projector
+        )
+    elif hasattr(mlm, "head") and hasattr(mlm, "decoder"):  # ModernBERT
+        head = torch.nn.Sequential(mlm.head, mlm.decoder)
+    if base is None or head is None:
+        raise ModelLoadError(
+            f"{folder}: a SPLADE checkpoint of {type(mlm).__name__}, whose masked-LM head embedsvc does not "
+            "know (it knows BERT, RoBERTa/XLM-R, DistilBERT and ModernBERT heads)"
+        )
+    # the head's decoder shares its weight with the word embeddings: a copy of its own, so the head can
+    # run in float32 while the encoder stays in its dtype
+    return base, copy.deepcopy(head).float()

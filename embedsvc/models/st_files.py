@@ -40,6 +40,10 @@ _ST_POOLING_MODES = {
 # sentence_transformers.sentence_transformer.modules.x.X) but the class names did not
 _KNOWN_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout")
 _ST_PACKAGE = "sentence_transformers."
+# modules of sparse and multi-vector pipelines: models/heads.py reads them, not the pooled-vector path
+# (SparseEncoder's MLMTransformer is the transformer; PyLate's Dense projects every token)
+_OUTPUT_MODULES = ("MLMTransformer", "SpladePooling")
+_PYLATE_DENSE = "pylate.models.Dense.Dense"
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def _activation(dotted: str | None) -> torch.nn.Module:
     return cls()
 
 
-def _load_dense(folder: Path) -> DenseLayer:
+def load_dense(folder: Path) -> DenseLayer:
     cfg = _read_json(folder / "config.json")
     linear = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
     if (folder / "model.safetensors").exists():
@@ -122,6 +126,10 @@ def _load_dense(folder: Path) -> DenseLayer:
 def _module_kind(modules_path: Path, module: dict[str, Any]) -> str:
     dotted = str(module.get("type", ""))
     kind = dotted.rsplit(".", 1)[-1]
+    if dotted == _PYLATE_DENSE:
+        return "TokenDense"
+    if dotted.startswith(_ST_PACKAGE) and kind in _OUTPUT_MODULES:
+        return "Transformer" if kind == "MLMTransformer" else kind
     if not dotted.startswith(_ST_PACKAGE):
         raise ModelLoadError(
             f"{modules_path}: module {module.get('name', '?')} has type {dotted!r}, which is custom code "
@@ -163,8 +171,8 @@ def read_st_files(root: Path) -> SentenceTransformersFiles | None:
         elif kind == "Normalize":
             normalize = True
         elif kind == "Dense":
-            dense.append(_load_dense(folder))
-        # Dropout is the identity at inference
+            dense.append(load_dense(folder))
+        # Dropout is the identity at inference; SpladePooling and PyLate's Dense: models/heads.py
 
     prompts: dict[str, str] = {}
     default_prompt_name = None
