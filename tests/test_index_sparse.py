@@ -46,9 +46,9 @@ def densify(rows) -> np.ndarray:
     return out
 
 
-def tokens(n: int, seed: int) -> list[np.ndarray]:
+def tokens(n: int, seed: int, width: int = TOKEN_DIM) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [rng.normal(size=(int(rng.integers(1, 6)), TOKEN_DIM)).astype(np.float32) for _ in range(n)]
+    return [rng.normal(size=(int(rng.integers(1, 6)), width)).astype(np.float32) for _ in range(n)]
 
 
 def unit(n: int, seed: int) -> np.ndarray:
@@ -343,12 +343,17 @@ def test_sigkill_loses_no_acknowledged_sparse_write(tmp_path):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
+    """A server with a tiny bge-m3 (dense, sparse and multi-vector outputs from one forward)."""
     from embedsvc import EmbedClient
     from tests.server_utils import ServerProcess
+    from tests.tiny_models import build_bge_m3
 
-    data = tmp_path_factory.mktemp("sparse-data")
+    root = tmp_path_factory.mktemp("sparse-served")
+    model = build_bge_m3(root / "model-a")
     with (
-        ServerProcess("--data-dir", str(data), log_path=data.parent / "sparse-server.log") as server,
+        ServerProcess(
+            "--data-dir", str(root / "data"), "--model", f"m3={model}", log_path=root / "server.log"
+        ) as server,
         EmbedClient(server.target, timeout=120) as client,
     ):
         yield client
@@ -356,13 +361,14 @@ def served(tmp_path_factory):
 
 def test_hybrid_and_reranked_search_through_the_server(served):
     client = served
-    info = client.create_index("hyb", sparse=VOCAB, multi_vector=TOKEN_DIM)
-    assert (info.sparse_dimension, info.multi_vector_dimension, info.dimension) == (VOCAB, TOKEN_DIM, 384)
+    info = client.create_index("hyb", sparse=0, multi_vector=0)  # the model's vocabulary and width
+    width, dim = info.multi_vector_dimension, info.dimension
+    assert info.sparse_dimension > VOCAB and width > 0 and dim > 0
     n = 300
     rng = np.random.default_rng(5)
-    dense = rng.normal(size=(n, 384)).astype(np.float32)
+    dense = rng.normal(size=(n, dim)).astype(np.float32)
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
-    rows, toks = sparse_rows(n, 6), tokens(n, 7)
+    rows, toks = sparse_rows(n, 6), tokens(n, 7, width)
     toks = [t / np.linalg.norm(t, axis=1, keepdims=True) for t in toks]  # unit tokens: MaxSim <= tokens
     meta = [{"group": i % 2} for i in range(n)]
     ids = [f"h{i}" for i in range(n)]
@@ -397,15 +403,35 @@ def test_a_sparse_only_index_and_mistakes_through_the_server(served):
     from embedsvc.client import EmbedServiceError
 
     client = served
-    info = client.create_index("lex", dense=False, sparse=VOCAB)
-    assert info.dimension == 0
+    info = client.create_index("lex", dense=False, sparse=0)
+    assert info.dimension == 0 and info.sparse_dimension > VOCAB
     rows = sparse_rows(40, 8)
     client.upsert("lex", [f"s{i}" for i in range(40)], sparse=rows)
     assert client.search("lex", sparse=rows[4], mode="sparse", k=1)[0].id == "s4"
     with pytest.raises(EmbedServiceError, match="keeps no dense vectors") as caught:
-        client.search("lex", vector=np.ones(384), k=1)
+        client.search("lex", vector=np.ones(8), k=1)
     assert caught.value.code.name == "INVALID_ARGUMENT"
     with pytest.raises(EmbedServiceError, match="outside the index's vocabulary"):
-        client.upsert("lex", ["bad"], sparse=[([VOCAB + 5], [1.0])])
-    with pytest.raises(EmbedServiceError, match="gives no sparse output"):
-        client.create_index("nosparse", sparse=0)
+        client.upsert("lex", ["bad"], sparse=[([info.sparse_dimension], [1.0])])
+    with pytest.raises(EmbedServiceError, match=r"multi_vector=5, but model 'm3' gives"):
+        client.create_index("narrow", multi_vector=5)
+
+
+def test_texts_are_embedded_into_every_part_the_index_keeps(served):
+    client = served
+    client.create_index("texts", sparse=0, multi_vector=0)
+    texts = ["the quick brown fox", "a lazy dog sleeps", "zebra crossing at noon", "brown bread and butter"]
+    client.upsert("texts", [f"t{i}" for i in range(4)], texts=texts, metadata=[{"i": i} for i in range(4)])
+    stored = client.get_parts("texts", ["t2"])["t2"]
+    ids, weights = stored[0]
+    assert len(ids) > 0 and stored[1].shape[1] > 0
+    # the same text as a query (this model has no query prompt): dense 1, sparse its own squared
+    # weights, MaxSim one per query token (unit token vectors, stored as float16)
+    hits = client.search("texts", text=texts[2], mode="hybrid", fusion="weighted", rerank=True, k=4)
+    own = next(h for h in hits if h.id == "t2")
+    assert own.dense_score == pytest.approx(1.0, abs=1e-4)
+    assert own.sparse_score == pytest.approx(float(np.dot(weights, weights)), rel=1e-4)
+    assert own.maxsim_score == pytest.approx(len(stored[1]), rel=1e-2)
+    assert hits[0].id == "t2" and hits[0].metadata == {"i": 2}
+    sparse_hits = client.search_batch("texts", texts=texts[:2], mode="sparse", k=1)
+    assert [h[0].id for h in sparse_hits] == ["t0", "t1"]

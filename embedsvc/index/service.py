@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from embedsvc.engine.options import EmbedOptions
+from embedsvc.engine.options import Embedded, EmbedOptions
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.index.ann import KIND_PARAMS, AnnParams
 from embedsvc.index.collection import Collection, Hit, IndexSpec
@@ -48,8 +48,9 @@ class Models(Protocol):
     def serving(self, source: str) -> Any: ...
 
 
-# (the served model, texts, options) -> vectors [len(texts), dimension]
-Embed = Callable[[Any, list[str], EmbedOptions], Awaitable[np.ndarray]]
+# (the served model, texts, options) -> what the model gives: dense vectors [len(texts), dimension], and
+# the sparse / multi-vector outputs when options.outputs asks for them
+Embed = Callable[[Any, list[str], EmbedOptions], Awaitable[Embedded]]
 
 
 @dataclass(frozen=True)
@@ -173,10 +174,10 @@ class Indexes:
         ``sparse`` / ``multi_vector`` (None: not kept): the vocabulary size / token vector width,
         0 for the model's own."""
         served = self.models.get(model)
-        facts = served.facts if hasattr(served, "facts") else None
-        sparse_dimension = _width(sparse, getattr(facts, "sparse_dimension", 0), served.name, "sparse")
+        facts = getattr(served, "facts", None)
+        sparse_dimension = _width(sparse, getattr(facts, "sparse_dimension", 0) or 0, served.name, "sparse")
         multi_dimension = _width(
-            multi_vector, getattr(facts, "multi_vector_dimension", 0), served.name, "multi_vector"
+            multi_vector, getattr(facts, "multi_vector_dimension", 0) or 0, served.name, "multi_vector"
         )
         given = dict(params or {})
         stray = sorted(set(given) - set(KIND_PARAMS.get(kind, given)))
@@ -276,7 +277,16 @@ class Indexes:
                 texts.append((i, item.text))
         if texts:
             served = self.require_model(collection)
-            vectors[[i for i, _ in texts]] = await embed(served, [t for _, t in texts], DOCUMENTS)
+            outputs = self._outputs(served, spec.dense, spec.sparse, spec.multi_vector)
+            options = EmbedOptions(input_type="document", outputs=outputs)
+            embedded = await embed(served, [t for _, t in texts], options)
+            for j, (i, _) in enumerate(texts):
+                if spec.dense:
+                    vectors[i] = embedded.vectors[j]
+                if spec.sparse and embedded.sparse is not None:
+                    sparse[i] = embedded.sparse[j]
+                if spec.multi_vector and embedded.multi_vectors is not None:
+                    tokens[i] = embedded.multi_vectors[j]
         ids, metadata = [item.id for item in items], [dict(item.metadata or {}) for item in items]
         count = await asyncio.to_thread(
             collection.upsert,
@@ -337,7 +347,26 @@ class Indexes:
         self, collection: Collection, texts: list[str], instruction: str | None, embed: Embed
     ) -> np.ndarray:
         served = self.require_model(collection)
-        return await embed(served, texts, EmbedOptions(input_type="query", instruction=instruction))
+        options = EmbedOptions(input_type="query", instruction=instruction)
+        return (await embed(served, texts, options)).vectors
+
+    @staticmethod
+    def _outputs(served: Any, dense: bool, sparse: bool, multi_vector: bool) -> tuple[str, ...]:
+        """The model outputs a write or search needs; FailedPreconditionError if the model lacks one."""
+        wanted = tuple(
+            name
+            for name, needed in (("dense", dense), ("sparse", sparse), ("multi_vector", multi_vector))
+            if needed
+        )
+        offered = getattr(getattr(served, "facts", None), "outputs", ("dense",))
+        missing = [name for name in wanted if name not in offered]
+        if missing:
+            raise FailedPreconditionError(
+                f"model {served.name!r} gives no {' or '.join(missing)} output "
+                f"(it gives {', '.join(offered)}): "
+                "send the vectors themselves (vector, sparse, token_vectors) instead of text"
+            )
+        return wanted
 
     async def search(
         self,
@@ -391,14 +420,20 @@ class Indexes:
         embed: Embed,
         hybrid: HybridOptions,
     ) -> list[Query]:
-        """Text queries embedded into the representations the search needs."""
-        if hybrid.mode != "dense" or hybrid.rerank:
-            raise FailedPreconditionError(
-                "text queries in sparse or hybrid mode, or with MaxSim re-ranking, need the model's sparse / "
-                "multi-vector outputs: send the query's vectors instead"
+        """Text queries embedded (as queries) into the representations the search needs."""
+        served = self.require_model(collection)
+        use_dense, use_sparse = hybrid.mode in ("dense", "hybrid"), hybrid.mode in ("sparse", "hybrid")
+        outputs = self._outputs(served, use_dense, use_sparse, hybrid.rerank)
+        options = EmbedOptions(input_type="query", instruction=instruction, outputs=outputs)
+        embedded = await embed(served, texts, options)
+        return [
+            Query(
+                dense=embedded.vectors[i] if use_dense else None,
+                sparse=embedded.sparse[i] if embedded.sparse is not None else None,
+                tokens=embedded.multi_vectors[i] if embedded.multi_vectors is not None else None,
             )
-        dense = await self._queries(collection, texts, instruction, embed)
-        return [Query(dense=row) for row in dense]
+            for i in range(len(texts))
+        ]
 
     async def search_many(
         self,

@@ -6,11 +6,10 @@ import asyncio
 from typing import Any
 
 import grpc
-import numpy as np
 
 from embedsvc import wire
 from embedsvc.config import ServerConfig
-from embedsvc.engine.options import EmbedOptions
+from embedsvc.engine.options import Embedded, EmbedOptions
 from embedsvc.engine.service import ModelService
 from embedsvc.errors import InvalidInputError
 from embedsvc.index.collection import Hit
@@ -89,11 +88,11 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
     def _embed(context: grpc.aio.ServicerContext) -> Embed:
         """The served model's scheduler, within the caller's deadline and for its tenant."""
 
-        async def embed(served: ModelService, texts: list[str], options: EmbedOptions) -> np.ndarray:
+        async def embed(served: ModelService, texts: list[str], options: EmbedOptions) -> Embedded:
             embedded = await served.embed(
                 texts, options, timeout=context.time_remaining(), tenant=tenant_of(context)
             )
-            return embedded.vectors
+            return embedded
 
         return embed
 
