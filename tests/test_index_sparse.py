@@ -435,3 +435,36 @@ def test_texts_are_embedded_into_every_part_the_index_keeps(served):
     assert hits[0].id == "t2" and hits[0].metadata == {"i": 2}
     sparse_hits = client.search_batch("texts", texts=texts[:2], mode="sparse", k=1)
     assert [h[0].id for h in sparse_hits] == ["t0", "t1"]
+
+
+def test_the_cli_creates_and_searches_with_sparse_hybrid_and_rerank(served, capsys):
+    import json
+
+    from embedsvc.cli.main import main
+
+    target = ["--target", served.target]
+    assert main(["index", "create", "cli", "--sparse", "--multi-vector", "--json", *target]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sparse_dimension"] > VOCAB and info["multi_vector_dimension"] > 0
+    served.upsert("cli", ["a", "b", "c"], texts=["red apples", "green pears", "blue plums"])
+    assert (
+        main(["index", "search", "cli", "red apples", "--mode", "hybrid", "--rerank", "--json", *target]) == 0
+    )
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["id"] == "a" and {"dense_score", "sparse_score", "maxsim_score"} <= set(hits[0])
+    parts = served.get_parts("cli", ["a", "b", "c"])
+    ids, weights = parts["b"][0]
+    query = {str(t): float(w) for t, w in zip(ids.tolist(), weights.tolist(), strict=True)}
+    assert (
+        main(["index", "search", "cli", "--sparse", json.dumps(query), "--mode", "sparse", "--json", *target])
+        == 0
+    )
+    found = json.loads(capsys.readouterr().out)
+
+    def dot(item: str) -> float:
+        row = dict(zip(*(p.tolist() for p in parts[item][0]), strict=True))
+        return sum(w * row.get(t, 0.0) for t, w in zip(ids.tolist(), weights.tolist(), strict=True))
+
+    expected = sorted((i for i in "abc" if dot(i) != 0), key=lambda i: -dot(i))
+    assert [h["id"] for h in found] == expected
+    assert [h["score"] for h in found] == pytest.approx([dot(i) for i in expected], rel=1e-5)
