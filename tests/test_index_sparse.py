@@ -468,3 +468,38 @@ def test_the_cli_creates_and_searches_with_sparse_hybrid_and_rerank(served, caps
     expected = sorted((i for i in "abc" if dot(i) != 0), key=lambda i: -dot(i))
     assert [h["id"] for h in found] == expected
     assert [h["score"] for h in found] == pytest.approx([dot(i) for i in expected], rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["qdrant", "milvus"])
+def test_export_writes_sparse_and_token_vectors_to_the_store(kind, tmp_path):
+    pytest.importorskip("qdrant_client" if kind == "qdrant" else "milvus_lite")
+    from embedsvc.index.manager import IndexManager
+    from embedsvc.stores import open_store
+    from embedsvc.stores.export import export_index
+
+    manager = IndexManager(tmp_path / "data")
+    c = manager.create(spec(multi_vector=True, multi_vector_dimension=TOKEN_DIM))
+    rows, toks, dense = sparse_rows(30, 11), tokens(30, 12), unit(30, 13)
+    c.upsert([f"e{i}" for i in range(30)], dense, [{"i": i} for i in range(30)], sparse=rows, tokens=toks)
+    manager.close()
+    location = str(tmp_path / ("qdrant" if kind == "qdrant" else "milvus.db"))
+    report = export_index(tmp_path / "data", "docs", open_store(kind, location), batch_size=8)
+    assert report["exported"] == 30 and report["sparse"] is True
+    assert report["token_vectors"] == (
+        "exported" if kind == "qdrant" else "not exported: milvus has no multi-vector field"
+    )
+    store = open_store(kind, location)
+    try:
+        assert store.count("docs") == 30
+        got = store.get("docs", ["e4"])
+        np.testing.assert_allclose(got["e4"][0], dense[4], rtol=1e-6)
+        parts = store.get_parts("docs", ["e4", "e5"])
+        for i in (4, 5):
+            np.testing.assert_array_equal(parts[f"e{i}"][0][0], rows[i][0])
+            np.testing.assert_allclose(parts[f"e{i}"][0][1], rows[i][1], rtol=1e-6)
+            if kind == "qdrant":  # float16 as the index keeps them
+                np.testing.assert_allclose(parts[f"e{i}"][1], toks[i].astype(np.float16), rtol=1e-6)
+            else:
+                assert parts[f"e{i}"][1] is None
+    finally:
+        store.close()
