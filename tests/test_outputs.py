@@ -372,3 +372,16 @@ def test_multi_vector_size_is_bounded_before_the_forward(folders: dict[str, Path
     with pytest.raises(PayloadTooLargeError, match="max_multi_vector_values"):
         service.embed_now(["word " * 200], EmbedOptions(outputs=("multi_vector",)))
     service.embed_now(["word " * 200], EmbedOptions(outputs=("sparse",)))  # no bound on the others
+
+
+def test_recipe_and_load_time_measurement_work_without_dense(folders: dict[str, Path]) -> None:
+    from embedsvc.engine.recipe import describe_recipe, render_text
+    from embedsvc.engine.service import measure_throughput
+
+    for name, line in [("splade", "outputs     sparse"), ("pylate", "outputs     multi_vector")]:
+        embedder = Embedder.from_pretrained(folders[name])
+        text = render_text(describe_recipe(embedder))
+        assert line in text, text
+        assert measure_throughput(embedder) > 0
+    m3 = render_text(describe_recipe(Embedder.from_pretrained(folders["m3"]), samples=False))
+    assert "outputs     dense, sparse, multi_vector  (bge-m3 heads" in m3

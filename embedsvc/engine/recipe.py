@@ -54,6 +54,9 @@ class Recipe:
     notes: tuple[str, ...]
     engine: dict[str, Any]
     samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what EmbedOptions.outputs may ask for, and the sparse / multi-vector head the checkpoint declares
+    outputs: tuple[str, ...] = ("dense",)
+    output_heads: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,15 +100,35 @@ def describe_recipe(
         notes=loaded.notes,
         engine=engine,
         samples=_samples(embedder, query, document) if samples else {},
+        outputs=embedder.outputs,
+        output_heads=_describe_heads(embedder),
     )
     return recipe
+
+
+def _describe_heads(embedder: Embedder) -> str:
+    heads = embedder.heads
+    if heads is None:
+        return ""
+    parts = [f"{heads.kind} heads"]
+    if heads.sparse_dimension:
+        parts.append(f"sparse over {heads.sparse_dimension} token ids")
+    if heads.multi_vector_dimension:
+        parts.append(f"{heads.multi_vector_dimension}-d token vectors")
+    if heads.colbert is not None:
+        c = heads.colbert.settings
+        parts.append(
+            f"{c.layout}: query markers {c.query_prefix!r}/{c.document_prefix!r}, query_length "
+            f"{c.query_length}, document_length {c.document_length}"
+        )
+    return "; ".join(parts)
 
 
 def _samples(embedder: Embedder, query: str, document: str) -> dict[str, dict[str, Any]]:
     """The exact tokens a sample query and document become, and which of them are pooled."""
     out = {}
     for kind, text in (("query", query), ("document", document)):
-        (encoded, *_) = embedder.prepare([text], input_type=kind)
+        (encoded, *_) = embedder.prepare([text], input_type=kind, outputs=embedder.outputs)
         tokens = embedder.tokenizer.convert_ids_to_tokens(encoded.ids)
         out[kind] = {
             "text": text,
@@ -126,6 +149,8 @@ def render_text(recipe: Recipe) -> str:
         f"{', checkpoint code' if recipe.remote_code else ''})",
         f"dimension   {recipe.dimension}"
         + (f"  ({recipe.dense_layers} Dense layers)" if recipe.dense_layers else ""),
+        f"outputs     {', '.join(recipe.outputs)}"
+        + (f"  ({recipe.output_heads})" if recipe.output_heads else ""),
         "engine      " + ", ".join(f"{k}={v}" for k, v in recipe.engine.items()),
         "",
         "recipe (value  <- source)",

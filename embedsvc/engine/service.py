@@ -10,6 +10,7 @@ chunks, token counts. It also answers what callers may know about the model (:cl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -95,10 +96,13 @@ def check_inputs(texts: Any, limits: Limits, *, max_length: int, chunked: bool) 
 def measure_throughput(embedder: Embedder) -> float:
     """Tokens per second of one full forward pass: the unit a queue bound in seconds is measured in."""
     words = max(8, min(embedder.max_length, 128) // 2)
-    encoded = embedder.prepare(["the quick brown fox jumps over the lazy dog " * (words // 9 + 1)] * 8)
-    embedder.forward(encoded)  # warm-up: first calls allocate
+    text = "the quick brown fox jumps over the lazy dog " * (words // 9 + 1)
+    # every output the model offers: the slowest request it will be asked for (SPLADE's vocabulary head)
+    encoded = embedder.prepare([text] * 8, outputs=embedder.outputs)
+    forward = embedder.forward_outputs if embedder.heads is not None else embedder.forward
+    forward(encoded)  # warm-up: first calls allocate
     started = time.perf_counter()
-    embedder.forward(encoded)
+    forward(encoded)
     return sum(len(e.ids) for e in encoded) / max(time.perf_counter() - started, 1e-6)
 
 
@@ -281,7 +285,8 @@ class ModelService:
         self, texts: Sequence[str], options: EmbedOptions = DEFAULT_OPTIONS
     ) -> list[tuple[list[int], list[str]]]:
         """(ids, token strings) per text, as the model would see them."""
-        resolved = self._embedder.resolve(options)
+        # tokens do not depend on the outputs asked for: any the model offers will do
+        resolved = self._embedder.resolve(dataclasses.replace(options, outputs=self._embedder.outputs))
         items, size, _ = check_inputs(texts, self.limits, max_length=self._embedder.max_length, chunked=False)
         assert self._tokenizers is not None
         encoded = await self._tokenizers.run(items, size, lambda: self._embedder.prepare(items, resolved))
