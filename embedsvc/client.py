@@ -208,13 +208,14 @@ class AsyncEmbedClient:
         model: str | None = None,
         metric: str = "cosine",
         kind: str = "flat",
-        dense: bool = True,
+        dense: bool | None = None,
         sparse: int | None = None,
         multi_vector: int | None = None,
         **params: int,
     ) -> IndexInfo:
         """``sparse`` / ``multi_vector``: keep sparse vectors / token vectors too (0: the model's
-        vocabulary size / token width, else that width); ``dense=False``: no dense vectors."""
+        vocabulary size / token width, else that width); ``dense=False``: no dense vectors (None: as
+        the model gives dense output or not)."""
         request = wire.create_index_request(
             name, model, metric, kind, params, dense=dense, sparse=sparse, multi_vector=multi_vector
         )

@@ -301,7 +301,7 @@ def create_index_request(
     kind: str,
     params: Mapping[str, int],
     *,
-    dense: bool = True,
+    dense: bool | None = None,
     sparse: int | None = None,
     multi_vector: int | None = None,
 ) -> ipb.CreateIndexRequest:
@@ -317,15 +317,15 @@ def create_index_request(
         request.sparse = sparse
     if multi_vector is not None:
         request.multi_vector = multi_vector
-    if not dense:
-        request.dense = False
+    if dense is not None:
+        request.dense = dense
     return request
 
 
 def create_index_parts(request: ipb.CreateIndexRequest) -> dict[str, Any]:
     """What a CreateIndexRequest asks to keep, as Indexes.create takes it."""
     return {
-        "dense": request.dense if request.HasField("dense") else True,
+        "dense": request.dense if request.HasField("dense") else None,
         "sparse": request.sparse if request.HasField("sparse") else None,
         "multi_vector": request.multi_vector if request.HasField("multi_vector") else None,
     }

@@ -387,7 +387,7 @@ def _create(args: argparse.Namespace) -> int:
             model=args.model,
             metric=args.metric,
             kind=args.kind,
-            dense=not args.no_dense,
+            dense=False if args.no_dense else None,
             sparse=args.sparse,
             multi_vector=args.multi_vector,
             **params,

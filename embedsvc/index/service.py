@@ -165,16 +165,18 @@ class Indexes:
         metric: str,
         kind: str,
         params: Mapping[str, Any] | None = None,
-        dense: bool = True,
+        dense: bool | None = None,
         sparse: int | None = None,
         multi_vector: int | None = None,
     ) -> Collection:
         """A new index bound to the served ``model`` ("" for the default); ``params`` only those given.
 
         ``sparse`` / ``multi_vector`` (None: not kept): the vocabulary size / token vector width,
-        0 for the model's own."""
+        0 for the model's own; ``dense`` None: whether the model gives dense output (SPLADE does not)."""
         served = self.models.get(model)
         facts = getattr(served, "facts", None)
+        if dense is None:
+            dense = "dense" in getattr(facts, "outputs", ("dense",))
         sparse_dimension = _width(sparse, getattr(facts, "sparse_dimension", 0) or 0, served.name, "sparse")
         multi_dimension = _width(
             multi_vector, getattr(facts, "multi_vector_dimension", 0) or 0, served.name, "multi_vector"
