@@ -177,6 +177,12 @@ class Indexes:
         facts = getattr(served, "facts", None)
         if dense is None:
             dense = "dense" in getattr(facts, "outputs", ("dense",))
+            if not dense and sparse is None:
+                raise InvalidInputError(
+                    f"model {served.name!r} gives no dense output: create the index with sparse (0: the "
+                    "model's vocabulary) to keep its sparse vectors",
+                    field="sparse",
+                )
         sparse_dimension = _width(sparse, getattr(facts, "sparse_dimension", 0) or 0, served.name, "sparse")
         multi_dimension = _width(
             multi_vector, getattr(facts, "multi_vector_dimension", 0) or 0, served.name, "multi_vector"
