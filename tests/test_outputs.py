@@ -344,6 +344,36 @@ def test_served_model_batches_requests_with_different_outputs(folders: dict[str,
         assert got.token_counts == ref.token_counts
 
 
+def test_colbert_queries_and_documents_share_batches(folders: dict[str, Path]) -> None:
+    embedder = Embedder.from_pretrained(folders["pylate"])
+    direct = ModelService.in_process(embedder)
+    kinds = ["query", "document", "query"]
+
+    async def run() -> list[Any]:
+        tokenizers = Tokenizers(1)
+        service = ModelService.start(
+            embedder,
+            tokenizers,
+            Limits(),
+            tokens_per_second=1e6,
+            max_queue_requests=64,
+            max_queue_tokens=1 << 20,
+            max_queue_seconds=60.0,
+            batch_wait_s=0.01,
+        )
+        try:  # expanded queries (a key mask: padded) and documents (packed) land in the same batches
+            return await asyncio.gather(
+                *(service.embed(TEXTS, EmbedOptions(input_type=k, outputs=("multi_vector",))) for k in kinds)
+            )
+        finally:
+            await service.close()
+            tokenizers.shutdown()
+
+    for kind, got in zip(kinds, asyncio.run(run()), strict=True):
+        ref = direct.embed_now(TEXTS, EmbedOptions(input_type=kind, outputs=("multi_vector",)))
+        assert_multi_equal(got.multi_vectors or [], ref.multi_vectors or [])
+
+
 def test_outputs_are_checked_against_what_the_model_offers(folders: dict[str, Path], bge_dir: Path) -> None:
     plain = serve(bge_dir)
     assert plain.facts.outputs == ("dense",) and plain.facts.sparse_dimension is None

@@ -242,8 +242,9 @@ class OutputHeads:
 
     def _splade_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self.mlm_head is not None
-        scores = torch.log1p(torch.relu(self.mlm_head(hidden).float()))
-        return torch.log1p(scores) if self.splade_activation == "log1p_relu" else scores
+        # in place: [tokens, vocabulary] is the biggest tensor of the request, made once
+        scores = self.mlm_head(hidden).float().relu_().log1p_()
+        return scores.log1p_() if self.splade_activation == "log1p_relu" else scores
 
     def _pool(self, scores: torch.Tensor) -> torch.Tensor:
         return scores.amax(dim=0) if self.splade_pooling == "max" else scores.sum(dim=0)
