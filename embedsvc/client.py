@@ -240,10 +240,26 @@ class AsyncEmbedClient:
         metric: str = "cosine",
         kind: str = "flat",
         store_text: bool = False,
+        dense: bool | None = None,
+        sparse: int | None = None,
+        multi_vector: int | None = None,
         **params: int,
     ) -> IndexInfo:
-        """``store_text``: keep each item's text (Get / search with ``return_text``; reranking needs it)."""
-        request = wire.create_index_request(name, model, metric, kind, params, store_text)
+        """``store_text``: keep each item's text (Get / search with ``return_text``; reranking needs it).
+        ``sparse`` / ``multi_vector``: keep sparse vectors / token vectors too (0: the model's
+        vocabulary size / token width, else that width); ``dense=False``: no dense vectors (None: as
+        the model gives dense output or not)."""
+        request = wire.create_index_request(
+            name,
+            model,
+            metric,
+            kind,
+            params,
+            dense=dense,
+            sparse=sparse,
+            multi_vector=multi_vector,
+            store_text=store_text,
+        )
         return wire.index_info(await self._call(self._index.CreateIndex, request, idempotent=False))
 
     async def delete_index(self, name: str) -> None:
@@ -264,11 +280,25 @@ class AsyncEmbedClient:
         metadata: Sequence[Mapping[str, Any]] | None = None,
         *,
         fingerprint: str = "",
+        sparse: Sequence[Any] | None = None,
+        token_vectors: Sequence[Any] | None = None,
     ) -> int:
         """Insert or replace; returns the index's size afterwards. Each request is all or nothing; they
         go one after another, so a later duplicate id wins. ``fingerprint``: the model fingerprint that
-        made ``vectors`` (ModelInfo.fingerprint), checked against the index's."""
-        requests = wire.upsert_requests(index, ids, texts, vectors, metadata, self.chunk_size, fingerprint)
+        made ``vectors`` (ModelInfo.fingerprint), checked against the index's. ``sparse``: (term ids,
+        weights) per item; ``token_vectors``: a [tokens, width] array per item (with vectors, or alone
+        without dense)."""
+        requests = wire.upsert_requests(
+            index,
+            ids,
+            texts,
+            vectors,
+            metadata,
+            self.chunk_size,
+            fingerprint,
+            sparse=sparse,
+            tokens=token_vectors,
+        )
         replies = await self._each(self._index.Upsert, requests, in_flight=1)
         return int(replies[-1].count) if replies else 0
 
@@ -288,6 +318,13 @@ class AsyncEmbedClient:
             found.update(wire.got(reply, return_text))
         return found
 
+    async def get_parts(self, index: str, ids: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+        """``{id: (sparse (ids, weights) or None, token vectors or None)}`` for the ids that exist."""
+        found: dict[str, tuple[Any, Any]] = {}
+        for reply in await self._each(self._index.Get, wire.get_requests(index, ids, self.chunk_size)):
+            found.update(wire.got_parts(reply))
+        return found
+
     async def search(
         self,
         index: str,
@@ -301,17 +338,41 @@ class AsyncEmbedClient:
         instruction: str | None = None,
         return_text: bool = False,
         rerank: str | Rerank | Mapping[str, Any] | None = None,
+        sparse: Any = None,
+        token_vectors: Any = None,
+        mode: str = "dense",
+        fusion: str = "rrf",
+        dense_weight: float | None = None,
+        sparse_weight: float | None = None,
+        rrf_k: int | None = None,
+        candidates: int = 0,
+        multi_vector_rerank: bool = False,
     ) -> list[Hit]:
         """Top ``k`` for a text or a vector; ``filter`` in the plain filter language (docs/search.md),
         checked here before sending. ``return_text``: hits carry their stored texts. ``rerank``: a served
         reranker's name (or ``Rerank(model, candidates, instruction)``) that reorders the nearest
-        candidates by their stored texts; hits then carry ``rerank_score`` beside ``score``."""
+        candidates by their stored texts; hits then carry ``rerank_score`` beside ``score``. ``mode``
+        sparse / hybrid searches with ``sparse`` ((term ids, weights)) and fuses by ``fusion``;
+        ``multi_vector_rerank`` re-ranks by MaxSim over the items' token vectors (``token_vectors``: the
+        query's, for a query given as vectors)."""
         options = SearchOptions(
-            k, filter, ef_search, nprobe, instruction, return_text, wire.rerank_stage(rerank)
+            k,
+            filter,
+            ef_search,
+            nprobe,
+            instruction,
+            return_text=return_text,
+            rerank=wire.rerank_stage(rerank),
+            mode=mode,
+            fusion=fusion,
+            dense_weight=dense_weight,
+            sparse_weight=sparse_weight,
+            rrf_k=rrf_k,
+            candidates=candidates,
+            multi_vector_rerank=multi_vector_rerank,
         )
-        return wire.hits(
-            await self._call(self._index.Search, wire.search_request(index, text, vector, options))
-        )
+        request = wire.search_request(index, text, vector, options, sparse=sparse, tokens=token_vectors)
+        return wire.hits(await self._call(self._index.Search, request))
 
     async def search_batch(
         self,
@@ -326,14 +387,39 @@ class AsyncEmbedClient:
         instruction: str | None = None,
         return_text: bool = False,
         rerank: str | Rerank | Mapping[str, Any] | None = None,
+        sparse: Sequence[Any] | None = None,
+        token_vectors: Sequence[Any] | None = None,
+        mode: str = "dense",
+        fusion: str = "rrf",
+        dense_weight: float | None = None,
+        sparse_weight: float | None = None,
+        rrf_k: int | None = None,
+        candidates: int = 0,
+        multi_vector_rerank: bool = False,
     ) -> list[list[Hit]]:
         """Top ``k`` for each of many queries (texts or a [queries, dim] array), in order; sent
         ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index.
-        ``return_text`` and ``rerank`` as for :meth:`search`."""
+        ``return_text``, ``rerank`` and the rest as for :meth:`search`; ``sparse`` / ``token_vectors``:
+        one per query."""
         options = SearchOptions(
-            k, filter, ef_search, nprobe, instruction, return_text, wire.rerank_stage(rerank)
+            k,
+            filter,
+            ef_search,
+            nprobe,
+            instruction,
+            return_text=return_text,
+            rerank=wire.rerank_stage(rerank),
+            mode=mode,
+            fusion=fusion,
+            dense_weight=dense_weight,
+            sparse_weight=sparse_weight,
+            rrf_k=rrf_k,
+            candidates=candidates,
+            multi_vector_rerank=multi_vector_rerank,
         )
-        requests = wire.search_batch_requests(index, texts, vectors, options, self.chunk_size)
+        requests = wire.search_batch_requests(
+            index, texts, vectors, options, self.chunk_size, sparse=sparse, tokens=token_vectors
+        )
         return [
             hits
             for reply in await self._each(self._index.SearchBatch, requests)
@@ -680,6 +766,7 @@ class EmbedClient:
     upsert = _blocking(AsyncEmbedClient.upsert)
     delete = _blocking(AsyncEmbedClient.delete)
     get = _blocking(AsyncEmbedClient.get)
+    get_parts = _blocking(AsyncEmbedClient.get_parts)
     search = _blocking(AsyncEmbedClient.search)
     search_batch = _blocking(AsyncEmbedClient.search_batch)
     count = _blocking(AsyncEmbedClient.count)

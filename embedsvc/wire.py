@@ -54,6 +54,14 @@ _TRUNCATION_NAMES = {pb.TRUNCATION_UNSPECIFIED: "end", **{v: k for k, v in TRUNC
 METRIC_NAMES = {ipb.METRIC_UNSPECIFIED: "cosine", **{v: k for k, v in METRICS.items()}}
 KIND_NAMES = {ipb.INDEX_KIND_UNSPECIFIED: "flat", **{v: k for k, v in KINDS.items()}}
 ENCODING_VALUES = {pb.ENCODING_UNSPECIFIED, *ENCODINGS.values()}
+SEARCH_MODES = {
+    "dense": ipb.SEARCH_MODE_DENSE,
+    "sparse": ipb.SEARCH_MODE_SPARSE,
+    "hybrid": ipb.SEARCH_MODE_HYBRID,
+}
+FUSIONS = {"rrf": ipb.FUSION_RRF, "weighted": ipb.FUSION_WEIGHTED}
+SEARCH_MODE_NAMES = {ipb.SEARCH_MODE_UNSPECIFIED: "dense", **{v: k for k, v in SEARCH_MODES.items()}}
+FUSION_NAMES = {ipb.FUSION_UNSPECIFIED: "rrf", **{v: k for k, v in FUSIONS.items()}}
 MAX_BATCH_HITS = 100_000  # queries x k in one SearchBatch: bounds the response's size
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -235,6 +243,10 @@ class Hit:
     metadata: dict[str, Any]
     text: str | None = None  # with return_text, for an index that keeps texts
     rerank_score: float | None = None  # with a rerank stage
+    # the parts of a hybrid or re-ranked hit's score (None: not computed)
+    dense_score: float | None = None
+    sparse_score: float | None = None
+    maxsim_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,9 @@ class IndexInfo:
     fingerprint: str = ""  # the model fingerprint its vectors came from ("" before its first text use)
     binding: str = "unbound"  # bound, mixed or unbound
     fingerprint_parts: dict[str, str] = field(default_factory=dict)
+    sparse_dimension: int = 0  # 0: no sparse vectors
+    multi_vector_dimension: int = 0  # 0: no token vectors
+    representation_bytes: int = 0
 
 
 def split(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -340,15 +355,95 @@ def token_ids(response: pb.TokenizeResponse) -> list[list[int]]:
 
 
 def create_index_request(
-    name: str, model: str | None, metric: str, kind: str, params: Mapping[str, int], store_text: bool = False
+    name: str,
+    model: str | None,
+    metric: str,
+    kind: str,
+    params: Mapping[str, int],
+    *,
+    dense: bool | None = None,
+    sparse: int | None = None,
+    multi_vector: int | None = None,
+    store_text: bool = False,
 ) -> ipb.CreateIndexRequest:
-    return ipb.CreateIndexRequest(
+    """``sparse`` / ``multi_vector``: None = not kept, 0 = the model's width, else the width."""
+    request = ipb.CreateIndexRequest(
         name=name,
         model=model or "",
         metric=lookup(METRICS, metric, "metric"),
         kind=lookup(KINDS, kind, "kind"),
         params=ipb.IndexParams(**params),
         store_text=store_text,
+    )
+    if sparse is not None:
+        request.sparse = sparse
+    if multi_vector is not None:
+        request.multi_vector = multi_vector
+    if dense is not None:
+        request.dense = dense
+    return request
+
+
+def create_index_parts(request: ipb.CreateIndexRequest) -> dict[str, Any]:
+    """What a CreateIndexRequest asks to keep, as Indexes.create takes it."""
+    return {
+        "dense": request.dense if request.HasField("dense") else None,
+        "sparse": request.sparse if request.HasField("sparse") else None,
+        "multi_vector": request.multi_vector if request.HasField("multi_vector") else None,
+    }
+
+
+def sparse_vector(row: Any) -> ipb.SparseVector:
+    """(term ids, weights) as a SparseVector."""
+    ids, weights = row
+    return ipb.SparseVector(
+        ids=np.asarray(ids, dtype=np.int64).tolist(), values=np.asarray(weights, dtype=np.float32).tolist()
+    )
+
+
+def sparse_row(message: ipb.SparseVector) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(message.ids, dtype=np.int64), np.asarray(message.values, dtype=np.float32)
+
+
+def token_vectors(matrix: Any) -> ipb.TokenVectors:
+    array = np.asarray(matrix, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"token vectors are a [tokens, width] array, got shape {array.shape}")
+    return ipb.TokenVectors(dimension=array.shape[1], values=array.ravel().tolist())
+
+
+def token_matrix(message: ipb.TokenVectors) -> np.ndarray:
+    values = np.asarray(message.values, dtype=np.float32)
+    if not message.dimension or len(values) % message.dimension:
+        raise InvalidInputError(
+            f"token vectors hold {len(values)} values, not a whole number of rows of dimension "
+            f"{message.dimension}",
+            field="token_vectors",
+        )
+    return values.reshape(-1, message.dimension)
+
+
+def item_parts(item: ipb.Item) -> dict[str, Any]:
+    """An Item's sparse vector and token vectors (None where unset), as NewItem takes them."""
+    return {
+        "sparse": sparse_row(item.sparse) if item.HasField("sparse") else None,
+        "token_vectors": token_matrix(item.token_vectors) if item.HasField("token_vectors") else None,
+    }
+
+
+def hybrid_options(request: ipb.SearchRequest | ipb.SearchBatchRequest) -> Any:
+    """The request's mode, fusion and re-ranking as embedsvc.index.fusion.HybridOptions (checked there)."""
+    from embedsvc.index.fusion import HybridOptions
+
+    given = request.hybrid
+    return HybridOptions(
+        mode=lookup(SEARCH_MODE_NAMES, request.mode, "mode"),
+        fusion=lookup(FUSION_NAMES, given.fusion, "fusion"),
+        dense_weight=given.dense_weight if given.HasField("dense_weight") else 1.0,
+        sparse_weight=given.sparse_weight if given.HasField("sparse_weight") else 1.0,
+        rrf_k=given.rrf_k if given.HasField("rrf_k") else 60,
+        candidates=given.candidates,
+        rerank=request.multi_vector_rerank,
     )
 
 
@@ -415,6 +510,9 @@ def index_info(message: ipb.IndexInfo) -> IndexInfo:
         fingerprint=message.fingerprint,
         binding=message.binding or "unbound",
         fingerprint_parts=dict(message.fingerprint_parts),
+        sparse_dimension=message.sparse_dimension,
+        multi_vector_dimension=message.multi_vector_dimension,
+        representation_bytes=message.representation_bytes,
     )
 
 
@@ -426,11 +524,19 @@ def upsert_requests(
     metadata: Sequence[Mapping[str, Any]] | None,
     chunk: int,
     fingerprint: str = "",
+    *,
+    sparse: Sequence[Any] | None = None,
+    tokens: Sequence[Any] | None = None,
 ) -> list[ipb.UpsertRequest]:
-    """UpsertRequests of at most ``chunk`` items; the lengths are checked before anything is sent."""
-    if (texts is None) == (vectors is None):
-        raise ValueError("pass exactly one of texts or vectors")
+    """UpsertRequests of at most ``chunk`` items; the lengths are checked before anything is sent.
+    ``sparse`` ((ids, weights) per item) and ``tokens`` ([tokens, width] per item) go with vectors,
+    or alone for an index without dense vectors."""
+    if (texts is None) == (vectors is None and sparse is None and tokens is None):
+        raise ValueError("pass exactly one of texts or vectors (with sparse / token vectors)")
     n = len(ids)
+    for name, part in (("sparse vectors", sparse), ("token vectors", tokens)):
+        if part is not None and len(part) != n:
+            raise ValueError(f"{n} ids but {len(part)} {name}")
     if texts is not None and len(texts) != n:
         raise ValueError(f"{n} ids but {len(texts)} texts")
     array = None if vectors is None else np.asarray(vectors, dtype=np.float32)
@@ -441,10 +547,15 @@ def upsert_requests(
     items = []
     for i, item_id in enumerate(ids):
         meta = to_metadata(metadata[i] if metadata else None)
-        if array is None:
-            items.append(ipb.Item(id=item_id, text=texts[i], metadata=meta))  # type: ignore[index]
-        else:
-            items.append(ipb.Item(id=item_id, vector=array[i].tolist(), metadata=meta))
+        if texts is not None:
+            items.append(ipb.Item(id=item_id, text=texts[i], metadata=meta))
+            continue
+        item = ipb.Item(id=item_id, vector=[] if array is None else array[i].tolist(), metadata=meta)
+        if sparse is not None:
+            item.sparse.CopyFrom(sparse_vector(sparse[i]))
+        if tokens is not None:
+            item.token_vectors.CopyFrom(token_vectors(tokens[i]))
+        items.append(item)
     return [
         ipb.UpsertRequest(index=index, items=part, fingerprint=fingerprint) for part in split(items, chunk)
     ]
@@ -492,6 +603,13 @@ class SearchOptions:
     instruction: str | None = None
     return_text: bool = False
     rerank: Rerank | None = None
+    mode: str = "dense"  # dense | sparse | hybrid
+    fusion: str = "rrf"  # rrf | weighted
+    dense_weight: float | None = None  # None: the server's default (1)
+    sparse_weight: float | None = None
+    rrf_k: int | None = None  # None: 60
+    candidates: int = 0  # 0: max(k, 100) for hybrid / re-ranked searches
+    multi_vector_rerank: bool = False  # MaxSim over the index's token vectors
 
     def apply(self, request: Any) -> Any:
         request.k = self.k
@@ -502,6 +620,13 @@ class SearchOptions:
         request.return_text = self.return_text
         if self.rerank is not None:
             request.rerank.CopyFrom(self.rerank.to_proto())
+        request.mode = lookup(SEARCH_MODES, self.mode, "mode")
+        request.multi_vector_rerank = self.multi_vector_rerank
+        request.hybrid.fusion = lookup(FUSIONS, self.fusion, "fusion")
+        request.hybrid.candidates = self.candidates
+        for name in ("dense_weight", "sparse_weight", "rrf_k"):
+            if getattr(self, name) is not None:
+                setattr(request.hybrid, name, getattr(self, name))
         return request
 
 
@@ -534,21 +659,57 @@ def rerank_stage(rerank: str | Rerank | Mapping[str, Any] | None) -> Rerank | No
     return Rerank(**rerank)
 
 
-def search_request(index: str, text: str | None, vector: Any, options: SearchOptions) -> ipb.SearchRequest:
-    if (text is None) == (vector is None):
-        raise ValueError("pass exactly one of text or vector")
+def search_request(
+    index: str,
+    text: str | None,
+    vector: Any,
+    options: SearchOptions,
+    *,
+    sparse: Any = None,
+    tokens: Any = None,
+) -> ipb.SearchRequest:
+    if (text is None) == (vector is None and sparse is None and tokens is None):
+        raise ValueError("pass exactly one of text or vector (or a sparse query)")
     request = options.apply(ipb.SearchRequest(index=index))
     if text is not None:
         request.text = text
-    else:
+    elif vector is not None:
         request.vector.values.extend(np.asarray(vector, dtype=np.float32).ravel().tolist())
+    if sparse is not None:
+        request.sparse.CopyFrom(sparse_vector(sparse))
+    if tokens is not None:
+        request.token_vectors.CopyFrom(token_vectors(tokens))
     return request
 
 
+def query_parts(request: ipb.SearchRequest) -> dict[str, Any]:
+    """A SearchRequest's sparse query and token vectors (None where unset)."""
+    return {
+        "sparse": sparse_row(request.sparse) if request.HasField("sparse") else None,
+        "tokens": token_matrix(request.token_vectors) if request.HasField("token_vectors") else None,
+    }
+
+
+def batch_query_parts(request: ipb.SearchBatchRequest) -> dict[str, Any]:
+    return {
+        "sparse": [sparse_row(s) for s in request.sparse],
+        "tokens": [token_matrix(t) for t in request.token_vectors],
+    }
+
+
 def search_batch_requests(
-    index: str, texts: Sequence[str] | None, vectors: Any, options: SearchOptions, chunk: int
+    index: str,
+    texts: Sequence[str] | None,
+    vectors: Any,
+    options: SearchOptions,
+    chunk: int,
+    *,
+    sparse: Sequence[Any] | None = None,
+    tokens: Sequence[Any] | None = None,
 ) -> list[ipb.SearchBatchRequest]:
     """One request per ``chunk`` queries (fewer when k is large: a response holds at most MAX_BATCH_HITS)."""
+    if sparse is not None or tokens is not None:
+        return _parted_batch_requests(index, texts, vectors, options, chunk, sparse, tokens)
     if (texts is None) == (vectors is None):
         raise ValueError("pass exactly one of texts or vectors")
     if isinstance(texts, str):
@@ -564,6 +725,38 @@ def search_batch_requests(
             request.texts.extend(part)
         else:
             request.vectors.extend(ipb.Vector(values=row.tolist()) for row in part)
+        requests.append(request)
+    return requests
+
+
+def _parted_batch_requests(
+    index: str,
+    texts: Sequence[str] | None,
+    vectors: Any,
+    options: SearchOptions,
+    chunk: int,
+    sparse: Sequence[Any] | None,
+    tokens: Sequence[Any] | None,
+) -> list[ipb.SearchBatchRequest]:
+    """Queries given as vectors, sparse vectors and/or token vectors, one of each per query."""
+    if texts is not None:
+        raise ValueError("pass texts, or vectors / sparse / token vectors, not both")
+    array = None if vectors is None else np.asarray(vectors, dtype=np.float32)
+    lengths = {len(p) for p in (array, sparse, tokens) if p is not None}
+    if len(lengths) != 1:
+        raise ValueError("vectors, sparse and token vectors are one per query: their lengths differ")
+    n = lengths.pop()
+    per_request = max(1, min(chunk, MAX_BATCH_HITS // max(options.k, 1)))
+    requests = []
+    for start in range(0, n, per_request):
+        request = options.apply(ipb.SearchBatchRequest(index=index))
+        stop = min(n, start + per_request)
+        if array is not None:
+            request.vectors.extend(ipb.Vector(values=row.tolist()) for row in array[start:stop])
+        if sparse is not None:
+            request.sparse.extend(sparse_vector(row) for row in sparse[start:stop])
+        if tokens is not None:
+            request.token_vectors.extend(token_vectors(m) for m in tokens[start:stop])
         requests.append(request)
     return requests
 
@@ -595,13 +788,45 @@ def hits(response: ipb.SearchResponse) -> list[Hit]:
             from_metadata(h.metadata),
             h.text if h.HasField("text") else None,
             h.rerank_score if h.HasField("rerank_score") else None,
+            dense_score=h.dense_score if h.HasField("dense_score") else None,
+            sparse_score=h.sparse_score if h.HasField("sparse_score") else None,
+            maxsim_score=h.maxsim_score if h.HasField("maxsim_score") else None,
         )
         for h in response.hits
     ]
 
 
+def hit(found: Any) -> ipb.Hit:
+    """An embedsvc.index.spec.Hit as the proto Hit (its stored text and its parts' and reranker's scores
+    where given)."""
+    message = ipb.Hit(id=found.id, score=found.score, metadata=to_metadata(found.metadata))
+    for name in ("text", "rerank_score", "dense_score", "sparse_score", "maxsim_score"):
+        if getattr(found, name) is not None:
+            setattr(message, name, getattr(found, name))
+    return message
+
+
 def batch_hits(response: ipb.SearchBatchResponse) -> list[list[Hit]]:
     return [hits(result) for result in response.results]
+
+
+def got_item(
+    item_id: str, vector: np.ndarray, metadata: Any, text: str | None, sparse: Any, tokens: Any
+) -> ipb.Item:
+    """A stored item as the proto Item: its vector, metadata, stored text (None: unset), and sparse /
+    token vectors if kept."""
+    item = ipb.Item(id=item_id, vector=vector.tolist(), metadata=to_metadata(metadata), text=text)
+    if sparse is not None:
+        item.sparse.CopyFrom(sparse_vector(sparse))
+    if tokens is not None:
+        item.token_vectors.CopyFrom(token_vectors(tokens))
+    return item
+
+
+def got_parts(response: ipb.GetResponse) -> dict[str, tuple[Any, Any]]:
+    """``{id: (sparse (ids, weights) or None, token vectors or None)}`` of a GetResponse."""
+    parts = {i.id: item_parts(i) for i in response.items}
+    return {item_id: (p["sparse"], p["token_vectors"]) for item_id, p in parts.items()}
 
 
 def got(response: ipb.GetResponse, return_text: bool = False) -> dict[str, tuple[Any, ...]]:
@@ -742,6 +967,9 @@ def index_info_message(described: IndexState) -> ipb.IndexInfo:
         device=state["device"],
         store_text=spec.store_text,
         **binding_fields(described.collection.binding),
+        sparse_dimension=spec.sparse_dimension,
+        multi_vector_dimension=spec.multi_vector_dimension,
+        representation_bytes=state["representation_bytes"],
     )
 
 
@@ -767,6 +995,7 @@ def new_items(request: ipb.UpsertRequest) -> list[NewItem]:
             text=item.text if item.HasField("text") else None,
             vector=item.vector or None,
             metadata=from_metadata(item.metadata),
+            **item_parts(item),
         )
         for item in request.items
     ]
@@ -785,26 +1014,18 @@ def delete_response(deleted: int, count: int) -> ipb.DeleteResponse:
 
 
 def get_response(
-    found: Sequence[tuple[str, np.ndarray, Mapping[str, Any], str | None]], missing: Sequence[str]
+    found: Sequence[tuple[str, np.ndarray, Mapping[str, Any], str | None]],
+    missing: Sequence[str],
+    parts: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> ipb.GetResponse:
-    """(id, vector, metadata, stored text or None) per item found."""
-    items = [ipb.Item(id=i, vector=v.tolist(), metadata=to_metadata(m), text=t) for i, v, m, t in found]
+    """(id, vector, metadata, stored text or None) per item found; ``parts``: the items' sparse and token
+    vectors, where the index keeps them."""
+    items = [got_item(i, v, m, t, *(parts or {}).get(i, (None, None))) for i, v, m, t in found]
     return ipb.GetResponse(items=items, missing=missing)
 
 
 def search_response(found: Sequence[IndexHit]) -> ipb.SearchResponse:
-    return ipb.SearchResponse(
-        hits=[
-            ipb.Hit(
-                id=h.id,
-                score=h.score,
-                metadata=to_metadata(h.metadata),
-                text=h.text,  # None: unset (not asked, or no text stored)
-                rerank_score=h.rerank_score,
-            )
-            for h in found
-        ]
-    )
+    return ipb.SearchResponse(hits=[hit(h) for h in found])
 
 
 def search_batch_response(results: Sequence[Sequence[IndexHit]]) -> ipb.SearchBatchResponse:
@@ -865,6 +1086,7 @@ def index_search_options(
         nprobe=request.nprobe if request.HasField("nprobe") else None,
         return_text=request.return_text,
         rerank=RerankStage(**rerank_fields(request.rerank)) if request.HasField("rerank") else None,
+        hybrid=hybrid_options(request),
     )
 
 

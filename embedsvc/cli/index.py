@@ -100,10 +100,32 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
         metavar="MODEL",
         help="rerank the nearest candidates' stored texts with this served reranker",
     )
-    q.add_argument(
-        "--candidates", type=int, default=0, help="--rerank: candidates reranked (default max(k, 50))"
-    )
     q.add_argument("--rerank-instruction", help="--rerank: instruction for instruction-following rerankers")
+    q.add_argument(
+        "--sparse",
+        metavar="JSON",
+        help='sparse query as {"term id": weight, ...} (alone, or with --vector for hybrid)',
+    )
+    q.add_argument(
+        "--mode",
+        choices=("dense", "sparse", "hybrid"),
+        default="dense",
+        help="what to search with (default dense)",
+    )
+    q.add_argument("--fusion", choices=("rrf", "weighted"), default="rrf", help="hybrid: how lists combine")
+    q.add_argument("--dense-weight", type=float, help="hybrid: weight of the dense list (default 1)")
+    q.add_argument("--sparse-weight", type=float, help="hybrid: weight of the sparse list (default 1)")
+    q.add_argument("--rrf-k", type=int, help="hybrid rrf: the rank offset (default 60)")
+    q.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        help="candidates before the final k: reranked by --rerank (default max(k, 50)), per list for hybrid "
+        "and --maxsim (default max(k, 100))",
+    )
+    q.add_argument(
+        "--maxsim", action="store_true", help="re-rank by MaxSim over the items' token vectors (text queries)"
+    )
     q.add_argument("--json", action="store_true", help="hits as JSON")
 
     q = command("delete", "delete items by id (unknown ids are ignored and counted)", _delete)
@@ -125,6 +147,23 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.A
         action="store_true",
         help="keep each item's text (returned with --texts; needed by --rerank and reembed)",
     )
+    q.add_argument(
+        "--sparse",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="VOCAB",
+        help="keep sparse vectors too (VOCAB: term ids below it; default the model's vocabulary)",
+    )
+    q.add_argument(
+        "--multi-vector",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="WIDTH",
+        help="keep token vectors for MaxSim re-ranking (float16, 2 x tokens x WIDTH bytes an item)",
+    )
+    q.add_argument("--no-dense", action="store_true", help="no dense vectors (with --sparse)")
     for param in _PARAMS:
         q.add_argument(f"--{param.replace('_', '-')}", type=int, dest=param, help=_PARAM_HELP[param])
     q.add_argument("--json", action="store_true")
@@ -206,6 +245,12 @@ def _print_info(info: Any, as_json: bool) -> None:
         ("texts", "kept" if info.store_text else "not kept"),
         ("fingerprint", f"{info.fingerprint or '(none yet: binds on first text use)'} ({info.binding})"),
     ]
+    if info.sparse_dimension or info.multi_vector_dimension:
+        rows += [
+            ("sparse vocabulary", info.sparse_dimension or "(no sparse vectors)"),
+            ("token vector width", info.multi_vector_dimension or "(no token vectors)"),
+            ("sparse + token bytes", info.representation_bytes),
+        ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key.ljust(width)}  {value}")
@@ -281,28 +326,42 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _hit_dicts(hits: list[Any]) -> list[dict[str, Any]]:
-    out = []
-    for h in hits:
-        hit = {"id": h.id, "score": h.score, "metadata": h.metadata}
-        if h.rerank_score is not None:
-            hit["rerank_score"] = h.rerank_score
-        if h.text is not None:
-            hit["text"] = h.text
-        out.append(hit)
-    return out
+    parts = ("rerank_score", "text", "dense_score", "sparse_score", "maxsim_score")
+    return [
+        {
+            "id": h.id,
+            "score": h.score,
+            "metadata": h.metadata,
+            **{p: getattr(h, p) for p in parts if getattr(h, p) is not None},
+        }
+        for h in hits
+    ]
+
+
+def _sparse_argument(text: str) -> tuple[list[int], list[float]]:
+    given = _json_argument(text, "--sparse")
+    try:
+        if not isinstance(given, dict):
+            raise ValueError
+        pairs = [(int(term), float(weight)) for term, weight in given.items()]
+    except (TypeError, ValueError):
+        raise CommandError(
+            "--sparse must be a JSON object of term id -> weight, e.g. '{\"17\": 0.8}'", USAGE
+        ) from None
+    return [t for t, _ in pairs], [w for _, w in pairs]
 
 
 def _search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise CommandError("-k must be at least 1 (results per query)", USAGE)
     given = [x for x in (args.text, args.vector, args.input) if x is not None]
-    if len(given) != 1:
+    if len(given) != 1 and not (not given and args.sparse is not None):
         raise CommandError("give exactly one query: TEXT, --vector JSON or --input FILE", USAGE)
     where = _json_argument(args.filter, "--filter") if args.filter else None
     if where is not None and not isinstance(where, dict):
         raise CommandError('--filter must be a JSON object, e.g. \'{"lang": "en"}\'', USAGE)
-    if args.rerank is None and (args.candidates or args.rerank_instruction):
-        raise CommandError("--candidates and --rerank-instruction go with --rerank MODEL", USAGE)
+    if args.rerank is None and args.rerank_instruction:
+        raise CommandError("--rerank-instruction goes with --rerank MODEL", USAGE)
     if args.candidates < 0:
         raise CommandError("--candidates must be 0 (the default) or more", USAGE)
     rerank = (
@@ -316,7 +375,15 @@ def _search(args: argparse.Namespace) -> int:
         "instruction": args.instruction,
         "return_text": args.texts,
         "rerank": rerank,
+        "mode": args.mode,
+        "fusion": args.fusion,
+        "dense_weight": args.dense_weight,
+        "sparse_weight": args.sparse_weight,
+        "rrf_k": args.rrf_k,
+        "candidates": args.candidates,
+        "multi_vector_rerank": args.maxsim,
     }
+    sparse = _sparse_argument(args.sparse) if args.sparse is not None else None
     with open_client(args) as client:
         if args.input is not None:
             queries = _read_lines(args.input)
@@ -329,7 +396,9 @@ def _search(args: argparse.Namespace) -> int:
         vector = _json_argument(args.vector, "--vector") if args.vector is not None else None
         if vector is not None and not (isinstance(vector, list) and vector):
             raise CommandError("--vector must be a non-empty JSON list of numbers", USAGE)
-        hits = client.search(args.name, text=args.text, vector=vector, k=args.k, filter=where, **options)
+        hits = client.search(
+            args.name, text=args.text, vector=vector, k=args.k, filter=where, sparse=sparse, **options
+        )
     if args.json:
         print_json(_hit_dicts(hits))
     else:
@@ -391,6 +460,9 @@ def _create(args: argparse.Namespace) -> int:
             metric=args.metric,
             kind=args.kind,
             store_text=args.store_text,
+            dense=False if args.no_dense else None,
+            sparse=args.sparse,
+            multi_vector=args.multi_vector,
             **params,
         )
     _print_info(info, args.json)

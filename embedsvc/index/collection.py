@@ -26,7 +26,9 @@ from embedsvc.index.durability import (
     Durable,
     read_spec,
 )
-from embedsvc.index.planning import SearchPlanner
+from embedsvc.index.multivector import check_tokens
+from embedsvc.index.retrieval import RetrievalPlanner
+from embedsvc.index.sparse import SparseRow, check_sparse
 from embedsvc.index.spec import Hit, IndexSpec
 from embedsvc.index.store import check_metadata, check_vectors
 
@@ -49,7 +51,7 @@ class RetiredError(RuntimeError):
     """This collection was replaced by a re-embedded one: the write goes to the manager's current one."""
 
 
-class Collection(Durable, SearchPlanner):
+class Collection(Durable, RetrievalPlanner):
     """Durable writes (log, then apply) over a searchable store."""
 
     # set while the index is re-embedded: the ids written since (the re-embed copies them again)
@@ -62,9 +64,15 @@ class Collection(Durable, SearchPlanner):
         vectors: np.ndarray,
         metadata: Sequence[Mapping[str, Any]] | None,
         texts: Sequence[str | None] | None = None,
+        *,
+        sparse: Sequence[SparseRow] | None = None,
+        tokens: Sequence[Any] | None = None,
     ) -> int:
-        """Insert or replace; all or nothing. Returns the collection's size afterwards. ``texts`` (one
-        per item, None for none) are kept when the index keeps texts, ignored otherwise."""
+        """Insert or replace; all or nothing. Returns the collection's size afterwards.
+
+        ``texts`` (one per item, None for none) are kept when the index keeps texts, ignored otherwise.
+        ``vectors`` is [n, 0] for an index without dense vectors; ``sparse`` ((ids, weights) per item)
+        and ``tokens`` ([tokens, dim] per item) are required exactly when the index keeps them."""
         if len(ids) == 0:
             raise InvalidInputError("upsert needs at least one item", field="items")
         for i, item_id in enumerate(ids):
@@ -81,13 +89,15 @@ class Collection(Durable, SearchPlanner):
         if len(metas) != len(ids):
             raise InvalidInputError(f"{len(ids)} ids but {len(metas)} metadata entries", field="metadata")
         kept = self._texts_to_keep(texts, len(ids))
+        rows = self._checked_sparse(sparse, len(ids))
+        matrices = self._checked_tokens(tokens, len(ids))
         with self._lock.write():
             self._note_written(ids)
             header: dict[str, Any] = {"op": "upsert", "ids": list(ids), "metadata": metas}
             if kept is not None:
                 header["texts"] = kept
-            self._log(header, vectors)
-            self._apply_upsert(ids, vectors, metas, texts=kept)
+            self._log(header, vectors, self._blocks(rows, matrices))
+            self._apply_upsert(ids, vectors, metas, texts=kept, sparse=rows, tokens=matrices)
             self._maintain()
             return len(self._id_of)
 
@@ -131,6 +141,49 @@ class Collection(Durable, SearchPlanner):
         if not all(t is None or isinstance(t, str) for t in kept):
             raise InvalidInputError("texts must be strings (or None for an item without one)", field="texts")
         return kept
+
+    def _checked_sparse(self, given: Sequence[Any] | None, n: int) -> list[SparseRow] | None:
+        if not self.spec.sparse:
+            if given is not None:
+                raise InvalidInputError(
+                    f"index {self.spec.name!r} keeps no sparse vectors (create it with sparse)",
+                    field="sparse",
+                )
+            return None
+        if given is None or len(given) != n:
+            raise InvalidInputError(
+                f"index {self.spec.name!r} keeps sparse vectors: every item needs one", field="sparse"
+            )
+        rows = []
+        for i, row in enumerate(given):
+            if row is None:
+                raise InvalidInputError(
+                    f"item {i}: index {self.spec.name!r} keeps sparse vectors: give its sparse vector",
+                    field="sparse",
+                )
+            rows.append(check_sparse(row[0], row[1], self.spec.sparse_dimension, f"item {i}"))
+        return rows
+
+    def _checked_tokens(self, given: Sequence[Any] | None, n: int) -> list[np.ndarray] | None:
+        if not self.spec.multi_vector:
+            if given is not None:
+                raise InvalidInputError(
+                    f"index {self.spec.name!r} keeps no token vectors (create it with multi_vector)",
+                    field="token_vectors",
+                )
+            return None
+        if given is None or len(given) != n:
+            raise InvalidInputError(
+                f"index {self.spec.name!r} keeps token vectors: every item needs them", field="token_vectors"
+            )
+        for i, matrix in enumerate(given):
+            if matrix is None:
+                raise InvalidInputError(
+                    f"item {i}: index {self.spec.name!r} keeps token vectors: give its token vectors",
+                    field="token_vectors",
+                )
+        dimension = self.spec.multi_vector_dimension
+        return [check_tokens(m, dimension, f"item {i}") for i, m in enumerate(given)]
 
     def delete(self, ids: Sequence[str]) -> tuple[int, int]:
         """Remove ids (unknown ones are ignored); returns (removed, size afterwards)."""

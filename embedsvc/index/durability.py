@@ -28,7 +28,7 @@ from typing import Any, Self
 import numpy as np
 
 from embedsvc.errors import CorruptDataError, StorageFullError
-from embedsvc.index import records
+from embedsvc.index import multivector, records, sparse
 from embedsvc.index.binding import BINDING_FILE, Binding, read_binding
 from embedsvc.index.spec import IndexSpec
 from embedsvc.index.store import Store
@@ -251,10 +251,15 @@ class Durable(Store):
         recorded = int(_read_json(self.folder / STATE_FILE).get("snapshot_seq", 0))
         seq = 0
         if snapshot.exists():
-            header, vectors = records.read_snapshot(snapshot, self.spec.dimension)
+            header, vectors, blocks = records.read_snapshot(snapshot, self.spec.dimension)
             seq = int(header["seq"])
             self._apply_upsert(
-                header["ids"], vectors, header["metadata"], index_now=False, texts=header.get("texts")
+                header["ids"],
+                vectors,
+                header["metadata"],
+                index_now=False,
+                texts=header.get("texts"),
+                **self._parts_from(blocks),
             )
         if seq < recorded:
             what = "is missing" if not snapshot.exists() else f"holds records up to {seq} only"
@@ -272,7 +277,7 @@ class Durable(Store):
         lived only in the lost snapshot."""
         start, applied, skipped = self._seq, 0, 0
         for payload in contents.payloads:
-            header, vectors = records.unpack(payload, self.spec.dimension)
+            header, vectors, blocks = records.unpack_blocks(payload, self.spec.dimension)
             seq = int(header["seq"])
             if seq <= start:
                 continue
@@ -286,17 +291,50 @@ class Durable(Store):
             if header["op"] == "upsert":
                 # records before format 3 carry no texts: their items have none stored
                 self._apply_upsert(
-                    header["ids"], vectors, header["metadata"], index_now=False, texts=header.get("texts")
+                    header["ids"],
+                    vectors,
+                    header["metadata"],
+                    index_now=False,
+                    texts=header.get("texts"),
+                    **self._parts_from(blocks),
                 )
             else:
                 self._apply_delete(header["ids"])
         return Replayed(applied, None, skipped)
 
-    def _log(self, header: dict[str, Any], vectors: np.ndarray | None) -> None:
+    def _parts_from(self, blocks: dict[str, np.ndarray]) -> dict[str, Any]:
+        """A record's sparse and token vectors as _apply_upsert takes them (None where not kept)."""
+        try:
+            return {
+                "sparse": sparse.from_blocks(blocks) if self.spec.sparse else None,
+                "tokens": (
+                    multivector.from_blocks(blocks, self.spec.multi_vector_dimension)
+                    if self.spec.multi_vector
+                    else None
+                ),
+            }
+        except (KeyError, ValueError) as exc:
+            raise CorruptDataError(
+                f"index {self.spec.name!r}: a record lacks the sparse or token vectors its spec keeps ({exc})"
+            ) from exc
+
+    def _blocks(
+        self, sparse_rows: list[sparse.SparseRow] | None, tokens: list[np.ndarray] | None
+    ) -> dict[str, np.ndarray]:
+        blocks: dict[str, np.ndarray] = {}
+        if sparse_rows is not None:
+            blocks.update(sparse.to_blocks(sparse_rows))
+        if tokens is not None:
+            blocks.update(multivector.to_blocks(tokens, self.spec.multi_vector_dimension))
+        return blocks
+
+    def _log(
+        self, header: dict[str, Any], vectors: np.ndarray | None, blocks: dict[str, np.ndarray] | None = None
+    ) -> None:
         header["seq"] = self._seq + 1
         if self._wal is not None:
             try:
-                self._wal.append(records.pack(header, vectors))
+                self._wal.append(records.pack(header, vectors, blocks))
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise StorageFullError(
@@ -323,7 +361,12 @@ class Durable(Store):
         }
         if self.spec.store_text:
             header["texts"] = self._texts_of(labels)
-        records.write_snapshot(self.folder / SNAPSHOT_FILE, header, self._matrix[labels])
+        blocks = {} if self._sparse is None else self._sparse.blocks(labels)
+        if self._tokens is not None:
+            blocks.update(
+                multivector.to_blocks([self._tokens.get(x) for x in labels], self.spec.multi_vector_dimension)
+            )
+        records.write_snapshot(self.folder / SNAPSHOT_FILE, header, self._matrix[labels], blocks)
         # recorded before the log is emptied: a later start can tell a lost snapshot from no snapshot
         _write_json(self.folder / STATE_FILE, {"snapshot_seq": self._seq})
         self._wal.reset()

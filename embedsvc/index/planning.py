@@ -22,6 +22,7 @@ EXACT_SCAN_MAX = 20_000
 EXACT_BLOCK = 16_384  # rows scored at once by exact search
 IN_PLACE_QUERIES = 4  # exact search for up to this many queries reads rows in place (see _exact_top_in_place)
 SELECTOR_CACHE_SIZE = 16  # filters whose faiss selectors are kept (1 bit per item each)
+_NOTHING = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
 class SearchPlanner(Store):
@@ -72,52 +73,74 @@ class SearchPlanner(Store):
     ) -> list[list[Hit]]:
         """``search`` for many queries with one k and filter: one faiss call for all of them."""
         self._check_search(k, ef_search, nprobe)
-        field_name = "vector" if np.ndim(queries) == 2 and len(queries) == 1 else "vectors"
-        queries = self._prepare(check_vectors(queries, self.spec.dimension, field_name), field_name)
+        if not self.spec.dense:
+            raise InvalidInputError(
+                f"index {self.spec.name!r} keeps no dense vectors: search it with a sparse query",
+                field="mode",
+            )
+        queries = self._dense_queries(queries)
         condition = both(parse_filter(filter), where)
         with self._lock.read():
-            if not self._id_of:
-                return [[] for _ in queries]
-            size, bitmap, trained = len(self._id_of), None, self._ann.trained
-            if condition is not None:
-                cached = self._cached_selector(condition) if trained else None
-                if cached is not None:
-                    size, bitmap = cached
-                else:
-                    allowed = labels_array(self._filters.evaluate(condition))
-                    if not len(allowed):
-                        return [[] for _ in queries]
-                    if not trained or len(allowed) <= EXACT_SCAN_MAX:
-                        return self._hits(*self._exact_top(allowed, queries, k))
-                    size, bitmap = len(allowed), self._remember_selector(condition, allowed)
-            elif not trained:
-                return self._hits(*self._exact_top(self._live_labels(), queries, k))
-            # faiss's own scores are exact for every kind but IVF-PQ, whose codes are re-ranked
-            reranked = self.spec.kind == "ivf_pq"
-            fetch = k * max(self.spec.params.rerank, 1) if reranked else k
-            distances, found = self._ann.search(
-                queries,
-                min(fetch, size),
-                allowed=bitmap,
-                ef_search=ef_search,
-                nprobe=nprobe,
-                share=size / len(self._id_of),
-            )
-            pending = self._pending_candidates(bitmap)
-            if reranked:
-                return [
-                    self._rerank(np.concatenate([row, pending]), query, k)
-                    for row, query in zip(found, queries, strict=True)
-                ]
-            scores = -distances if self.spec.metric == "l2" else distances
             return [
-                self._merge(*row, pending, query, k)
-                for row, query in zip(zip(found, scores, strict=True), queries, strict=True)
+                self._hits(labels[None, :], scores[None, :])[0]
+                for labels, scores in self._dense_top(queries, k, condition, ef_search, nprobe)
             ]
+
+    def _dense_queries(self, queries: np.ndarray) -> np.ndarray:
+        field_name = "vector" if np.ndim(queries) == 2 and len(queries) == 1 else "vectors"
+        return self._prepare(check_vectors(queries, self.spec.dimension, field_name), field_name)
+
+    def _dense_top(
+        self,
+        queries: np.ndarray,
+        k: int,
+        condition: Condition | None,
+        ef_search: int | None,
+        nprobe: int | None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query, the top ``k`` (labels, scores) best first; the caller holds the read lock."""
+        if not self._id_of:
+            return [_NOTHING for _ in queries]
+        size, bitmap, trained = len(self._id_of), None, self._ann.trained
+        if condition is not None:
+            cached = self._cached_selector(condition) if trained else None
+            if cached is not None:
+                size, bitmap = cached
+            else:
+                allowed = labels_array(self._filters.evaluate(condition))
+                if not len(allowed):
+                    return [_NOTHING for _ in queries]
+                if not trained or len(allowed) <= EXACT_SCAN_MAX:
+                    return list(zip(*self._exact_top(allowed, queries, k), strict=True))
+                size, bitmap = len(allowed), self._remember_selector(condition, allowed)
+        elif not trained:
+            return list(zip(*self._exact_top(self._live_labels(), queries, k), strict=True))
+        # faiss's own scores are exact for every kind but IVF-PQ, whose codes are re-ranked
+        reranked = self.spec.kind == "ivf_pq"
+        fetch = k * max(self.spec.params.rerank, 1) if reranked else k
+        distances, found = self._ann.search(
+            queries,
+            min(fetch, size),
+            allowed=bitmap,
+            ef_search=ef_search,
+            nprobe=nprobe,
+            share=size / len(self._id_of),
+        )
+        pending = self._pending_candidates(bitmap)
+        if reranked:
+            return [
+                self._rerank(np.concatenate([row, pending]), query, k)
+                for row, query in zip(found, queries, strict=True)
+            ]
+        scores = -distances if self.spec.metric == "l2" else distances
+        return [
+            self._merge(*row, pending, query, k)
+            for row, query in zip(zip(found, scores, strict=True), queries, strict=True)
+        ]
 
     def _merge(
         self, found: np.ndarray, scores: np.ndarray, pending: np.ndarray, query: np.ndarray, k: int
-    ) -> list[Hit]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One query's faiss hits (exact scores) that are still live, with the pending block's; the best k."""
         keep = found >= 0
         keep[keep] = self._alive[found[keep]]  # a GPU copy may still hold removed labels
@@ -128,7 +151,7 @@ class SearchPlanner(Store):
             scores = np.concatenate([scores, pending_scores[0]])
             order = np.lexsort((found, -scores))
             found, scores = found[order], scores[order]
-        return self._hits(found[None, :k], scores[None, :k])[0]
+        return found[:k], scores[:k]
 
     def _pending_candidates(self, bitmap: np.ndarray | None) -> np.ndarray:
         """Labels written but not yet in faiss (searched exactly beside it), within ``bitmap`` (packed,
@@ -226,14 +249,14 @@ class SearchPlanner(Store):
         order = np.lexsort((best_labels, -best_scores), axis=1) if best_labels.size else best_labels
         return np.take_along_axis(best_labels, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
 
-    def _rerank(self, found: np.ndarray, query: np.ndarray, k: int) -> list[Hit]:
+    def _rerank(self, found: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores for one query's faiss candidates that are still live; the best ``k``."""
         found = found[found >= 0]
         found = found[self._alive[found]]
         if not len(found):
-            return []
+            return _NOTHING
         labels, scores = self._exact_top(found, query[None, :], k)
-        return self._hits(labels, scores)[0]
+        return labels[0], scores[0]
 
     def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
         return [

@@ -8,6 +8,9 @@ The header carries the record format version as ``"v"``:
 * 2 — metadata values may also be lists of those (``"tags": ["a", "b"]``);
 * 3 — upserts and snapshots of an index that keeps texts (``store_text``) carry ``"texts"``, one
   string or null per item (older records have none: their items have no stored text).
+* 3 — after the float32 vectors come further arrays, listed in the header's ``"blocks"`` as
+  ``[name, numpy dtype, shape]`` in order (sparse vectors, token vectors: see sparse.py,
+  multivector.py).
 
 Every version up to ``FORMAT_VERSION`` is read; a newer one is refused (CorruptDataError naming
 it) rather than misread by an older embedsvc.
@@ -33,13 +36,26 @@ FORMAT_VERSION = 3
 _SNAP_HEADER = struct.Struct("<8sQI")  # magic, body length, crc32(body)
 
 
-def pack(header: dict[str, Any], vectors: np.ndarray | None) -> bytes:
-    head = json.dumps({**header, "v": FORMAT_VERSION}, separators=(",", ":")).encode()
+def pack(
+    header: dict[str, Any], vectors: np.ndarray | None, blocks: dict[str, np.ndarray] | None = None
+) -> bytes:
+    arrays = [
+        (name, np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))) for name, a in (blocks or {}).items()
+    ]
+    listed = [[name, a.dtype.str, list(a.shape)] for name, a in arrays]
+    extra = {"blocks": listed, "v": FORMAT_VERSION} if arrays else {"v": FORMAT_VERSION}
+    head = json.dumps({**header, **extra}, separators=(",", ":")).encode()
     body = b"" if vectors is None else np.ascontiguousarray(vectors, dtype="<f4").tobytes()
-    return _LEN.pack(len(head)) + head + body
+    return _LEN.pack(len(head)) + head + body + b"".join(a.tobytes() for _, a in arrays)
 
 
 def unpack(payload: bytes, dimension: int) -> tuple[dict[str, Any], np.ndarray]:
+    header, vectors, _ = unpack_blocks(payload, dimension)
+    return header, vectors
+
+
+def unpack_blocks(payload: bytes, dimension: int) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+    """The header, the float32 vectors [n, dimension] and the named arrays after them (version 3)."""
     (n,) = _LEN.unpack_from(payload, 0)
     header = json.loads(payload[_LEN.size : _LEN.size + n])
     version = header.get("v", 1)
@@ -49,15 +65,28 @@ def unpack(payload: bytes, dimension: int) -> tuple[dict[str, Any], np.ndarray]:
             "it was written by a newer embedsvc; upgrade to open this index"
         )
     raw = payload[_LEN.size + n :]
-    vectors = (
-        np.frombuffer(raw, dtype="<f4").reshape(-1, dimension) if raw else np.zeros((0, dimension), "<f4")
-    )
-    return header, vectors
+    blocks: dict[str, np.ndarray] = {}
+    try:
+        for name, dtype, shape in reversed(header.get("blocks", [])):  # from the end: vectors come first
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            blocks[name] = np.frombuffer(raw[len(raw) - size :] if size else b"", dtype=dtype).reshape(shape)
+            raw = raw[: len(raw) - size]
+    except (TypeError, ValueError) as exc:
+        raise CorruptDataError(f"a record's arrays do not match its header ({exc})") from exc
+    if dimension == 0:  # an index without dense vectors
+        vectors = np.zeros((len(header.get("ids", [])), 0), "<f4")
+    else:
+        vectors = (
+            np.frombuffer(raw, dtype="<f4").reshape(-1, dimension) if raw else np.zeros((0, dimension), "<f4")
+        )
+    return header, vectors, blocks
 
 
-def write_snapshot(path: Path, header: dict[str, Any], vectors: np.ndarray) -> None:
+def write_snapshot(
+    path: Path, header: dict[str, Any], vectors: np.ndarray, blocks: dict[str, np.ndarray] | None = None
+) -> None:
     """Write to a temporary file, fsync, then rename over ``path`` atomically."""
-    body = pack(header, vectors)
+    body = pack(header, vectors, blocks)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
         handle.write(_SNAP_HEADER.pack(SNAPSHOT_MAGIC, len(body), zlib.crc32(body)))
@@ -68,7 +97,7 @@ def write_snapshot(path: Path, header: dict[str, Any], vectors: np.ndarray) -> N
     fsync_dir(path.parent)
 
 
-def read_snapshot(path: Path, dimension: int) -> tuple[dict[str, Any], np.ndarray]:
+def read_snapshot(path: Path, dimension: int) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
     data = path.read_bytes()
     if len(data) < _SNAP_HEADER.size:
         raise CorruptDataError(f"{path}: snapshot is truncated ({len(data)} bytes)")
@@ -80,4 +109,4 @@ def read_snapshot(path: Path, dimension: int) -> tuple[dict[str, Any], np.ndarra
         raise CorruptDataError(f"{path}: snapshot is {len(body)} bytes, its header says {length}")
     if zlib.crc32(body) != crc:
         raise CorruptDataError(f"{path}: snapshot checksum mismatch; the file is corrupted")
-    return unpack(body, dimension)
+    return unpack_blocks(body, dimension)

@@ -10,18 +10,20 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from embedsvc.engine.options import EmbedOptions
+from embedsvc.engine.options import Embedded, EmbedOptions
 from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.index.ann import KIND_PARAMS, AnnParams
 from embedsvc.index.binding import Binding
 from embedsvc.index.collection import Collection, Hit, IndexSpec, RetiredError
 from embedsvc.index.filters import Condition
+from embedsvc.index.fusion import HybridOptions
 from embedsvc.index.manager import IndexManager
+from embedsvc.index.retrieval import Query
 
 DOCUMENTS = EmbedOptions(input_type="document")
 log = logging.getLogger("embedsvc.index")
@@ -50,8 +52,9 @@ class Models(Protocol):
     def serving(self, source: str) -> Any: ...
 
 
-# (the served model, texts, options) -> vectors [len(texts), dimension]
-Embed = Callable[[Any, list[str], EmbedOptions], Awaitable[np.ndarray]]
+# (the served model, texts, options) -> what the model gives: dense vectors [len(texts), dimension], and
+# the sparse / multi-vector outputs when options.outputs asks for them
+Embed = Callable[[Any, list[str], EmbedOptions], Awaitable[Embedded]]
 # (the served reranker, query, documents, instruction) -> one score per document, in their order
 Rerank = Callable[[Any, str, list[str], "str | None"], Awaitable[np.ndarray]]
 DEFAULT_CANDIDATES = 50  # a rerank stage's candidates when not given: max(k, this)
@@ -70,12 +73,16 @@ class RerankStage:
 
 @dataclass(frozen=True)
 class NewItem:
-    """One item to write: exactly one of ``text`` (embedded as a document) or ``vector``."""
+    """One item to write: ``text`` (embedded as a document, into every representation the index
+    keeps) or the representations themselves: ``vector``, ``sparse`` (term ids, weights) and
+    ``token_vectors`` ([tokens, width]), each exactly when the index keeps it."""
 
     id: str
     text: str | None = None
     vector: Sequence[float] | None = None
     metadata: Mapping[str, Any] | None = None
+    sparse: tuple[Sequence[int], Sequence[float]] | None = None
+    token_vectors: Any = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,9 @@ class SearchOptions:
     nprobe: int | None = None
     return_text: bool = False  # hits carry their stored texts
     rerank: RerankStage | None = None
+    hybrid: HybridOptions = field(
+        default_factory=HybridOptions
+    )  # dense, sparse or hybrid; fusion; MaxSim re-ranking
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -158,6 +168,15 @@ class Indexes:
                 field="vector" if what == "vector" else "vectors",
             )
 
+    @staticmethod
+    def _check_dense(collection: Collection) -> None:
+        if not collection.spec.dense:
+            raise InvalidInputError(
+                f"index {collection.spec.name!r} keeps no dense vectors: search it with a sparse query "
+                "(mode sparse)",
+                field="vector",
+            )
+
     # --------------------------------------------------------- lifecycle
     def create(
         self,
@@ -167,11 +186,30 @@ class Indexes:
         metric: str,
         kind: str,
         params: Mapping[str, Any] | None = None,
+        dense: bool | None = None,
+        sparse: int | None = None,
+        multi_vector: int | None = None,
         store_text: bool = False,
     ) -> Collection:
-        """A new index bound to the served ``model`` ("" for the default); ``params`` only those given;
+        """A new index bound to the served ``model`` ("" for the default); ``params`` only those given.
+
+        ``sparse`` / ``multi_vector`` (None: not kept): the vocabulary size / token vector width,
+        0 for the model's own; ``dense`` None: whether the model gives dense output (SPLADE does not);
         ``store_text``: keep each item's text (returned on request; reranking and re-embedding need it)."""
         served = self.models.get(model)
+        facts = getattr(served, "facts", None)
+        if dense is None:
+            dense = "dense" in getattr(facts, "outputs", ("dense",))
+            if not dense and sparse is None:
+                raise InvalidInputError(
+                    f"model {served.name!r} gives no dense output: create the index with sparse (0: the "
+                    "model's vocabulary) to keep its sparse vectors",
+                    field="sparse",
+                )
+        sparse_dimension = _width(sparse, getattr(facts, "sparse_dimension", 0) or 0, served.name, "sparse")
+        multi_dimension = _width(
+            multi_vector, getattr(facts, "multi_vector_dimension", 0) or 0, served.name, "multi_vector"
+        )
         given = dict(params or {})
         stray = sorted(set(given) - set(KIND_PARAMS.get(kind, given)))
         if stray:
@@ -185,11 +223,16 @@ class Indexes:
             name=name,
             model=served.name,
             model_source=served.source,
-            dimension=served.dimension,
+            dimension=served.dimension if dense else 0,
             metric=metric,
             kind=kind,
             params=AnnParams(**given),
             store_text=store_text,
+            dense=dense,
+            sparse=sparse is not None,
+            sparse_dimension=sparse_dimension,
+            multi_vector=multi_vector is not None,
+            multi_vector_dimension=multi_dimension,
         )
         collection = self.manager.create(spec)
         fingerprint = getattr(served, "fingerprint", None)
@@ -249,14 +292,34 @@ class Indexes:
         ``fingerprint``: the model fingerprint the vector items were made with, checked if given."""
         collection = self.manager.get(index)
         self.check_batch(len(items), "items")
-        dimension = collection.spec.dimension
+        spec = collection.spec
+        dimension = spec.dimension
         texts: list[tuple[int, str]] = []
         vectors = np.zeros((len(items), dimension), dtype=np.float32)
+        sparse: list[Any] = [item.sparse for item in items]
+        tokens: list[Any] = [item.token_vectors for item in items]
         for i, item in enumerate(items):
             has_text, has_vector = item.text is not None, item.vector is not None and len(item.vector) > 0
-            if has_text == has_vector:
+            has_parts = item.sparse is not None or item.token_vectors is not None
+            if has_text == (has_vector or has_parts):
                 raise InvalidInputError(
-                    f"item {i} ({item.id!r}) must have exactly one of text or vector", field="items"
+                    f"item {i} ({item.id!r}) must have exactly one of text or vector"
+                    + (
+                        " (with its sparse vector / token vectors)"
+                        if spec.sparse or spec.multi_vector
+                        else ""
+                    ),
+                    field="items",
+                )
+            if not has_text and spec.dense and not has_vector:
+                raise InvalidInputError(
+                    f"item {i} ({item.id!r}): index {spec.name!r} keeps dense vectors: give the vector too",
+                    field="vector",
+                )
+            if has_vector and not spec.dense:
+                raise InvalidInputError(
+                    f"item {i} ({item.id!r}): index {spec.name!r} keeps no dense vectors: leave vector empty",
+                    field="vector",
                 )
             if item.vector is not None and has_vector:
                 if len(item.vector) != dimension:
@@ -266,17 +329,31 @@ class Indexes:
                         field="vector",
                     )
                 vectors[i] = item.vector
-            else:
-                texts.append((i, item.text or ""))
+            elif item.text is not None:
+                texts.append((i, item.text))
         if fingerprint and len(texts) < len(items):
             self.check_vectors_fingerprint(collection, fingerprint)
         if texts:
             served = self.require_model(collection)
             self.check_binding(collection, served)
-            vectors[[i for i, _ in texts]] = await embed(served, [t for _, t in texts], DOCUMENTS)
+            outputs = self._outputs(served, spec.dense, spec.sparse, spec.multi_vector)
+            options = EmbedOptions(input_type="document", outputs=outputs)
+            embedded = await embed(served, [t for _, t in texts], options)
+            for j, (i, _) in enumerate(texts):
+                if spec.dense:
+                    vectors[i] = embedded.vectors[j]
+                if spec.sparse and embedded.sparse is not None:
+                    sparse[i] = embedded.sparse[j]
+                if spec.multi_vector and embedded.multi_vectors is not None:
+                    tokens[i] = embedded.multi_vectors[j]
         ids, metadata = [item.id for item in items], [dict(item.metadata or {}) for item in items]
         kept = [item.text for item in items]
-        count = await self._write(index, lambda c: c.upsert(ids, vectors, metadata, kept))
+        given_sparse = sparse if spec.sparse or any(r is not None for r in sparse) else None
+        given_tokens = tokens if spec.multi_vector or any(t is not None for t in tokens) else None
+        count = await self._write(
+            index,
+            lambda c: c.upsert(ids, vectors, metadata, kept, sparse=given_sparse, tokens=given_tokens),
+        )
         return len(ids), count
 
     async def upsert_vectors(
@@ -326,6 +403,13 @@ class Indexes:
 
         return await asyncio.to_thread(read)
 
+    async def parts(self, index: str, ids: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+        """The sparse vector and token vectors of the ids that exist, where the index keeps them."""
+        collection = self.manager.get(index)
+        if not (collection.spec.sparse or collection.spec.multi_vector) or not ids:
+            return {}
+        return await asyncio.to_thread(collection.parts, list(ids))
+
     def count(self, index: str) -> int:
         return self.manager.get(index).count()
 
@@ -340,7 +424,26 @@ class Indexes:
     ) -> np.ndarray:
         served = self.require_model(collection)
         self.check_binding(collection, served)
-        return await embed(served, texts, EmbedOptions(input_type="query", instruction=instruction))
+        options = EmbedOptions(input_type="query", instruction=instruction)
+        return (await embed(served, texts, options)).vectors
+
+    @staticmethod
+    def _outputs(served: Any, dense: bool, sparse: bool, multi_vector: bool) -> tuple[str, ...]:
+        """The model outputs a write or search needs; FailedPreconditionError if the model lacks one."""
+        wanted = tuple(
+            name
+            for name, needed in (("dense", dense), ("sparse", sparse), ("multi_vector", multi_vector))
+            if needed
+        )
+        offered = getattr(getattr(served, "facts", None), "outputs", ("dense",))
+        missing = [name for name in wanted if name not in offered]
+        if missing:
+            raise FailedPreconditionError(
+                f"model {served.name!r} gives no {' or '.join(missing)} output "
+                f"(it gives {', '.join(offered)}): "
+                "send the vectors themselves (vector, sparse, token_vectors) instead of text"
+            )
+        return wanted
 
     async def search(
         self,
@@ -352,25 +455,70 @@ class Indexes:
         vector: Sequence[float] | None = None,
         instruction: str | None = None,
         rerank: Rerank | None = None,
+        sparse: tuple[Sequence[int], Sequence[float]] | None = None,
+        tokens: Any = None,
     ) -> list[Hit]:
-        """One query: a text (embedded as a query) or a vector; a rerank stage reranks the nearest
-        candidates' texts against the text query through ``rerank``."""
+        """One query: a text (embedded as a query, into what the search mode needs), or a vector, a
+        sparse vector and token vectors as the mode and re-ranking need them; a rerank stage reranks
+        the nearest candidates' texts against the text query through ``rerank``."""
         collection = self.manager.get(index)
-        if (text is None) == (vector is None):
-            raise InvalidInputError("set exactly one of text or vector", field="query")
+        given = vector is not None or sparse is not None or tokens is not None
+        if (text is None) == (not given):
+            raise InvalidInputError("set exactly one of text or vector (or the sparse query)", field="query")
         reranker = self._reranker(collection, options, rerank, has_texts=text is not None)
-        if text is not None:
-            query = (await self._queries(collection, [text], instruction, embed))[0]
-        else:
-            assert vector is not None
+        if vector is not None:
+            self._check_dense(collection)
             self._check_vector(vector, collection.spec.dimension, "vector")
-            query = np.asarray(vector, dtype=np.float32)
         width = self._candidates(options)
-        hits = await asyncio.to_thread(self._search_with_texts, collection, query[None, :], width, options)
+        if self._plain(options, sparse, tokens):
+            if text is not None:
+                query = (await self._queries(collection, [text], instruction, embed))[0]
+            else:
+                query = np.asarray(vector, dtype=np.float32)
+            found = await asyncio.to_thread(
+                self._search_with_texts, collection, query[None, :], width, options
+            )
+        else:
+            if text is not None:
+                queries = await self._query_parts(collection, [text], instruction, embed, options.hybrid)
+            else:
+                queries = [Query(dense=vector, sparse=sparse, tokens=tokens)]
+            found = await asyncio.to_thread(self._retrieve_with_texts, collection, queries, width, options)
         if reranker is not None:
             assert rerank is not None and text is not None and options.rerank is not None
-            return await self._reranked(reranker, rerank, text, hits[0], options)
-        return hits[0]
+            return await self._reranked(reranker, rerank, text, found[0], options)
+        return found[0]
+
+    @staticmethod
+    def _plain(options: SearchOptions, sparse: Any, tokens: Any) -> bool:
+        """A dense search without re-ranking: the batched FAISS path."""
+        return (
+            options.hybrid.mode == "dense" and not options.hybrid.rerank and sparse is None and tokens is None
+        )
+
+    async def _query_parts(
+        self,
+        collection: Collection,
+        texts: list[str],
+        instruction: str | None,
+        embed: Embed,
+        hybrid: HybridOptions,
+    ) -> list[Query]:
+        """Text queries embedded (as queries) into the representations the search needs."""
+        served = self.require_model(collection)
+        self.check_binding(collection, served)
+        use_dense, use_sparse = hybrid.mode in ("dense", "hybrid"), hybrid.mode in ("sparse", "hybrid")
+        outputs = self._outputs(served, use_dense, use_sparse, hybrid.rerank)
+        options = EmbedOptions(input_type="query", instruction=instruction, outputs=outputs)
+        embedded = await embed(served, texts, options)
+        return [
+            Query(
+                dense=embedded.vectors[i] if use_dense else None,
+                sparse=embedded.sparse[i] if embedded.sparse is not None else None,
+                tokens=embedded.multi_vectors[i] if embedded.multi_vectors is not None else None,
+            )
+            for i in range(len(texts))
+        ]
 
     async def search_many(
         self,
@@ -382,12 +530,22 @@ class Indexes:
         vectors: Sequence[Sequence[float]] = (),
         instruction: str | None = None,
         rerank: Rerank | None = None,
+        sparse: Sequence[tuple[Sequence[int], Sequence[float]]] = (),
+        tokens: Sequence[Any] = (),
     ) -> list[list[Hit]]:
-        """Many queries with one k and filter: texts or vectors (one of them, not empty)."""
+        """Many queries with one k and filter: texts, or vectors / sparse vectors / token vectors (as
+        the mode needs them, one per query)."""
         collection = self.manager.get(index)
-        if bool(texts) == bool(vectors):
+        given = [len(part) for part in (vectors, sparse, tokens) if len(part)]
+        if bool(texts) == bool(given):
             raise InvalidInputError("set texts or vectors (one of them, not empty)", field="query")
-        n, k = len(texts) or len(vectors), options.k
+        if len(set(given)) > 1:
+            raise InvalidInputError(
+                "vectors, sparse vectors and token vectors are one per query: got "
+                f"{', '.join(map(str, given))}",
+                field="query",
+            )
+        n, k = len(texts) or given[0], options.k
         self.check_batch(n, "texts" if texts else "vectors")
         if n * k > self.max_batch_hits:
             raise InvalidInputError(
@@ -403,13 +561,29 @@ class Indexes:
                 "request: send fewer queries per request, or fewer candidates",
                 field="rerank.candidates",
             )
-        if texts:
-            queries = await self._queries(collection, list(texts), instruction, embed)
+        if len(vectors):
+            self._check_dense(collection)
+        for i, vector in enumerate(vectors):
+            self._check_vector(vector, collection.spec.dimension, f"vector {i}")
+        if self._plain(options, sparse or None, tokens or None):
+            if texts:
+                queries = await self._queries(collection, list(texts), instruction, embed)
+            else:
+                queries = np.asarray(vectors, dtype=np.float32)
+            found = await asyncio.to_thread(self._search_with_texts, collection, queries, width, options)
         else:
-            for i, vector in enumerate(vectors):
-                self._check_vector(vector, collection.spec.dimension, f"vector {i}")
-            queries = np.asarray(vectors, dtype=np.float32)
-        found = await asyncio.to_thread(self._search_with_texts, collection, queries, width, options)
+            if texts:
+                parts = await self._query_parts(collection, list(texts), instruction, embed, options.hybrid)
+            else:
+                parts = [
+                    Query(
+                        dense=vectors[i] if vectors else None,
+                        sparse=sparse[i] if sparse else None,
+                        tokens=tokens[i] if tokens else None,
+                    )
+                    for i in range(n)
+                ]
+            found = await asyncio.to_thread(self._retrieve_with_texts, collection, parts, width, options)
         if reranker is None:
             return found
         assert rerank is not None
@@ -461,12 +635,28 @@ class Indexes:
             )
         return reranker
 
-    @staticmethod
+    @classmethod
     def _search_with_texts(
-        collection: Collection, queries: np.ndarray, width: int, options: SearchOptions
+        cls, collection: Collection, queries: np.ndarray, width: int, options: SearchOptions
     ) -> list[list[Hit]]:
-        """The nearest ``width`` per query, with their stored texts when asked or reranked."""
-        found = collection.search_many(queries, width, **options.kwargs())
+        """The nearest ``width`` per query (FAISS), with their stored texts when asked or reranked."""
+        return cls._with_texts(
+            collection, collection.search_many(queries, width, **options.kwargs()), options
+        )
+
+    @classmethod
+    def _retrieve_with_texts(
+        cls, collection: Collection, queries: list[Query], width: int, options: SearchOptions
+    ) -> list[list[Hit]]:
+        """The best ``width`` per query by the search mode (sparse, hybrid, MaxSim re-ranked), with their
+        stored texts when asked or reranked."""
+        found = collection.retrieve(queries, width, options.hybrid, **options.kwargs())
+        return cls._with_texts(collection, found, options)
+
+    @staticmethod
+    def _with_texts(
+        collection: Collection, found: list[list[Hit]], options: SearchOptions
+    ) -> list[list[Hit]]:
         if not (options.return_text or options.rerank is not None):
             return found
         texts = collection.texts([h.id for hits in found for h in hits])
@@ -634,11 +824,38 @@ class Indexes:
                 )
             if found:
                 texts = [text or "" for _, text, _ in found]
-                vectors = await embed(served, texts, DOCUMENTS)
+                spec = source.spec
+                outputs = self._outputs(served, spec.dense, spec.sparse, spec.multi_vector)
+                embedded = await embed(served, texts, EmbedOptions(input_type="document", outputs=outputs))
                 await asyncio.to_thread(
-                    fresh.upsert, [i for i, _, _ in found], vectors, [m for _, _, m in found], texts
+                    fresh.upsert,
+                    [i for i, _, _ in found],
+                    embedded.vectors,
+                    [m for _, _, m in found],
+                    texts,
+                    sparse=embedded.sparse if spec.sparse else None,
+                    tokens=embedded.multi_vectors if spec.multi_vector else None,
                 )
                 done += len(found)
             if gone:
                 await asyncio.to_thread(fresh.delete, gone)
         return done
+
+
+def _width(requested: int | None, models: int, model: str, what: str) -> int:
+    """The vocabulary size / token width an index keeps: the request's, else the model's."""
+    if requested is None:
+        return 0
+    if requested and models and requested != models:
+        raise InvalidInputError(
+            f"{what}={requested}, but model {model!r} gives {models}: leave it 0 to take the model's",
+            field=what,
+        )
+    width = requested or models
+    if not width:
+        raise InvalidInputError(
+            f"model {model!r} gives no {what} output: give the width ({what}=N: the vocabulary size or token "
+            "vector width) to store vectors you compute yourself",
+            field=what,
+        )
+    return width

@@ -22,6 +22,8 @@ from embedsvc.errors import InvalidInputError
 from embedsvc.index.ann import AnnIndex
 from embedsvc.index.filters import MetadataValue
 from embedsvc.index.metadata import MetadataIndex
+from embedsvc.index.multivector import TokenStore
+from embedsvc.index.sparse import PostingLists, SparseRow
 from embedsvc.index.spec import IndexSpec
 
 log = logging.getLogger("embedsvc.index")
@@ -139,6 +141,9 @@ class Store:
         self._ann = AnnIndex(spec.kind, spec.metric, spec.dimension, spec.params, gpu_device)
         self._ann_error: str | None = None
         self._ann_failed_at = 0
+        # an index's other representations, by label (see sparse.py, multivector.py)
+        self._sparse = PostingLists(spec.sparse_dimension) if spec.sparse else None
+        self._tokens = TokenStore(spec.multi_vector_dimension) if spec.multi_vector else None
 
     def _labels_and_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         labels = np.fromiter(self._id_of, dtype=np.int64, count=len(self._id_of))
@@ -163,6 +168,8 @@ class Store:
             )
 
     def _prepare(self, vectors: np.ndarray, field_name: str = "vectors") -> np.ndarray:
+        if not self.spec.dense:
+            return vectors  # no dense part: [n, 0]
         if self.spec.metric != "cosine":
             # a row's norm is at most sqrt(dimension) times its largest element: only rows that could
             # reach the limit need their norm computed (in float64: float32 squares overflow from 1.8e19)
@@ -197,7 +204,14 @@ class Store:
         *,
         index_now: bool = True,
         texts: Sequence[str | None] | None = None,
+        sparse: Sequence[SparseRow] | None = None,
+        tokens: Sequence[np.ndarray] | None = None,
     ) -> None:
+        """``sparse`` and ``tokens``: one per item, required when the index keeps them (checked before)."""
+        if (self._sparse is not None and (sparse is None or len(sparse) != len(ids))) or (
+            self._tokens is not None and (tokens is None or len(tokens) != len(ids))
+        ):
+            raise ValueError("every item of this index needs its sparse vector / token vectors")
         replaced = [self._label_of[i] for i in ids if i in self._label_of]
         if replaced:
             self._forget(replaced)
@@ -220,6 +234,12 @@ class Store:
         self._metadata.update(zip(label_list, metas, strict=True))
         self._filters.add_many(label_list, metas)
         self._keep_texts(label_list, texts)
+        if self._sparse is not None:
+            assert sparse is not None and len(self._sparse) == self._next_label
+            self._sparse.append(sparse)  # labels are consecutive: rows in order
+        if self._tokens is not None:
+            assert tokens is not None
+            self._tokens.add(label_list, tokens)
         self._next_label = needed
         if index_now:
             if not self._ann.trained and len(self._id_of) >= self._next_training_size():
@@ -251,6 +271,8 @@ class Store:
             self._filters.remove(label, self._metadata.pop(label))
             self._texts.pop(label, None)
             self._alive[label] = False
+        if self._tokens is not None:
+            self._tokens.remove(labels)
 
     # ------------------------------------------------------------ stored texts
     def _keep_texts(self, labels: list[int], texts: Sequence[str | None] | None) -> None:
@@ -320,6 +342,19 @@ class Store:
                     )
             return found, missing
 
+    def parts(self, ids: Sequence[str]) -> dict[str, tuple[SparseRow | None, np.ndarray | None]]:
+        """The sparse vector and token vectors (float16) of the ids that exist, where the index keeps them."""
+        with self._lock.read():
+            out: dict[str, tuple[SparseRow | None, np.ndarray | None]] = {}
+            for item_id in ids:
+                label = self._label_of.get(item_id)
+                if label is not None:
+                    out[item_id] = (
+                        None if self._sparse is None else self._sparse.row(label),
+                        None if self._tokens is None else self._tokens.get(label).copy(),
+                    )
+            return out
+
     def describe(self) -> dict[str, Any]:
         trained = self._ann.trained
         if self._ann_error:
@@ -335,4 +370,8 @@ class Store:
             "count": self.count(),
             "durable": self.durable,
             "device": self._ann.device,
+            # memory of the other representations: a sparse nonzero is held twice (rows and posting
+            # lists, 4-byte id + 4-byte weight each), a token value is a float16
+            "representation_bytes": (0 if self._sparse is None else 16 * self._sparse.nonzeros)
+            + (0 if self._tokens is None else 2 * self._tokens.values),
         }

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from embedsvc.engine.options import EmbedOptions
+from embedsvc.engine.options import Embedded, EmbedOptions
 from embedsvc.errors import PipelineStopped
 
 DOCUMENTS = EmbedOptions(input_type="document")
@@ -35,9 +35,9 @@ class _OneModel:
         return self.model if source == self.model.source else None
 
 
-async def _embed_here(served: Any, texts: list[str], options: EmbedOptions) -> np.ndarray:
+async def _embed_here(served: Any, texts: list[str], options: EmbedOptions) -> Embedded:
     """In this thread, without a queue: the pipeline's own model."""
-    return served.embed_now(texts, options).vectors  # type: ignore[no-any-return]
+    return served.embed_now(texts, options)  # type: ignore[no-any-return]
 
 
 class LocalSink:

@@ -6,11 +6,10 @@ import asyncio
 from typing import Any
 
 import grpc
-import numpy as np
 
 from embedsvc import wire
 from embedsvc.config import ServerConfig
-from embedsvc.engine.options import EmbedOptions, ScoreOptions
+from embedsvc.engine.options import Embedded, EmbedOptions, ScoreOptions
 from embedsvc.engine.service import ModelService
 from embedsvc.index.manager import IndexManager
 from embedsvc.index.service import Embed, Indexes, Rerank, SearchOptions
@@ -49,11 +48,10 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
     def _embed(context: grpc.aio.ServicerContext) -> Embed:
         """The served model's scheduler, within the caller's deadline and for its tenant."""
 
-        async def embed(served: ModelService, texts: list[str], options: EmbedOptions) -> np.ndarray:
-            embedded = await served.embed(
+        async def embed(served: ModelService, texts: list[str], options: EmbedOptions) -> Embedded:
+            return await served.embed(
                 texts, options, timeout=context.time_remaining(), tenant=tenant_of(context)
             )
-            return embedded.vectors
 
         return embed
 
@@ -88,6 +86,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 kind=wire.lookup(wire.KIND_NAMES, request.kind, "kind"),
                 params=wire.index_params(request.params),
                 store_text=request.store_text,
+                **wire.create_index_parts(request),
             )
             return wire.index_info_message(self.indexes.describe(collection))
 
@@ -140,7 +139,8 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
             found, missing = await self.indexes.get(
                 request.index, list(request.ids), return_text=request.return_text
             )
-            return wire.get_response(found, missing)
+            parts = await self.indexes.parts(request.index, [f[0] for f in found])
+            return wire.get_response(found, missing, parts)
 
         return await self._guard("Get", "", context, work)
 
@@ -161,6 +161,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 vector=list(request.vector.values) if which == "vector" else None,
                 instruction=request.instruction if request.HasField("instruction") else None,
                 rerank=self._rerank(context),
+                **wire.query_parts(request),
             )
             return wire.search_response(hits)
 
@@ -179,6 +180,7 @@ class IndexServicer(GuardedServicer, pb_grpc.IndexServiceServicer):
                 vectors=[v.values for v in request.vectors],
                 instruction=request.instruction if request.HasField("instruction") else None,
                 rerank=self._rerank(context),
+                **wire.batch_query_parts(request),
             )
             return wire.search_batch_response(results)
 

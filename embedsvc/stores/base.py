@@ -27,9 +27,20 @@ class VectorStore(ABC):
         self.retries = retries
 
     @abstractmethod
-    def prepare(self, collection: str, dimension: int, metric: str, *, restart: bool = False) -> None:
+    def prepare(
+        self,
+        collection: str,
+        dimension: int,
+        metric: str,
+        *,
+        restart: bool = False,
+        sparse: bool = False,
+        multi_vector_dimension: int = 0,
+    ) -> None:
         """Create ``collection`` if missing (dropped first with ``restart``); an existing one must have
-        this dimension and metric (FailedPreconditionError otherwise)."""
+        this dimension and metric (FailedPreconditionError otherwise). ``sparse`` /
+        ``multi_vector_dimension``: a sparse vector / token vectors per item too (dimension 0: no dense
+        vector), where the engine holds them (``keeps_token_vectors``)."""
 
     @abstractmethod
     def upsert(
@@ -38,8 +49,18 @@ class VectorStore(ABC):
         ids: Sequence[str],
         vectors: np.ndarray,
         metadata: Sequence[Mapping[str, Any]],
+        *,
+        sparse: Sequence[Any] | None = None,
+        tokens: Sequence[Any] | None = None,
     ) -> None:
-        """Insert or replace items by id, metadata included (no key of an earlier version survives)."""
+        """Insert or replace items by id, metadata included (no key of an earlier version survives);
+        ``sparse``: (term ids, weights) per item; ``tokens``: [tokens, width] per item."""
+
+    keeps_token_vectors = True  # False: the engine has no multi-vector field (token vectors are not written)
+
+    def get_parts(self, collection: str, ids: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+        """``{id: (sparse (ids, weights) or None, token vectors or None)}`` for the ids that exist."""
+        raise NotImplementedError
 
     @abstractmethod
     def count(self, collection: str) -> int: ...

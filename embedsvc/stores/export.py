@@ -31,13 +31,29 @@ def export_index(
     try:
         source = manager.get(name)
         spec = source.spec
-        store.prepare(target, spec.dimension, spec.metric, restart=restart)
+        tokens_out = spec.multi_vector and store.keeps_token_vectors
+        store.prepare(
+            target,
+            spec.dimension,
+            spec.metric,
+            restart=restart,
+            sparse=spec.sparse,
+            multi_vector_dimension=spec.multi_vector_dimension if tokens_out else 0,
+        )
         ids = source.ids()
         for start in range(0, len(ids), batch_size):
             found, _ = source.get(ids[start : start + batch_size])
             batch_ids = [item_id for item_id, _, _ in found]
             vectors = [vector for _, vector, _ in found]
-            store.upsert(target, batch_ids, _stack(vectors, spec.dimension), [meta for _, _, meta in found])
+            parts = source.parts(batch_ids) if spec.sparse or tokens_out else {}
+            store.upsert(
+                target,
+                batch_ids,
+                _stack(vectors, spec.dimension),
+                [meta for _, _, meta in found],
+                sparse=[parts[i][0] for i in batch_ids] if spec.sparse else None,
+                tokens=[parts[i][1] for i in batch_ids] if tokens_out else None,
+            )
             if progress:
                 done = min(start + batch_size, len(ids))
                 print(f"embedsvc index export: {done}/{len(ids)} items", file=sys.stderr, flush=True)
@@ -52,6 +68,12 @@ def export_index(
         "metric": spec.metric,
         "dimension": spec.dimension,
         "exported": len(ids),
+        "sparse": spec.sparse,
+        "token_vectors": (
+            "exported" if tokens_out else f"not exported: {store.kind} has no multi-vector field"
+        )
+        if spec.multi_vector
+        else "none",
         "count_in_store": in_store,
         "seconds": round(time.monotonic() - started, 3),
     }

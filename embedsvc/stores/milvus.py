@@ -3,6 +3,9 @@
 Collections embedsvc creates: ``id`` VARCHAR primary key (the item id itself), ``vector``
 FLOAT_VECTOR with an AUTOINDEX for the metric, ``metadata`` JSON (filter with expressions such as
 ``metadata["lang"] == "en"``; list values are JSON arrays: ``json_contains(metadata["tags"], "a")``).
+An index with sparse vectors adds ``sparse`` SPARSE_FLOAT_VECTOR with an inverted index (inner product)
+and has no ``vector`` field when it keeps no dense vectors. Token vectors are not written: Milvus has
+no MaxSim field these clients create (``keeps_token_vectors`` is False; an export says so).
 Metadata is one JSON field rather than dynamic fields: Milvus Lite 3.2's upsert keeps dynamic fields
 the new row lacks (checked), so a rewritten item would keep stale keys.
 """
@@ -24,6 +27,7 @@ MAX_ID_BYTES = 65_535  # Milvus's VARCHAR limit
 
 class MilvusStore(VectorStore):
     kind = "milvus"
+    keeps_token_vectors = False
 
     def __init__(self, uri: str, *, token: str | None = None, retries: int = 5) -> None:
         super().__init__(uri, retries=retries)
@@ -41,7 +45,16 @@ class MilvusStore(VectorStore):
             self.retry("load_collection", lambda: self.client.load_collection(collection))
             self._loaded.add(collection)
 
-    def prepare(self, collection: str, dimension: int, metric: str, *, restart: bool = False) -> None:
+    def prepare(
+        self,
+        collection: str,
+        dimension: int,
+        metric: str,
+        *,
+        restart: bool = False,
+        sparse: bool = False,
+        multi_vector_dimension: int = 0,
+    ) -> None:
         client = self.client
         exists = self.retry("has_collection", lambda: client.has_collection(collection))
         if exists and restart:
@@ -51,10 +64,16 @@ class MilvusStore(VectorStore):
         if not exists:
             schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", self.data_type.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
-            schema.add_field("vector", self.data_type.FLOAT_VECTOR, dim=dimension)
+            if dimension:
+                schema.add_field("vector", self.data_type.FLOAT_VECTOR, dim=dimension)
+            if sparse:
+                schema.add_field("sparse", self.data_type.SPARSE_FLOAT_VECTOR)
             schema.add_field("metadata", self.data_type.JSON)
             index = client.prepare_index_params()
-            index.add_index("vector", index_type="AUTOINDEX", metric_type=METRICS[metric])
+            if dimension:
+                index.add_index("vector", index_type="AUTOINDEX", metric_type=METRICS[metric])
+            if sparse:
+                index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
             self.retry(
                 "create_collection",
                 lambda: client.create_collection(collection, schema=schema, index_params=index),
@@ -63,6 +82,19 @@ class MilvusStore(VectorStore):
         described = self.retry("describe_collection", lambda: client.describe_collection(collection))
         fields = {f["name"]: f for f in described["fields"]}
         vector, key, meta = fields.get("vector"), fields.get("id"), fields.get("metadata")
+        if sparse and fields.get("sparse", {}).get("type") != self.data_type.SPARSE_FLOAT_VECTOR:
+            raise FailedPreconditionError(
+                f"Milvus collection {collection!r} has no SPARSE_FLOAT_VECTOR field 'sparse' for this "
+                "index's "
+                "sparse vectors: use another collection name, or restart"
+            )
+        if not dimension:
+            if vector is not None:
+                raise FailedPreconditionError(
+                    f"Milvus collection {collection!r} holds dense vectors; this index has none: use another "
+                    "collection name, or restart"
+                )
+            return
         if (
             vector is None
             or key is None
@@ -89,6 +121,9 @@ class MilvusStore(VectorStore):
         ids: Sequence[str],
         vectors: np.ndarray,
         metadata: Sequence[Mapping[str, Any]],
+        *,
+        sparse: Sequence[Any] | None = None,
+        tokens: Sequence[Any] | None = None,
     ) -> None:
         array = check_items(ids, vectors, metadata)
         for i, item_id in enumerate(ids):
@@ -96,10 +131,17 @@ class MilvusStore(VectorStore):
                 raise InvalidInputError(
                     f"item {i}: Milvus ids hold at most {MAX_ID_BYTES} bytes", field="ids"
                 )
-        rows = [
-            {"id": i, "vector": v.tolist(), "metadata": dict(m)}
-            for i, v, m in zip(ids, array, metadata, strict=True)
+        rows: list[dict[str, Any]] = [
+            {"id": i, "metadata": dict(m)} for i, m in zip(ids, metadata, strict=True)
         ]
+        for j, row in enumerate(rows):
+            if array.shape[1]:
+                row["vector"] = array[j].tolist()
+            if sparse is not None:
+                term_ids, weights = sparse[j]
+                row["sparse"] = dict(
+                    zip(np.asarray(term_ids).tolist(), np.asarray(weights).tolist(), strict=True)
+                )
         self.retry("upsert", lambda: self.client.upsert(collection, rows))
 
     def count(self, collection: str) -> int:
@@ -121,6 +163,21 @@ class MilvusStore(VectorStore):
         return {
             r["id"]: (np.asarray(r["vector"], dtype=np.float32), dict(r.get("metadata") or {})) for r in rows
         }
+
+    def get_parts(self, collection: str, ids: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+        self._load(collection)
+        rows = self.retry("get", lambda: self.client.get(collection, ids=list(ids), output_fields=["sparse"]))
+        out: dict[str, tuple[Any, Any]] = {}
+        for r in rows:
+            found = r.get("sparse")
+            terms = sorted(found) if found is not None else []
+            out[r["id"]] = (
+                None
+                if found is None
+                else (np.asarray(terms, dtype=np.int64), np.asarray([found[t] for t in terms], np.float32)),
+                None,
+            )
+        return out
 
     def close(self) -> None:
         self.client.close()

@@ -21,6 +21,19 @@ class IndexKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INDEX_KIND_HNSW: _ClassVar[IndexKind]
     INDEX_KIND_IVF_FLAT: _ClassVar[IndexKind]
     INDEX_KIND_IVF_PQ: _ClassVar[IndexKind]
+
+class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_MODE_UNSPECIFIED: _ClassVar[SearchMode]
+    SEARCH_MODE_DENSE: _ClassVar[SearchMode]
+    SEARCH_MODE_SPARSE: _ClassVar[SearchMode]
+    SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
+
+class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_UNSPECIFIED: _ClassVar[Fusion]
+    FUSION_RRF: _ClassVar[Fusion]
+    FUSION_WEIGHTED: _ClassVar[Fusion]
 METRIC_UNSPECIFIED: Metric
 METRIC_COSINE: Metric
 METRIC_INNER_PRODUCT: Metric
@@ -30,6 +43,13 @@ INDEX_KIND_FLAT: IndexKind
 INDEX_KIND_HNSW: IndexKind
 INDEX_KIND_IVF_FLAT: IndexKind
 INDEX_KIND_IVF_PQ: IndexKind
+SEARCH_MODE_UNSPECIFIED: SearchMode
+SEARCH_MODE_DENSE: SearchMode
+SEARCH_MODE_SPARSE: SearchMode
+SEARCH_MODE_HYBRID: SearchMode
+FUSION_UNSPECIFIED: Fusion
+FUSION_RRF: Fusion
+FUSION_WEIGHTED: Fusion
 
 class IndexParams(_message.Message):
     __slots__ = ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nlist", "ivf_nprobe", "pq_m", "pq_bits", "rerank")
@@ -66,23 +86,29 @@ class MetadataValue(_message.Message):
     def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., list_value: _Optional[_Union[MetadataValueList, _Mapping]] = ...) -> None: ...
 
 class CreateIndexRequest(_message.Message):
-    __slots__ = ("name", "model", "metric", "kind", "params", "store_text")
+    __slots__ = ("name", "model", "metric", "kind", "params", "store_text", "sparse", "multi_vector", "dense")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     STORE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    MULTI_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     metric: Metric
     kind: IndexKind
     params: IndexParams
     store_text: bool
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., params: _Optional[_Union[IndexParams, _Mapping]] = ..., store_text: _Optional[bool] = ...) -> None: ...
+    sparse: int
+    multi_vector: int
+    dense: bool
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., metric: _Optional[_Union[Metric, str]] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., params: _Optional[_Union[IndexParams, _Mapping]] = ..., store_text: _Optional[bool] = ..., sparse: _Optional[int] = ..., multi_vector: _Optional[int] = ..., dense: _Optional[bool] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("name", "model", "model_source", "dimension", "metric", "kind", "params", "count", "trained", "status", "durable", "device", "store_text", "fingerprint", "binding", "fingerprint_parts")
+    __slots__ = ("name", "model", "model_source", "dimension", "metric", "kind", "params", "count", "trained", "status", "durable", "device", "store_text", "fingerprint", "binding", "fingerprint_parts", "sparse_dimension", "multi_vector_dimension", "representation_bytes")
     class FingerprintPartsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +132,9 @@ class IndexInfo(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     BINDING_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_PARTS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    MULTI_VECTOR_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATION_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_source: str
@@ -122,7 +151,10 @@ class IndexInfo(_message.Message):
     fingerprint: str
     binding: str
     fingerprint_parts: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_source: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., params: _Optional[_Union[IndexParams, _Mapping]] = ..., count: _Optional[int] = ..., trained: _Optional[bool] = ..., status: _Optional[str] = ..., durable: _Optional[bool] = ..., device: _Optional[str] = ..., store_text: _Optional[bool] = ..., fingerprint: _Optional[str] = ..., binding: _Optional[str] = ..., fingerprint_parts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    sparse_dimension: int
+    multi_vector_dimension: int
+    representation_bytes: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_source: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., params: _Optional[_Union[IndexParams, _Mapping]] = ..., count: _Optional[int] = ..., trained: _Optional[bool] = ..., status: _Optional[str] = ..., durable: _Optional[bool] = ..., device: _Optional[str] = ..., store_text: _Optional[bool] = ..., fingerprint: _Optional[str] = ..., binding: _Optional[str] = ..., fingerprint_parts: _Optional[_Mapping[str, str]] = ..., sparse_dimension: _Optional[int] = ..., multi_vector_dimension: _Optional[int] = ..., representation_bytes: _Optional[int] = ...) -> None: ...
 
 class DeleteIndexRequest(_message.Message):
     __slots__ = ("name",)
@@ -151,7 +183,7 @@ class DescribeIndexRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "text", "vector", "metadata")
+    __slots__ = ("id", "text", "vector", "metadata", "sparse", "token_vectors")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -163,11 +195,45 @@ class Item(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_VECTORS_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     metadata: _containers.MessageMap[str, MetadataValue]
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
+    sparse: SparseVector
+    token_vectors: TokenVectors
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ..., sparse: _Optional[_Union[SparseVector, _Mapping]] = ..., token_vectors: _Optional[_Union[TokenVectors, _Mapping]] = ...) -> None: ...
+
+class SparseVector(_message.Message):
+    __slots__ = ("ids", "values")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class TokenVectors(_message.Message):
+    __slots__ = ("dimension", "values")
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    dimension: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, dimension: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class HybridOptions(_message.Message):
+    __slots__ = ("fusion", "dense_weight", "sparse_weight", "rrf_k", "candidates")
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    fusion: Fusion
+    dense_weight: float
+    sparse_weight: float
+    rrf_k: int
+    candidates: int
+    def __init__(self, fusion: _Optional[_Union[Fusion, str]] = ..., dense_weight: _Optional[float] = ..., sparse_weight: _Optional[float] = ..., rrf_k: _Optional[int] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("index", "items", "fingerprint")
@@ -222,7 +288,7 @@ class GetResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("index", "text", "vector", "k", "filter", "ef_search", "nprobe", "instruction", "where", "rerank", "return_text")
+    __slots__ = ("index", "text", "vector", "k", "filter", "ef_search", "nprobe", "instruction", "where", "rerank", "return_text", "sparse", "token_vectors", "mode", "hybrid", "multi_vector_rerank")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +307,11 @@ class SearchRequest(_message.Message):
     WHERE_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
     RETURN_TEXT_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
+    MULTI_VECTOR_RERANK_FIELD_NUMBER: _ClassVar[int]
     index: str
     text: str
     vector: Vector
@@ -252,7 +323,12 @@ class SearchRequest(_message.Message):
     where: Filter
     rerank: SearchRerank
     return_text: bool
-    def __init__(self, index: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., rerank: _Optional[_Union[SearchRerank, _Mapping]] = ..., return_text: _Optional[bool] = ...) -> None: ...
+    sparse: SparseVector
+    token_vectors: TokenVectors
+    mode: SearchMode
+    hybrid: HybridOptions
+    multi_vector_rerank: bool
+    def __init__(self, index: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., rerank: _Optional[_Union[SearchRerank, _Mapping]] = ..., return_text: _Optional[bool] = ..., sparse: _Optional[_Union[SparseVector, _Mapping]] = ..., token_vectors: _Optional[_Union[TokenVectors, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridOptions, _Mapping]] = ..., multi_vector_rerank: _Optional[bool] = ...) -> None: ...
 
 class SearchRerank(_message.Message):
     __slots__ = ("model", "candidates", "instruction")
@@ -326,7 +402,7 @@ class Range(_message.Message):
     def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ..., gt_int: _Optional[int] = ..., gte_int: _Optional[int] = ..., lt_int: _Optional[int] = ..., lte_int: _Optional[int] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
-    __slots__ = ("index", "texts", "vectors", "k", "filter", "where", "ef_search", "nprobe", "instruction", "rerank", "return_text")
+    __slots__ = ("index", "texts", "vectors", "k", "filter", "where", "ef_search", "nprobe", "instruction", "rerank", "return_text", "sparse", "token_vectors", "mode", "hybrid", "multi_vector_rerank")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +421,11 @@ class SearchBatchRequest(_message.Message):
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
     RETURN_TEXT_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
+    MULTI_VECTOR_RERANK_FIELD_NUMBER: _ClassVar[int]
     index: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     vectors: _containers.RepeatedCompositeFieldContainer[Vector]
@@ -356,7 +437,12 @@ class SearchBatchRequest(_message.Message):
     instruction: str
     rerank: SearchRerank
     return_text: bool
-    def __init__(self, index: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ..., rerank: _Optional[_Union[SearchRerank, _Mapping]] = ..., return_text: _Optional[bool] = ...) -> None: ...
+    sparse: _containers.RepeatedCompositeFieldContainer[SparseVector]
+    token_vectors: _containers.RepeatedCompositeFieldContainer[TokenVectors]
+    mode: SearchMode
+    hybrid: HybridOptions
+    multi_vector_rerank: bool
+    def __init__(self, index: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, MetadataValue]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., ef_search: _Optional[int] = ..., nprobe: _Optional[int] = ..., instruction: _Optional[str] = ..., rerank: _Optional[_Union[SearchRerank, _Mapping]] = ..., return_text: _Optional[bool] = ..., sparse: _Optional[_Iterable[_Union[SparseVector, _Mapping]]] = ..., token_vectors: _Optional[_Iterable[_Union[TokenVectors, _Mapping]]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridOptions, _Mapping]] = ..., multi_vector_rerank: _Optional[bool] = ...) -> None: ...
 
 class SearchBatchResponse(_message.Message):
     __slots__ = ("results",)
@@ -371,7 +457,7 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "metadata", "text", "rerank_score")
+    __slots__ = ("id", "score", "metadata", "text", "rerank_score", "dense_score", "sparse_score", "maxsim_score")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -384,12 +470,18 @@ class Hit(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DENSE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MAXSIM_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     metadata: _containers.MessageMap[str, MetadataValue]
     text: str
     rerank_score: float
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ..., text: _Optional[str] = ..., rerank_score: _Optional[float] = ...) -> None: ...
+    dense_score: float
+    sparse_score: float
+    maxsim_score: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, MetadataValue]] = ..., text: _Optional[str] = ..., rerank_score: _Optional[float] = ..., dense_score: _Optional[float] = ..., sparse_score: _Optional[float] = ..., maxsim_score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
