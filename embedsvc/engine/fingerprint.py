@@ -223,10 +223,6 @@ def content_digest(files: Iterable[tuple[str, str]]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _folder_digest(root: Path, files: Iterable[Path], cache: HashCache) -> str:
-    return content_digest((p.relative_to(root).as_posix(), cache.digest(p)) for p in files)
-
-
 def _tokenizer_digest(folder: Path) -> str:
     files = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
     return content_digest((p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in files)
@@ -248,10 +244,10 @@ def checkpoint_parts(loaded: LoadedModel, cache: HashCache) -> dict[str, str]:
             (f"base{level}/{p.relative_to(base.folder).as_posix()}", cache.digest(p))
             for p in weight_files(base.folder)
         ]
-    if not weights:
-        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) found in {root}")
+    if not weights:  # loaded from files this does not know: say so rather than refuse to serve
+        log.warning("no weight files (*.safetensors, *.bin) in %s: the fingerprint cannot cover them", root)
     return {
-        "weights": content_digest(weights),
+        "weights": content_digest(weights) if weights else "unknown",
         "tokenizer": _tokenizer_digest(folder if (folder / "tokenizer.json").exists() else root),
         "config": _config_digest(loaded.config_json),
     }
