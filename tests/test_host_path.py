@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -161,3 +162,62 @@ def test_overlapped_slices_give_the_same_vectors(bert_dir, monkeypatch: pytest.M
         engine.overlap = True
         with pytest.raises(TextTooLongError, match="input 13 "):
             engine.embed(texts, truncation="none")
+
+
+# ------------------------------------------------------------------ the server's thread budget
+def test_server_threads_budget_from_file_env_or_flag() -> None:
+    """``threads`` (file < EMBEDSVC_THREADS < --threads) sizes every model's forward + tokenizer pool
+    and the tokenizing workers; a model's own threads and an explicit tokenizer_threads win."""
+    from embedsvc.config import build_server_config
+
+    default = build_server_config(None, {}, environ={})
+    assert default.threads is None and default.tokenizer_threads == 2
+    assert "threads" not in default.models[0].options  # every core, as before
+    file = {"server": {"threads": 6}, "models": [{"name": "a"}, {"name": "b", "threads": 1}]}
+    merged = build_server_config(file, {}, environ={})
+    assert merged.threads == 6 and merged.tokenizer_threads == 2
+    assert [m.options.get("threads") for m in merged.models] == [6, 1]
+    one = build_server_config(file, {}, environ={"EMBEDSVC_THREADS": "1"})
+    assert (one.threads, one.tokenizer_threads, one.models[0].options["threads"]) == (1, 1, 1)
+    flagged = build_server_config(file, {"threads": 3}, environ={"EMBEDSVC_THREADS": "1"})
+    assert (flagged.threads, flagged.models[0].options["threads"]) == (3, 3)
+    explicit = build_server_config({"server": {"threads": 1, "tokenizer_threads": 4}}, {}, environ={})
+    assert explicit.tokenizer_threads == 4
+    for bad in ({"server": {"threads": 0}}, {"server": {"threads": True}}):
+        with pytest.raises(InvalidInputError, match="threads must be a whole number"):
+            build_server_config(bad, {}, environ={})
+    with pytest.raises(InvalidInputError, match="EMBEDSVC_THREADS='two': expected an integer"):
+        build_server_config(None, {}, environ={"EMBEDSVC_THREADS": "two"})
+
+
+def test_a_server_with_one_thread_and_a_parallel_tokenizer(bert_dir, tmp_path) -> None:
+    """``--threads 1`` reaches the server (one tokenizing worker, reported by TEI's /info), and the
+    product's default Rust tokenizer pool (TOKENIZERS_PARALLELISM unset: on; the test helper turns it
+    off) gives the in-process vectors under concurrent requests."""
+    import httpx
+
+    from embedsvc import AsyncEmbedClient, Embedder
+    from tests.server_utils import ServerProcess
+    from tests.tiny_models import corpus
+
+    texts = corpus(64, seed=9)[:64]
+    want = Embedder.from_pretrained(bert_dir).embed(texts)
+    env = {"TOKENIZERS_PARALLELISM": "true"}
+    args = ("--model", f"m={bert_dir}", "--threads", "1")
+    with ServerProcess(*args, log_path=tmp_path / "s.log", env=env) as s:
+        info = httpx.get(s.http_url() + "/info", timeout=30).json()
+        assert info["tokenization_workers"] == 1
+
+        async def concurrently() -> list[np.ndarray]:
+            clients = [AsyncEmbedClient(s.target, timeout=60) for _ in range(4)]
+            try:
+                return await asyncio.gather(
+                    *(c.embed(texts[16 * k : 16 * k + 16]) for k, c in enumerate(clients))
+                )
+            finally:
+                for c in clients:
+                    await c.close()
+
+        got = np.concatenate(asyncio.run(concurrently()))
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert got.shape == want.shape and cos.min() >= 0.99999
