@@ -221,3 +221,58 @@ def test_a_server_with_one_thread_and_a_parallel_tokenizer(bert_dir, tmp_path) -
         got = np.concatenate(asyncio.run(concurrently()))
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert got.shape == want.shape and cos.min() >= 0.99999
+
+
+# ------------------------------------------------------------------ the CUDA side (GPU only)
+@pytest.mark.gpu
+def test_cuda_inputs_staged_in_one_pinned_copy_without_waiting(bert_dir) -> None:
+    """A batch's ids, positions, cu_seqlens and spans reach the device as one asynchronous copy
+    from pinned memory, and pooling over whole sequences reads nothing back from the device:
+    neither synchronises (torch's sync debug mode raises on any implicit wait)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from embedsvc import Embedder
+
+    engine = Embedder.from_pretrained(bert_dir, device="cuda")
+    arrays = [
+        np.arange(7, dtype=np.int64),
+        np.array([0, 3, 7], dtype=np.int64),
+        np.array([5], dtype=np.int64),
+    ]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        staged = engine._stage(*arrays)
+        hidden = torch.randn(7, 16, device="cuda")
+        cu = staged[1].to(torch.int32)
+        pooled = {mode: pool_packed(hidden, cu, mode) for mode in ("mean", "weighted_mean", "max")}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [t.device.type for t in staged] == ["cuda"] * 3
+    assert [t.cpu().tolist() for t in staged] == [a.tolist() for a in arrays]
+    for mode, got in pooled.items():
+        want = pool_packed(hidden.cpu(), cu.cpu(), mode, per_sequence=True)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_forward_copies_rows_out_per_batch_in_order(bert_dir) -> None:
+    """Many small batches (rows copied out asynchronously into one pinned buffer, put back in the
+    callers' order after one wait), prompts excluded from pooling and chunked texts: the CPU path's
+    vectors, and host memory comes back."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from embedsvc import Embedder
+    from tests.tiny_models import corpus
+
+    texts = corpus(40, seed=3)[:40]
+    texts[7] = " ".join(texts) * 2
+    options = {"max_length": 32, "prompts": {"q": "query: "}, "include_prompt": False}
+    cpu = Embedder.from_pretrained(bert_dir, device="cpu", **options)
+    gpu = Embedder.from_pretrained(bert_dir, device="cuda", token_budget=96, **options)
+    encoded = gpu.prepare(texts, prompt_name="q", chunked=True)
+    assert gpu.forward(encoded).device.type == "cpu"
+    for kwargs in ({}, {"prompt_name": "q", "chunked": True}):
+        want, got = cpu.embed(texts, **kwargs), gpu.embed(texts, **kwargs)
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert got.shape == want.shape and cos.min() >= 0.9999

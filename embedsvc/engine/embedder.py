@@ -507,25 +507,66 @@ class Embedder:
 
     @torch.inference_mode()
     def forward(self, encoded: Sequence[EncodedInput]) -> torch.Tensor:
-        """Pooled (and Dense-projected) float32 vectors, one per encoded sequence, in order."""
+        """Pooled (and Dense-projected) float32 vectors, one per encoded sequence, in order.
+
+        On CUDA they come back in host memory: each batch's rows are copied out asynchronously into
+        one pinned buffer and the stream is waited on once, after the last batch, so the host plans
+        and stages the next batch while the device still runs the current one."""
+        if self.device.type == "cuda":
+            return self._forward_cuda(encoded)
         out = torch.empty((len(encoded), self.dimension), dtype=torch.float32, device=self.device)
         if not encoded:
             return out
-        batches = plan_batches(
+        for batch in self._plan(encoded):
+            out[torch.tensor(batch, device=self.device)] = self._forward_batch([encoded[i] for i in batch])
+        if len(encoded) > TRIM_AFTER_SEQUENCES:
+            trim_heap()  # a huge input's batches freed: their memory back to the system
+        return out
+
+    def _plan(self, encoded: Sequence[EncodedInput]) -> list[list[int]]:
+        return plan_batches(
             [len(e.ids) for e in encoded],
             token_budget=self.options.token_budget,
             max_batch_size=self.options.max_batch_size,
             packed=self.options.packed,
         )
+
+    def _forward_batch(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
+        pooled = self._forward_packed(seqs) if self.options.packed else self._forward_padded(seqs)
+        for linear, activation in self._dense:
+            pooled = activation(linear(pooled))
+        return pooled
+
+    def _forward_cuda(self, encoded: Sequence[EncodedInput]) -> torch.Tensor:
+        """:meth:`forward` on CUDA: no synchronisation between batches (inputs staged by
+        :meth:`_stage`, rows copied out with ``non_blocking``), one wait at the end."""
+        if not encoded:
+            return torch.empty((0, self.dimension), dtype=torch.float32)
+        batches = self._plan(encoded)
+        staged = torch.empty((len(encoded), self.dimension), dtype=torch.float32, pin_memory=True)
+        row = 0
         for batch in batches:
-            seqs = [encoded[i] for i in batch]
-            pooled = self._forward_packed(seqs) if self.options.packed else self._forward_padded(seqs)
-            for linear, activation in self._dense:
-                pooled = activation(linear(pooled))
-            out[torch.tensor(batch, device=self.device)] = pooled
+            pooled = self._forward_batch([encoded[i] for i in batch])
+            staged[row : row + len(batch)].copy_(pooled, non_blocking=True)
+            row += len(batch)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        done.synchronize()  # the one wait: every batch's rows are in host memory after it
+        order = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(batches), np.int64, len(encoded)))
+        out = torch.empty_like(staged, pin_memory=False)
+        out[order] = staged
         if len(encoded) > TRIM_AFTER_SEQUENCES:
-            trim_heap()  # a huge input's batches freed: their memory back to the system
+            trim_heap()
         return out
+
+    def _stage(self, *arrays: np.ndarray) -> list[torch.Tensor]:
+        """int64 host arrays on the model's device as views of one tensor: on CUDA one pinned buffer
+        and one asynchronous copy per batch (ordered before the forward by the stream; torch's pinned
+        allocator keeps the buffer until the copy is done), not one blocking copy per array."""
+        sizes = [len(a) for a in arrays]
+        host = torch.empty(sum(sizes), dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        np.concatenate(arrays, out=host.numpy())
+        return list(host.to(self.device, non_blocking=True).split(sizes))
 
     def _forward_padded(self, seqs: Sequence[EncodedInput]) -> torch.Tensor:
         longest = max(len(s.ids) for s in seqs)
@@ -555,9 +596,12 @@ class Embedder:
         bounds = np.zeros(len(seqs) + 1, dtype=np.int64)
         np.cumsum(lengths, out=bounds[1:])
         positions_np = np.arange(total) - np.repeat(bounds[:-1], lengths) + self._position_offset
-        ids = torch.from_numpy(flat).to(self.device)
-        positions = torch.from_numpy(positions_np).to(self.device)
-        cu = torch.from_numpy(bounds.astype(np.int32)).to(self.device)
+        starts_np = np.fromiter((s.pool_start for s in seqs), dtype=np.int64, count=len(seqs))
+        ends_np = np.fromiter((s.pool_end for s in seqs), dtype=np.int64, count=len(seqs))
+        # spans known on the host to cover every token: pooling needs no span test on the device
+        whole = not starts_np.any() and bool((ends_np == lengths).all())
+        ids, positions, cu64, starts, ends = self._stage(flat, positions_np, bounds, starts_np, ends_np)
+        cu = cu64.to(torch.int32)
         longest = int(lengths.max())
         kwargs: dict[str, Any] = {
             "input_ids": ids[None],
@@ -570,14 +614,14 @@ class Embedder:
         if self._takes_token_types:
             kwargs["token_type_ids"] = torch.zeros_like(ids)[None]
         hidden = self.model(**kwargs).last_hidden_state[0]
-        starts = torch.tensor([s.pool_start for s in seqs], device=self.device)
-        ends = torch.tensor([s.pool_end for s in seqs], device=self.device)
         if self._fused_pooling:
             from embedsvc.kernels.segment_pool import segment_pool
 
             if self.settings.pooling == "mean_sqrt_len":
                 return sqrt_len_scale(segment_pool(hidden, cu, starts, ends, "mean"), starts, ends)
             return segment_pool(hidden, cu, starts, ends, self.settings.pooling)
+        if whole:
+            return pool_packed(hidden, cu, self.settings.pooling, per_sequence=self.options.deterministic)
         return pool_packed(
             hidden, cu, self.settings.pooling, starts, ends, per_sequence=self.options.deterministic
         )
