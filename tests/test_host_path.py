@@ -164,6 +164,49 @@ def test_overlapped_slices_give_the_same_vectors(bert_dir, monkeypatch: pytest.M
             engine.embed(texts, truncation="none")
 
 
+def test_heap_handed_back_after_a_huge_request_only(bert_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler trims the heap (on its forward thread, after the answer) once a request of
+    TRIM_AFTER_TOKENS or more is done, and never for ordinary ones."""
+    import threading
+
+    from embedsvc import Embedder
+    from embedsvc.engine import scheduler as scheduler_module
+    from embedsvc.engine.inputs import trim_heap
+    from tests.tiny_models import corpus
+
+    calls: list[str] = []
+
+    def counted() -> None:
+        calls.append(threading.current_thread().name)
+        trim_heap()
+
+    monkeypatch.setattr(scheduler_module, "trim_heap", counted)
+    monkeypatch.setattr(scheduler_module, "TRIM_AFTER_TOKENS", 300)
+    monkeypatch.setattr(scheduler_module, "TRIM_DELAY_S", 0.01)
+    engine = Embedder.from_pretrained(bert_dir, max_length=32)
+    small, big = engine.prepare(corpus(4, seed=1)[:4]), engine.prepare(corpus(40, seed=2)[:40])
+    assert sum(len(e.ids) for e in small) < 300 <= sum(len(e.ids) for e in big)
+
+    async def run(encoded: list) -> None:
+        scheduler = scheduler_module.BatchScheduler(
+            engine.forward,
+            name="t",
+            token_budget=128,
+            max_batch_size=64,
+            max_queue_requests=10,
+            max_queue_tokens=100_000,
+        )
+        scheduler.start()
+        await scheduler.submit(encoded)
+        await asyncio.sleep(0.2)
+        await scheduler.close()
+
+    asyncio.run(run(small))
+    assert calls == []
+    asyncio.run(run(big))
+    assert len(calls) == 1 and calls[0].startswith("forward-t")
+
+
 # ------------------------------------------------------------------ the server's thread budget
 def test_server_threads_budget_from_file_env_or_flag() -> None:
     """``threads`` (file < EMBEDSVC_THREADS < --threads) sizes every model's forward + tokenizer pool
@@ -190,6 +233,7 @@ def test_server_threads_budget_from_file_env_or_flag() -> None:
         build_server_config(None, {}, environ={"EMBEDSVC_THREADS": "two"})
 
 
+@pytest.mark.slow
 def test_a_server_with_one_thread_and_a_parallel_tokenizer(bert_dir, tmp_path) -> None:
     """``--threads 1`` reaches the server (one tokenizing worker, reported by TEI's /info), and the
     product's default Rust tokenizer pool (TOKENIZERS_PARALLELISM unset: on; the test helper turns it
