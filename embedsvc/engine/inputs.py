@@ -238,6 +238,13 @@ class InputEncoder:
             )
         if was_cut and content < budget + _SLACK:
             return None
+        if 0 < content <= budget:  # the common case: the tokenizer's ids as they are, no slicing
+            whole = _as_list(ids)
+            if needs_eos:
+                whole.append(self.eos_id)  # type: ignore[arg-type]
+            if needs_bos:
+                whole.insert(0, self.bos_id)  # type: ignore[arg-type]
+            return [EncodedInput(whole, 0, len(whole), content, index)]
         total = n + int(needs_eos) + int(needs_bos)
         windows = _windows(content, budget, truncation, chunked, index, total, self.max_length)
         head, tail = _as_list(ids[:lead]), _as_list(ids[n - trail :])
