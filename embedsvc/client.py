@@ -31,9 +31,7 @@ import numpy as np
 from embedsvc import pacing, wire
 from embedsvc.errors import EmbedsvcError
 from embedsvc.server.errors import category_for
-from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
-from embedsvc.v1 import index_pb2 as ipb
 from embedsvc.v1 import index_pb2_grpc as ipb_grpc
 from embedsvc.wire import Hit, IdPage, IndexInfo, ModelInfo, SearchOptions
 
@@ -216,16 +214,13 @@ class AsyncEmbedClient:
         return wire.index_info(await self._call(self._index.CreateIndex, request, idempotent=False))
 
     async def delete_index(self, name: str) -> None:
-        await self._call(self._index.DeleteIndex, ipb.DeleteIndexRequest(name=name), idempotent=False)
+        await self._call(self._index.DeleteIndex, wire.delete_index_request(name), idempotent=False)
 
     async def list_indexes(self) -> list[IndexInfo]:
-        reply = await self._call(self._index.ListIndexes, ipb.ListIndexesRequest())
-        return [wire.index_info(i) for i in reply.indexes]
+        return wire.index_infos(await self._call(self._index.ListIndexes, wire.list_indexes_request()))
 
     async def describe_index(self, name: str) -> IndexInfo:
-        return wire.index_info(
-            await self._call(self._index.DescribeIndex, ipb.DescribeIndexRequest(name=name))
-        )
+        return wire.index_info(await self._call(self._index.DescribeIndex, wire.describe_index_request(name)))
 
     async def upsert(
         self,
@@ -295,7 +290,7 @@ class AsyncEmbedClient:
         ]
 
     async def count(self, index: str) -> int:
-        return int((await self._call(self._index.Count, ipb.CountRequest(index=index))).count)
+        return int((await self._call(self._index.Count, wire.count_request(index))).count)
 
     async def list_ids(self, index: str, page_size: int = 0, page_token: str = "") -> IdPage:
         """One page of the ids ``index`` holds, in write order; pass ``page.next_page_token`` for the next
@@ -362,7 +357,7 @@ class AsyncEmbedClient:
         ]
 
     async def list_models(self) -> list[ModelInfo]:
-        return wire.model_infos(await self._call(self._stub.ListModels, pb.ListModelsRequest()))
+        return wire.model_infos(await self._call(self._stub.ListModels, wire.list_models_request()))
 
     async def health(self, service: str = "", timeout: float | None = None) -> int:
         """grpc.health.v1 status of the server (or one of its services): SERVING = 1, NOT_SERVING = 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,11 @@ from embedsvc.index.filters import MAX_DEPTH as MAX_FILTER_DEPTH
 from embedsvc.index.filters import RANGE_BOUNDS, All, Condition, Eq, Exists, In, Not, Range, parse_filter
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import index_pb2 as ipb
+
+if TYPE_CHECKING:  # server-side types: a client-only install has no index package's dependencies
+    from embedsvc.index.collection import Hit as IndexHit
+    from embedsvc.index.service import IndexState, NewItem
+    from embedsvc.index.service import SearchOptions as IndexSearchOptions
 
 INPUT_TYPES: dict[str | None, int] = {
     None: pb.INPUT_TYPE_UNSPECIFIED,
@@ -286,6 +291,30 @@ def create_index_request(
     )
 
 
+def list_models_request() -> pb.ListModelsRequest:
+    return pb.ListModelsRequest()
+
+
+def delete_index_request(name: str) -> ipb.DeleteIndexRequest:
+    return ipb.DeleteIndexRequest(name=name)
+
+
+def list_indexes_request() -> ipb.ListIndexesRequest:
+    return ipb.ListIndexesRequest()
+
+
+def describe_index_request(name: str) -> ipb.DescribeIndexRequest:
+    return ipb.DescribeIndexRequest(name=name)
+
+
+def count_request(index: str) -> ipb.CountRequest:
+    return ipb.CountRequest(index=index)
+
+
+def index_infos(response: ipb.ListIndexesResponse) -> list[IndexInfo]:
+    return [index_info(i) for i in response.indexes]
+
+
 def index_info(message: ipb.IndexInfo) -> IndexInfo:
     return IndexInfo(
         name=message.name,
@@ -533,6 +562,143 @@ def page_token(position: int | None) -> str:
     return "" if position is None else f"{_TOKEN_PREFIX}{position}"
 
 
+# ------------------------------------------------------- index server replies
+INDEX_PARAM_FIELDS = tuple(ipb.IndexParams.DESCRIPTOR.fields_by_name)
+
+
+def index_params(message: ipb.IndexParams) -> dict[str, int]:
+    """The ANN parameters a CreateIndexRequest sets (0 = unset: the kind's default)."""
+    return {name: getattr(message, name) for name in INDEX_PARAM_FIELDS if getattr(message, name)}
+
+
+def index_info_message(described: IndexState) -> ipb.IndexInfo:
+    spec, state = described.collection.spec, described.state
+    return ipb.IndexInfo(
+        name=spec.name,
+        model=described.model,
+        model_source=spec.model_source,
+        dimension=spec.dimension,
+        metric=METRICS[spec.metric],
+        kind=KINDS[spec.kind],
+        params=ipb.IndexParams(**spec.params.for_kind(spec.kind)),  # only what this kind uses
+        count=state["count"],
+        trained=state["trained"],
+        status=described.status,
+        durable=state["durable"],
+        device=state["device"],
+    )
+
+
+def damaged_index_info(name: str, damage: Exception) -> ipb.IndexInfo:
+    """A damaged index described, not raised: the caller learns what is wrong."""
+    return ipb.IndexInfo(name=name, status=f"error: {damage}")
+
+
+def list_indexes_response(
+    described: Sequence[IndexState], broken: Mapping[str, Exception]
+) -> ipb.ListIndexesResponse:
+    infos = [index_info_message(d) for d in described]
+    infos += [damaged_index_info(name, exc) for name, exc in broken.items()]
+    return ipb.ListIndexesResponse(indexes=infos)
+
+
+def new_items(request: ipb.UpsertRequest) -> list[NewItem]:
+    from embedsvc.index.service import NewItem
+
+    return [
+        NewItem(
+            id=item.id,
+            text=item.text if item.HasField("text") else None,
+            vector=item.vector or None,
+            metadata=from_metadata(item.metadata),
+        )
+        for item in request.items
+    ]
+
+
+def delete_index_response() -> ipb.DeleteIndexResponse:
+    return ipb.DeleteIndexResponse()
+
+
+def upsert_response(upserted: int, count: int) -> ipb.UpsertResponse:
+    return ipb.UpsertResponse(upserted=upserted, count=count)
+
+
+def delete_response(deleted: int, count: int) -> ipb.DeleteResponse:
+    return ipb.DeleteResponse(deleted=deleted, count=count)
+
+
+def get_response(
+    found: Sequence[tuple[str, np.ndarray, Mapping[str, Any]]], missing: Sequence[str]
+) -> ipb.GetResponse:
+    items = [ipb.Item(id=i, vector=v.tolist(), metadata=to_metadata(m)) for i, v, m in found]
+    return ipb.GetResponse(items=items, missing=missing)
+
+
+def search_response(found: Sequence[IndexHit]) -> ipb.SearchResponse:
+    return ipb.SearchResponse(
+        hits=[ipb.Hit(id=h.id, score=h.score, metadata=to_metadata(h.metadata)) for h in found]
+    )
+
+
+def search_batch_response(results: Sequence[Sequence[IndexHit]]) -> ipb.SearchBatchResponse:
+    return ipb.SearchBatchResponse(results=[search_response(found) for found in results])
+
+
+def list_ids_response(ids: Sequence[str], following: int | None, count: int) -> ipb.ListIdsResponse:
+    return ipb.ListIdsResponse(ids=ids, next_page_token=page_token(following), count=count)
+
+
+def count_response(count: int) -> ipb.CountResponse:
+    return ipb.CountResponse(count=count)
+
+
+def check_filter_size(where: ipb.Filter, max_leaves: int) -> None:
+    """InvalidInputError when a filter holds more than ``max_leaves`` conditions and listed values;
+    stops counting there, so the check costs at most that many steps."""
+    leaves = 0
+    stack = [where]
+    while stack:
+        node = stack.pop()
+        which = node.WhichOneof("condition")
+        if which == "field":
+            match = node.field.WhichOneof("match")
+            leaves += len(getattr(node.field, match).values) if match in ("in", "not_in") else 1
+        elif which is not None:
+            children = getattr(node, which).filters
+            leaves += 1 if not children else 0
+            if len(children) + len(stack) + leaves <= max_leaves:  # len() first: O(1) on a huge list
+                stack.extend(children)
+            else:
+                leaves = max_leaves + 1
+        if leaves > max_leaves:
+            raise InvalidInputError(
+                f"the filter holds more than {max_leaves} conditions and listed values (max_filter_leaves): "
+                "narrow it, or split the search",
+                field="where",
+            )
+
+
+def index_search_options(
+    request: ipb.SearchRequest | ipb.SearchBatchRequest, max_leaves: int
+) -> IndexSearchOptions:
+    """k (0: 10), the filters (the equality map and `where`, both must hold), ef_search and nprobe;
+    the filter's size is checked (bounded) before it is converted."""
+    from embedsvc.index.service import SearchOptions as IndexSearchOptions
+
+    where = None
+    if request.HasField("where"):
+        check_filter_size(request.where, max_leaves)
+        where = filter_from_proto(request.where)
+    return IndexSearchOptions(
+        k=request.k or 10,
+        filter=from_metadata(request.filter),
+        where=parse_filter(where),
+        ef_search=request.ef_search if request.HasField("ef_search") else None,
+        nprobe=request.nprobe if request.HasField("nprobe") else None,
+    )
+
+
 # --------------------------------------------------------------------- filters
 
 
@@ -671,7 +837,9 @@ def embed_response(
     total_tokens: int,
 ) -> pb.EmbedResponse:
     """The EmbedResponse for ``vectors`` (float32 [n, d]) in ``encoding``: float32 rows packed in
-    bulk; the byte encodings (float16, int8, binary) one ``data`` field per row."""
+    bulk; the byte encodings (float16, int8, binary) one ``data`` field per row. ENCODING_UNSPECIFIED
+    answers float32."""
+    encoding = encoding or pb.ENCODING_FLOAT32
     response = pb.EmbedResponse(
         id=request_id,
         model=model,
@@ -693,6 +861,27 @@ def embed_response(
         else:
             add(data=codecs.encode_binary(vector), tokens=n_tokens)
     return response
+
+
+def stream_response(request_id: str, response: pb.EmbedResponse) -> pb.EmbedStreamResponse:
+    return pb.EmbedStreamResponse(id=request_id, response=response)
+
+
+def stream_error(request_id: str, code: int, message: str, field: str) -> pb.EmbedStreamResponse:
+    """One failed request of an EmbedStream: the stream itself stays open."""
+    return pb.EmbedStreamResponse(id=request_id, error=pb.Error(code=code, message=message, field=field))
+
+
+def tokenize_response(
+    model: str, tokenized: Sequence[tuple[Sequence[int], Sequence[str]]]
+) -> pb.TokenizeResponse:
+    return pb.TokenizeResponse(
+        model=model, inputs=[pb.TokenizedInput(ids=ids, tokens=tokens) for ids, tokens in tokenized]
+    )
+
+
+def list_models_response(facts: Sequence[ModelFacts], default_model: str) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[model_info(f) for f in facts], default_model=default_model)
 
 
 def float32_rows(response: pb.EmbedResponse) -> np.ndarray:

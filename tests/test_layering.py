@@ -170,3 +170,54 @@ def test_no_module_imports_another_modules_private_names():
                     if alias.name.startswith("_") and not alias.name.startswith("__")
                 ]
     assert private == []
+
+
+def _message_builds(path: Path) -> list[str]:
+    """Calls that build a protobuf message or read an enum of the generated modules in ``path``:
+    ``pb.EmbedRequest(...)``, ``ipb.Filter(...)``, ``pb.ENCODING_FLOAT32`` (type annotations aside)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    aliases = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(GENERATED)
+        for alias in node.names
+        if alias.name.endswith("_pb2")
+    }
+    annotations = {
+        id(sub)
+        for node in ast.walk(tree)
+        for part in (
+            [node.returns, *(a.annotation for a in node.args.args + node.args.kwonlyargs)]
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            else [node.annotation]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
+        if part is not None
+        for sub in ast.walk(part)
+    }
+    return [
+        f"{_module_name(path)}:{node.lineno} {node.value.id}.{node.attr}"  # type: ignore[attr-defined]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in aliases
+        and id(node) not in annotations
+        and not node.attr.endswith("Servicer")
+        and node.attr != "DESCRIPTOR"  # service names for reflection and health
+    ]
+
+
+def test_only_wire_builds_protobuf_messages():
+    # servicers, clients and the CLI call wire.py; a message built anywhere else is a second conversion
+    found = [
+        build
+        for path in sorted(ROOT.rglob("*.py"))
+        if not _module_name(path).startswith(GENERATED) and _module_name(path) != "embedsvc.wire"
+        for build in _message_builds(path)
+    ]
+    assert found == []
+
+
+def test_the_message_walker_sees_builds():
+    assert any(".EmbedResponse" in b or ".ENCODING_" in b for b in _message_builds(ROOT / "wire.py"))

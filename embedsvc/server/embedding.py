@@ -63,7 +63,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
             model=model,
             vectors=embedded.vectors,
             token_counts=embedded.token_counts,
-            encoding=request.encoding or pb.ENCODING_FLOAT32,
+            encoding=request.encoding,
             total_tokens=embedded.total_tokens,
         )
 
@@ -114,7 +114,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
             nonlocal resume_at
             try:
                 response = await self._embed(request, context.time_remaining(), tenant)
-                await results.put(pb.EmbedStreamResponse(id=request.id, response=response))
+                await results.put(wire.stream_response(request.id, response))
             except Exception as exc:
                 if isinstance(exc, OverloadedError):
                     resume_at = time.monotonic() + STREAM_BACKOFF_S
@@ -131,8 +131,8 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
                 else:
                     message = message_for(exc)
                 self.metrics.errors.labels("EmbedStream", code.name).inc()
-                error = pb.Error(code=code.value[0], message=message, field=getattr(exc, "field", None) or "")
-                await results.put(pb.EmbedStreamResponse(id=request.id, error=error))
+                field = getattr(exc, "field", None) or ""
+                await results.put(wire.stream_error(request.id, code.value[0], message, field))
             finally:
                 window.release()
 
@@ -194,10 +194,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
         async def work() -> pb.TokenizeResponse:
             served = self._model(request.model, "Tokenize")
             tokenized = await served.tokenize(list(request.inputs), wire.embed_options(request))
-            return pb.TokenizeResponse(
-                model=served.name,
-                inputs=[pb.TokenizedInput(ids=ids, tokens=tokens) for ids, tokens in tokenized],
-            )
+            return wire.tokenize_response(served.name, tokenized)
 
         return await self._guard("Tokenize", request.model, context, work)
 
@@ -207,7 +204,7 @@ class EmbeddingServicer(GuardedServicer, pb_grpc.EmbeddingServiceServicer):
     ) -> pb.ListModelsResponse:
         async def work() -> pb.ListModelsResponse:
             self.registry.get("")  # UNAVAILABLE while loading or draining
-            infos = [wire.model_info(served.facts) for served in self.registry.models.values()]
-            return pb.ListModelsResponse(models=infos, default_model=self.registry.default_name or "")
+            facts = [served.facts for served in self.registry.models.values()]
+            return wire.list_models_response(facts, self.registry.default_name or "")
 
         return await self._guard("ListModels", "", context, work)
