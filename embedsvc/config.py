@@ -130,7 +130,8 @@ class ServerConfig:
         ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1", field=name)
-        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+        threads = self.threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InvalidInputError(
                 f"threads must be a whole number of threads >= 1 (the cores this server may use), "
                 f"not {self.threads!r}",

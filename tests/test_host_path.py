@@ -226,7 +226,7 @@ def test_server_threads_budget_from_file_env_or_flag() -> None:
     assert (flagged.threads, flagged.models[0].options["threads"]) == (3, 3)
     explicit = build_server_config({"server": {"threads": 1, "tokenizer_threads": 4}}, {}, environ={})
     assert explicit.tokenizer_threads == 4
-    for bad in ({"server": {"threads": 0}}, {"server": {"threads": True}}):
+    for bad in ({"server": {"threads": 0}}, {"server": {"threads": True}}, {"server": {"threads": "4"}}):
         with pytest.raises(InvalidInputError, match="threads must be a whole number"):
             build_server_config(bad, {}, environ={})
     with pytest.raises(InvalidInputError, match="EMBEDSVC_THREADS='two': expected an integer"):
