@@ -21,6 +21,7 @@ A config file looks like::
     metrics_port = 9400          # 0 = no metrics endpoint
     api_keys = ["secret"]        # empty = no authentication
     max_inputs_per_request = 2048
+    threads = 8                  # cores this server may use (forward + tokenizer); default: every core
 
     [[models]]
     name = "minilm"              # omitted: the folder / hub name
@@ -88,6 +89,9 @@ class ServerConfig:
     batch_wait_ms: float = 2.0
     grace_period_s: float = 10.0
     tokenizer_threads: int = 2
+    # one budget for the process's cores: torch's intra-op threads, the Rust tokenizer's pool and the
+    # tokenizing workers (thread_budget below); None: every core, tokenizer_threads as given
+    threads: int | None = None
     log_level: str = "INFO"
     log_json: bool = True
     data_dir: str | None = None  # index collections live here; None = in memory, lost on exit
@@ -131,6 +135,15 @@ class ServerConfig:
         ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1", field=name)
+        threads = self.threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InvalidInputError(
+                f"threads must be a whole number of threads >= 1 (the cores this server may use), "
+                f"not {self.threads!r}",
+                field="threads",
+            )
+        if self.tokenizer_threads < 1:
+            raise InvalidInputError("tokenizer_threads must be at least 1", field="tokenizer_threads")
         if self.max_http_connections is not None and self.max_http_connections < 1:
             raise InvalidInputError("max_http_connections must be at least 1", field="max_http_connections")
         if not self.http_idle_timeout_s > 0:
@@ -170,6 +183,20 @@ class ServerConfig:
 
 
 _SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"models"}
+# Python threads handing requests to the Rust tokenizer: each call fans out over the tokenizer's own
+# pool, so a couple keep it busy; more only contend with the forward for the same cores
+_MAX_TOKENIZING_WORKERS = 2
+
+
+def thread_budget(threads: int) -> dict[str, int]:
+    """How a server's ``threads`` are shared: torch's intra-op pool and the Rust tokenizer's pool
+    both get the whole budget (they take turns on the cores: the forward runs while the next batch
+    is tokenized, and idle OpenMP threads sleep), and the tokenizing workers that feed the Rust
+    pool get at most two of it. Returned as the settings they become: the models' ``threads``
+    option (intra-op + Rust pool, engine/threads.py) and the server's ``tokenizer_threads``."""
+    return {"threads": threads, "tokenizer_threads": min(threads, _MAX_TOKENIZING_WORKERS)}
+
+
 _MODEL_KEYS = {"name", "source", "default"}
 
 
@@ -313,4 +340,13 @@ def build_server_config(
         models = [ModelConfig(m.name, m.source, m.default, {**m.options, **model_options}) for m in models]
     server.update(from_env)
     server.update({key: value for key, value in overrides.items() if value is not None})
+    threads = server.get("threads")
+    if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+        # one budget: a model's own threads option and an explicit tokenizer_threads still win
+        budget = thread_budget(threads)
+        server.setdefault("tokenizer_threads", budget["tokenizer_threads"])
+        models = [
+            ModelConfig(m.name, m.source, m.default, {"threads": budget["threads"], **m.options})
+            for m in models
+        ]
     return ServerConfig(**server, api_keys=tuple(dict.fromkeys(keys)), models=tuple(models))

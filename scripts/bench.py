@@ -521,7 +521,9 @@ def host_path(args: Any) -> dict[str, Any]:
     limits = ["--max-text-bytes", str(9 << 20), "--max-request-bytes", str(9 << 20)]
     limits += ["--max-message-bytes", str(64 << 20), "--max-queue-tokens", str(20_000_000)]
     limits += ["--max-queue-seconds", "600", "--max-inputs-per-request", "4096"]
-    with ServerProcess("--model", f"nearfree={folder}", *limits, log_path=log) as server:
+    # servers run as deployed: the Rust tokenizer's pool on (the test helper turns it off)
+    served = {"TOKENIZERS_PARALLELISM": "true"}
+    with ServerProcess("--model", f"nearfree={folder}", *limits, log_path=log, env=served) as server:
         grpc_runs: dict[str, Any] = {"tokenizer": lambda: tokenizer(texts, truncation=True)}
         for clients, per_request in ((4, 256), (16, 8)):
             load = texts[: max(len(texts), clients * per_request)]
@@ -558,7 +560,7 @@ def host_path(args: Any) -> dict[str, Any]:
     st_minilm = SentenceTransformer(str(minilm.loaded.source.folder), device="cpu")
     minilm.embed(bundled_texts[:32])
     st_minilm.encode(bundled_texts[:32])
-    with ServerProcess(log_path=log) as server:
+    with ServerProcess(log_path=log, env=served) as server:
         bench_grpc(server.target, bundled_texts[:128], 16, 8)
         best = best_of(
             rounds,

@@ -132,7 +132,7 @@ def test_keys_keep_options_and_models_apart(fast: Embedder, deterministic: Embed
     ]
     for options in variants:
         got = plain.embed_now(text, options)
-        want = fast.embed(text, **{k: v for k, v in vars(options).items()})
+        want = fast.embed(text, **{k: v for k, v in vars(options).items() if k != "outputs"})
         np.testing.assert_allclose(got.vectors, want, atol=1e-6)
     other_model.embed_now(text)
     assert cache.hits == 0 and cache.entries == len(variants) + 1

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -161,3 +162,161 @@ def test_overlapped_slices_give_the_same_vectors(bert_dir, monkeypatch: pytest.M
         engine.overlap = True
         with pytest.raises(TextTooLongError, match="input 13 "):
             engine.embed(texts, truncation="none")
+
+
+def test_heap_handed_back_after_a_huge_request_only(bert_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler trims the heap (on its forward thread, after the answer) once a request of
+    TRIM_AFTER_TOKENS or more is done, and never for ordinary ones."""
+    import threading
+
+    from embedsvc import Embedder
+    from embedsvc.engine import scheduler as scheduler_module
+    from embedsvc.engine.inputs import trim_heap
+    from tests.tiny_models import corpus
+
+    calls: list[str] = []
+
+    def counted() -> None:
+        calls.append(threading.current_thread().name)
+        trim_heap()
+
+    monkeypatch.setattr(scheduler_module, "trim_heap", counted)
+    monkeypatch.setattr(scheduler_module, "TRIM_AFTER_TOKENS", 300)
+    monkeypatch.setattr(scheduler_module, "TRIM_DELAY_S", 0.01)
+    engine = Embedder.from_pretrained(bert_dir, max_length=32)
+    small, big = engine.prepare(corpus(4, seed=1)[:4]), engine.prepare(corpus(40, seed=2)[:40])
+    assert sum(len(e.ids) for e in small) < 300 <= sum(len(e.ids) for e in big)
+
+    async def run(encoded: list) -> None:
+        scheduler = scheduler_module.BatchScheduler(
+            engine.forward,
+            name="t",
+            token_budget=128,
+            max_batch_size=64,
+            max_queue_requests=10,
+            max_queue_tokens=100_000,
+        )
+        scheduler.start()
+        await scheduler.submit(encoded)
+        await asyncio.sleep(0.2)
+        await scheduler.close()
+
+    asyncio.run(run(small))
+    assert calls == []
+    asyncio.run(run(big))
+    assert len(calls) == 1 and calls[0].startswith("forward-t")
+
+
+# ------------------------------------------------------------------ the server's thread budget
+def test_server_threads_budget_from_file_env_or_flag() -> None:
+    """``threads`` (file < EMBEDSVC_THREADS < --threads) sizes every model's forward + tokenizer pool
+    and the tokenizing workers; a model's own threads and an explicit tokenizer_threads win."""
+    from embedsvc.config import build_server_config
+
+    default = build_server_config(None, {}, environ={})
+    assert default.threads is None and default.tokenizer_threads == 2
+    assert "threads" not in default.models[0].options  # every core, as before
+    file = {"server": {"threads": 6}, "models": [{"name": "a"}, {"name": "b", "threads": 1}]}
+    merged = build_server_config(file, {}, environ={})
+    assert merged.threads == 6 and merged.tokenizer_threads == 2
+    assert [m.options.get("threads") for m in merged.models] == [6, 1]
+    one = build_server_config(file, {}, environ={"EMBEDSVC_THREADS": "1"})
+    assert (one.threads, one.tokenizer_threads, one.models[0].options["threads"]) == (1, 1, 1)
+    flagged = build_server_config(file, {"threads": 3}, environ={"EMBEDSVC_THREADS": "1"})
+    assert (flagged.threads, flagged.models[0].options["threads"]) == (3, 3)
+    explicit = build_server_config({"server": {"threads": 1, "tokenizer_threads": 4}}, {}, environ={})
+    assert explicit.tokenizer_threads == 4
+    for bad in ({"server": {"threads": 0}}, {"server": {"threads": True}}, {"server": {"threads": "4"}}):
+        with pytest.raises(InvalidInputError, match="threads must be a whole number"):
+            build_server_config(bad, {}, environ={})
+    with pytest.raises(InvalidInputError, match="EMBEDSVC_THREADS='two': expected an integer"):
+        build_server_config(None, {}, environ={"EMBEDSVC_THREADS": "two"})
+
+
+@pytest.mark.slow
+def test_a_server_with_one_thread_and_a_parallel_tokenizer(bert_dir, tmp_path) -> None:
+    """``--threads 1`` reaches the server (one tokenizing worker, reported by TEI's /info), and the
+    product's default Rust tokenizer pool (TOKENIZERS_PARALLELISM unset: on; the test helper turns it
+    off) gives the in-process vectors under concurrent requests."""
+    import httpx
+
+    from embedsvc import AsyncEmbedClient, Embedder
+    from tests.server_utils import ServerProcess
+    from tests.tiny_models import corpus
+
+    texts = corpus(64, seed=9)[:64]
+    want = Embedder.from_pretrained(bert_dir).embed(texts)
+    env = {"TOKENIZERS_PARALLELISM": "true"}
+    args = ("--model", f"m={bert_dir}", "--threads", "1")
+    with ServerProcess(*args, log_path=tmp_path / "s.log", env=env) as s:
+        info = httpx.get(s.http_url() + "/info", timeout=30).json()
+        assert info["tokenization_workers"] == 1
+
+        async def concurrently() -> list[np.ndarray]:
+            clients = [AsyncEmbedClient(s.target, timeout=60) for _ in range(4)]
+            try:
+                return await asyncio.gather(
+                    *(c.embed(texts[16 * k : 16 * k + 16]) for k, c in enumerate(clients))
+                )
+            finally:
+                for c in clients:
+                    await c.close()
+
+        got = np.concatenate(asyncio.run(concurrently()))
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert got.shape == want.shape and cos.min() >= 0.99999
+
+
+# ------------------------------------------------------------------ the CUDA side (GPU only)
+@pytest.mark.gpu
+def test_cuda_inputs_staged_in_one_pinned_copy_without_waiting(bert_dir) -> None:
+    """A batch's ids, positions, cu_seqlens and spans reach the device as one asynchronous copy
+    from pinned memory, and pooling over whole sequences reads nothing back from the device:
+    neither synchronises (torch's sync debug mode raises on any implicit wait)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from embedsvc import Embedder
+
+    engine = Embedder.from_pretrained(bert_dir, device="cuda")
+    arrays = [
+        np.arange(7, dtype=np.int64),
+        np.array([0, 3, 7], dtype=np.int64),
+        np.array([5], dtype=np.int64),
+    ]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        staged = engine._stage(*arrays)
+        hidden = torch.randn(7, 16, device="cuda")
+        cu = staged[1].to(torch.int32)
+        pooled = {mode: pool_packed(hidden, cu, mode) for mode in ("mean", "weighted_mean", "max")}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [t.device.type for t in staged] == ["cuda"] * 3
+    assert [t.cpu().tolist() for t in staged] == [a.tolist() for a in arrays]
+    for mode, got in pooled.items():
+        want = pool_packed(hidden.cpu(), cu.cpu(), mode, per_sequence=True)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_forward_copies_rows_out_per_batch_in_order(bert_dir) -> None:
+    """Many small batches (rows copied out asynchronously into one pinned buffer, put back in the
+    callers' order after one wait), prompts excluded from pooling and chunked texts: the CPU path's
+    vectors, and host memory comes back."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from embedsvc import Embedder
+    from tests.tiny_models import corpus
+
+    texts = corpus(40, seed=3)[:40]
+    texts[7] = " ".join(texts) * 2
+    options = {"max_length": 32, "prompts": {"q": "query: "}, "include_prompt": False}
+    cpu = Embedder.from_pretrained(bert_dir, device="cpu", **options)
+    gpu = Embedder.from_pretrained(bert_dir, device="cuda", token_budget=96, **options)
+    encoded = gpu.prepare(texts, prompt_name="q", chunked=True)
+    assert gpu.forward(encoded).device.type == "cpu"
+    for kwargs in ({}, {"prompt_name": "q", "chunked": True}):
+        want, got = cpu.embed(texts, **kwargs), gpu.embed(texts, **kwargs)
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert got.shape == want.shape and cos.min() >= 0.9999

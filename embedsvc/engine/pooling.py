@@ -82,7 +82,7 @@ def pool_packed(
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(hidden.device, torch.long)
         lo = torch.zeros_like(lengths) if starts is None else starts.to(lengths)
         hi = lengths if ends is None else ends.to(lengths)
-        mean = pool_packed(hidden, cu_seqlens, "mean", lo, hi, per_sequence=per_sequence)
+        mean = pool_packed(hidden, cu_seqlens, "mean", starts, ends, per_sequence=per_sequence)
         return sqrt_len_scale(mean, lo, hi)
     if per_sequence and mode in ("mean", "weighted_mean", "max"):
         return _pool_each(hidden, cu_seqlens, mode, starts, ends)
@@ -90,6 +90,8 @@ def pool_packed(
     cu = cu_seqlens.to(device=hidden.device, dtype=torch.long)
     lengths = cu[1:] - cu[:-1]
     n_seq = lengths.shape[0]
+    # no spans given: every token counts, known without reading the device (no synchronisation)
+    given = starts is not None or ends is not None
     starts = torch.zeros_like(lengths) if starts is None else starts.to(lengths)
     ends = lengths if ends is None else ends.to(lengths)
 
@@ -100,8 +102,10 @@ def pool_packed(
 
     # one pass over the batch: each token's sequence, then a scatter into that sequence's row; spans
     # that leave tokens out zero their weight (mean) or mask them (max) instead of gathering the rest
-    seq_id = torch.repeat_interleave(torch.arange(n_seq, device=hidden.device), lengths)
-    full = bool((starts == 0).all()) and bool((ends == lengths).all())
+    seq_id = torch.repeat_interleave(
+        torch.arange(n_seq, device=hidden.device), lengths, output_size=hidden.shape[0]
+    )
+    full = not given or (bool((starts == 0).all()) and bool((ends == lengths).all()))
     index = torch.arange(hidden.shape[0], device=hidden.device) - cu[:-1][seq_id]
     selected = None if full else (index >= starts[seq_id]) & (index < ends[seq_id])
     out = hidden.new_zeros((n_seq, hidden.shape[1]))

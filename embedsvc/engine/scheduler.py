@@ -31,13 +31,16 @@ from typing import Any
 
 import torch
 
-from embedsvc.engine.inputs import EncodedInput
+from embedsvc.engine.inputs import TRIM_AFTER_TOKENS, EncodedInput, trim_heap
 from embedsvc.engine.outputs import join_rows
 from embedsvc.errors import DeadlineExceededError, OverloadedError, UnavailableError
 
 DEFAULT_TENANT = "-"
 MIN_RETRY_AFTER_S = 0.05  # a retry hint below this would only invite a busy loop of refusals
 MAX_RETRY_AFTER_S = 30.0
+# after a request of TRIM_AFTER_TOKENS or more is answered: seconds until its freed heap is handed back
+# (its handler drops the last references once the response is sent)
+TRIM_DELAY_S = 0.5
 
 
 @dataclass
@@ -333,6 +336,14 @@ class BatchScheduler:
                 pending.done += 1
                 if pending.done == len(pending.seqs) and not pending.future.done():
                     pending.future.set_result(join_rows(pending.results))
+                    if sum(len(s.ids) for s in pending.seqs) >= TRIM_AFTER_TOKENS:
+                        # a huge request's sequences and buffers are freed once it is answered:
+                        # their heap back to the system then (glibc keeps it otherwise)
+                        loop.call_later(TRIM_DELAY_S, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        if not self._closed:  # on the forward thread: never between a batch's ops, never on the loop
+            self._executor.submit(trim_heap)
 
     def _record(self, sequences: int, tokens: int, seconds: float) -> None:
         self.stats.batches += 1
