@@ -456,6 +456,7 @@ def build_gemma_reranker(folder: Path, *, seed: int = 35) -> Path:
         tie_word_embeddings=True,
     )
     _seq_classifier(folder, transformers.GemmaForCausalLM(cfg), seed=seed)
+    return folder
 
 
 # ------------------------------------------------- sparse and multi-vector layouts
