@@ -312,7 +312,8 @@ def test_grpc_client_gets_every_output_as_the_engine_gives_it(answer, reference,
 
 
 def test_an_old_client_gets_exactly_the_dense_response(server, client):
-    """No outputs field: the response holds what it held before the field, byte for byte."""
+    """No outputs field: the response holds what it held before the field, byte for byte (beside the
+    model fingerprint every response now carries)."""
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
         response = stub.Embed(pb.EmbedRequest(id="old", model="m3", inputs=TEXTS), timeout=60)
@@ -325,6 +326,7 @@ def test_an_old_client_gets_exactly_the_dense_response(server, client):
         token_counts=[e.tokens for e in response.embeddings],
         encoding=pb.ENCODING_FLOAT32,
         total_tokens=response.usage.total_tokens,
+        fingerprint=response.fingerprint,  # the one field added since, which old clients skip
     )
     assert response.SerializeToString() == rebuilt.SerializeToString()
     np.testing.assert_allclose(vectors, client.embed(TEXTS, model="m3"), atol=1e-6)
