@@ -157,8 +157,9 @@ def render_text(recipe: Recipe) -> str:
         + (f"  ({recipe.output_heads})" if recipe.output_heads else ""),
         "engine      " + ", ".join(f"{k}={v}" for k, v in recipe.engine.items()),
         "",
-        "recipe (value  <- source)",
     ]
+    if recipe.settings or not recipe.scoring:
+        lines.append("recipe (value  <- source)")
     if recipe.scoring:
         lines.append("scoring")
         width = max(len(k) for k in recipe.scoring)

@@ -266,6 +266,9 @@ class Scorer:
                 longest = length + 2 * (len(sep) + len(prompt)) + 1
                 if longest > trunk.max_length:
                     length = max(trunk.max_length - 2 * (len(sep) + len(prompt)) - 1, 1)
+                    sources["max_length"] = (
+                        f"{sources['max_length']}, cut to fit the prompt in {trunk.max_length} positions"
+                    )
         else:
             task_model = loaded.task_model
             pooling_needed, seq_head, description = _classification_head(task_model, loaded.config)
