@@ -53,7 +53,7 @@ typecheck: install-dev
 	$(BIN)/mypy
 
 test: install-dev lint typecheck
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/pytest -q
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/pytest -q --durations=30
 
 protos: install-dev
 	$(BIN)/python scripts/gen_protos.py
