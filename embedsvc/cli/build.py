@@ -27,9 +27,16 @@ modes:
                                  a directory (Qdrant local mode) or a .db file (Milvus Lite);
                                  keys from QDRANT_API_KEY / MILVUS_TOKEN
 
+index parts:
+  --store-text, --sparse [VOCAB], --multi-vector [WIDTH] as for `index create`, for an index the
+  build creates (a bge-m3 model: --sparse --multi-vector builds a hybrid index in one command);
+  with --to, --sparse / --multi-vector write the model's sparse / token vectors into the store
+  (Qdrant named vectors dense, sparse, tokens; Milvus a sparse field, no token vectors)
+
 resuming:
   progress is checkpointed after every acknowledged batch; rerunning the same command after a
   crash or Ctrl-C continues where it stopped, and the index holds each document exactly once.
+  The checkpoint records the index parts: a rerun without those flags keeps them.
   --restart deletes the index, the checkpoint and the rejects file and starts over.
 
 scale-out: --ray runs the same pipeline on Ray Data (pip install 'ray[data]'); --ray-address
@@ -86,6 +93,27 @@ def add_parsers(isub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--in-flight", type=int, default=4, help="upserts outstanding at once (remote mode)")
     b.add_argument("--metric", default="cosine", choices=["cosine", "inner_product", "l2"])
     b.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivf_flat", "ivf_pq"])
+    b.add_argument(
+        "--store-text",
+        action="store_true",
+        help="a new index keeps each chunk's text (returned with --texts; needed by --rerank and reembed)",
+    )
+    b.add_argument(
+        "--sparse",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="VOCAB",
+        help="keep / write the model's sparse vectors too (VOCAB: term ids below it; default the model's)",
+    )
+    b.add_argument(
+        "--multi-vector",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="WIDTH",
+        help="keep / write the model's token vectors for MaxSim (WIDTH: default the model's; not Milvus)",
+    )
     b.add_argument(
         "--checkpoint",
         help="checkpoint file (default: DATA_DIR/pipeline/INDEX.checkpoint.json; remote or store mode: "
@@ -258,6 +286,9 @@ def _build(args: argparse.Namespace) -> int:
         restart=args.restart,
         metric=args.metric,
         kind=args.kind,
+        store_text=args.store_text,
+        sparse=args.sparse,
+        multi_vector=args.multi_vector,
         progress=False if args.no_progress else None,
         tokenizer=args.tokenizer,
     )

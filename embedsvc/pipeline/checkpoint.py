@@ -8,6 +8,7 @@ The rejects file lives beside it: one pair per index and destination, never shar
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from embedsvc.pipeline.sinks import PipelineStopped
 
 log = logging.getLogger("embedsvc.pipeline")
 
-__all__ = ["Checkpoint", "SettingsChangedError", "default_paths", "reader_settings"]
+__all__ = ["Checkpoint", "SettingsChangedError", "default_paths", "index_settings", "reader_settings"]
 
 
 class SettingsChangedError(FailedPreconditionError):
@@ -43,6 +44,13 @@ def reader_settings(options: BuildOptions) -> dict[str, Any]:
     }
 
 
+def index_settings(options: BuildOptions) -> dict[str, Any]:
+    """What the build's index keeps (and a store sink writes): a resumed build must keep writing the same."""
+    return {"store_text": options.store_text, "sparse": options.sparse, "multi_vector": options.multi_vector}
+
+
+_INDEX_FLAGS = {"store_text": "--store-text", "sparse": "--sparse", "multi_vector": "--multi-vector"}
+
 _SETTING_FLAGS = {
     "format": "--format",
     "text_field": "--text-field",
@@ -61,6 +69,7 @@ class Checkpoint:
         self.files: dict[str, int] = {}
         self.totals = {"documents": 0, "chunks": 0, "tokens": 0, "rejected": 0, "truncated": 0}
         self.model: dict[str, Any] | None = None  # {"fingerprint", "parts"} of the model that embedded
+        self.index_settings: dict[str, Any] | None = None  # index_settings() of the run that wrote it
 
     def load(self) -> None:
         if not self.path.exists():
@@ -91,6 +100,30 @@ class Checkpoint:
             )
         self.files, self.totals = data["files"], {"truncated": 0, **data["totals"]}  # older: no truncated
         self.model = data.get("model")  # older: none recorded
+        self.index_settings = data.get("index_settings")  # older: none recorded
+
+    def keep_index_settings(self, options: BuildOptions) -> BuildOptions:
+        """The options a resumed build runs with: a rerun that names none of --store-text, --sparse,
+        --multi-vector continues with the ones the checkpoint recorded; one that names others stops
+        (the items already written keep the earlier ones)."""
+        given, saved = index_settings(options), self.index_settings
+        if saved is not None and self.files and given != saved:
+            if given == index_settings(BuildOptions(index=options.index)):
+                log.info("continuing with the checkpoint's index settings %s", saved)
+                options = dataclasses.replace(options, **saved)
+            else:
+                changed = [
+                    f"{_INDEX_FLAGS[k]} {_kept(saved.get(k))} -> {_kept(given[k])}"
+                    for k in given
+                    if saved.get(k) != given[k]
+                ]
+                raise SettingsChangedError(
+                    f"checkpoint {self.path} was written by a build that kept other parts of each chunk "
+                    f"({'; '.join(changed)}): rerun with the earlier flags (or none of them) to continue it, "
+                    "or add --restart to rebuild the index with the new ones"
+                )
+        self.index_settings = index_settings(options)
+        return options
 
     def check_model(self, fingerprint: tuple[str, dict[str, str]] | None) -> None:
         """Record the model fingerprint of this build; resuming with a changed model stops, saying what
@@ -136,6 +169,7 @@ class Checkpoint:
                     "files": self.files,
                     "totals": self.totals,
                     "model": self.model,
+                    "index_settings": self.index_settings,
                 },
                 handle,
             )
@@ -148,6 +182,13 @@ def _shown(value: Any) -> str:
     if value is None:
         return "(default)"
     return ",".join(value) if isinstance(value, list) else str(value)
+
+
+def _kept(value: Any) -> str:
+    """An index flag as a rerun would spell it: off, on, the model's width, or a width."""
+    if value is None or value is False:
+        return "off"
+    return "on" if value is True else "(the model's)" if value == 0 else str(value)
 
 
 def default_paths(options: BuildOptions) -> tuple[Path, Path]:

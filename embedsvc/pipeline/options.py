@@ -31,6 +31,10 @@ class BuildOptions:
     restart: bool = False
     metric: str = "cosine"
     kind: str = "flat"
+    # what an index the build creates keeps, and what a store sink writes (checkpointed: a rerun keeps them)
+    store_text: bool = False  # each chunk's text (embedsvc indexes only)
+    sparse: int | None = None  # sparse vectors; the vocabulary size, 0 for the model's (None: none)
+    multi_vector: int | None = None  # token vectors; their width, 0 for the model's (None: none)
     progress: bool | None = None  # None = a bar on a terminal, log lines otherwise
     retries: int = 5
     tokenizer: str | None = None  # remote mode: where to load the chunking tokenizer from
@@ -38,6 +42,11 @@ class BuildOptions:
 
 def check_destination(options: BuildOptions) -> None:
     if options.store is not None:
+        if options.store_text:
+            raise ValueError(
+                "store_text (--store-text) keeps texts in an embedsvc index; an external store gets vectors "
+                "and metadata (put the text in a --metadata-fields field to keep it there)"
+            )
         if options.data_dir is not None or not options.store_url:
             raise ValueError(
                 "an external store takes its URL (store_url) and no data_dir; target is optional "

@@ -114,6 +114,11 @@ def build_index_ray(
 ) -> Summary:
     import ray
 
+    if options.store_text or options.sparse is not None or options.multi_vector is not None:
+        # the actors return dense vectors only: texts, sparse and token vectors would be left out
+        raise ValueError(
+            "--ray writes dense vectors only: drop --store-text, --sparse and --multi-vector, or --ray"
+        )
     files = expand_inputs(inputs)
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)

@@ -42,6 +42,7 @@ def build_index(inputs: Sequence[str], **kwargs: Any) -> Summary:
         rejects_path.unlink(missing_ok=True)
     checkpoint = Checkpoint(checkpoint_path, options.index, reader_settings(options))
     checkpoint.load()
+    options = checkpoint.keep_index_settings(options)
 
     sink = make_sink(options)
     summary = Summary(rejects_file=str(rejects_path), checkpoint_file=str(checkpoint_path))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from embedsvc.pipeline.options import BuildOptions
-from embedsvc.pipeline.sinks import LocalSink, RemoteSink, StoreSink
+from embedsvc.pipeline.sinks import IndexParts, LocalSink, RemoteSink, StoreSink
 
 __all__ = ["make_sink", "tls_settings"]
 
@@ -19,6 +19,7 @@ def tls_settings(options: BuildOptions) -> tuple[bool, bytes | None]:
 
 def make_sink(options: BuildOptions) -> LocalSink | RemoteSink | StoreSink:
     """Local mode (an index directory), remote mode (a server) or an external store, from the options."""
+    keeps = IndexParts(options.store_text, options.sparse, options.multi_vector)
     if options.store is not None:
         from embedsvc.stores import open_store
 
@@ -34,10 +35,16 @@ def make_sink(options: BuildOptions) -> LocalSink | RemoteSink | StoreSink:
             tls=tls_settings(options),
             retries=options.retries,
             tokenizer_source=options.tokenizer,
+            keeps=keeps,
         )
     if options.data_dir:
         return LocalSink(
-            Path(options.data_dir), options.model, options.index, metric=options.metric, kind=options.kind
+            Path(options.data_dir),
+            options.model,
+            options.index,
+            metric=options.metric,
+            kind=options.kind,
+            keeps=keeps,
         )
     return RemoteSink(
         str(options.target),
@@ -49,4 +56,5 @@ def make_sink(options: BuildOptions) -> LocalSink | RemoteSink | StoreSink:
         tls=tls_settings(options),
         retries=options.retries,
         tokenizer_source=options.tokenizer,
+        keeps=keeps,
     )

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,50 @@ from embedsvc.errors import PipelineStopped
 
 DOCUMENTS = EmbedOptions(input_type="document")
 log = logging.getLogger("embedsvc.pipeline")
+
+
+@dataclass(frozen=True)
+class IndexParts:
+    """What an index the build creates keeps beside dense vectors (``index create``'s --store-text,
+    --sparse, --multi-vector), and which model outputs a store sink writes. sparse / multi_vector:
+    None: not kept; 0: the model's width; else that width."""
+
+    store_text: bool = False
+    sparse: int | None = None
+    multi_vector: int | None = None
+
+    def check(self, index: str, store_text: bool, sparse: bool, multi_vector: bool) -> None:
+        """An index that exists already must keep what the build asks for (it was made without it)."""
+        missing = [
+            flag
+            for flag, asked, kept in (
+                ("--store-text", self.store_text, store_text),
+                ("--sparse", self.sparse is not None, sparse),
+                ("--multi-vector", self.multi_vector is not None, multi_vector),
+            )
+            if asked and not kept
+        ]
+        if missing:
+            raise PipelineStopped(
+                f"index {index!r} exists and was created without {', '.join(missing)}: "
+                "add --restart to rebuild it with them, or build into another --index"
+            )
+
+    def outputs(self, model: str, offered: Sequence[str]) -> tuple[str, ...]:
+        """The model outputs a store sink writes: dense where the model gives it, and what was asked."""
+        wanted = [name for name in ("dense",) if name in offered]
+        wanted += [
+            name
+            for name, asked in (("sparse", self.sparse), ("multi_vector", self.multi_vector))
+            if asked is not None
+        ]
+        missing = [name for name in wanted if name not in offered]
+        if missing or not wanted:
+            raise PipelineStopped(
+                f"model {model!r} gives no {' or '.join(missing) or 'dense'} output (it gives "
+                f"{', '.join(offered)}): drop the flag, or add --sparse for a model without dense output"
+            )
+        return tuple(wanted)
 
 
 class _OneModel:
@@ -53,6 +98,7 @@ class LocalSink:
         metric: str,
         kind: str,
         model_options: dict[str, Any] | None = None,
+        keeps: IndexParts | None = None,
     ) -> None:
         from embedsvc import Embedder
         from embedsvc.engine.service import ModelService
@@ -65,6 +111,7 @@ class LocalSink:
         self.indexes = Indexes(self.manager, _OneModel(self.model), max_inputs=2**31, max_batch_hits=2**31)
         self.index = index
         self.metric, self.kind = metric, kind
+        self.keeps = keeps or IndexParts()
         self.tokenizer = self.model.tokenizer
 
     def max_length(self) -> int | None:
@@ -79,7 +126,15 @@ class LocalSink:
         if restart and self.indexes.exists(self.index):
             self.indexes.drop(self.index)
         if not self.indexes.exists(self.index):
-            self.indexes.create(self.index, "", metric=self.metric, kind=self.kind)
+            self.indexes.create(
+                self.index,
+                "",
+                metric=self.metric,
+                kind=self.kind,
+                store_text=self.keeps.store_text,
+                sparse=self.keeps.sparse,
+                multi_vector=self.keeps.multi_vector,
+            )
         spec = self.indexes.collection(self.index).spec
         if spec.model_source != self.model.source:
             raise PipelineStopped(
@@ -87,6 +142,7 @@ class LocalSink:
                 f"not {self.model.source}; "
                 "use the same --model, another --index, or --restart"
             )
+        self.keeps.check(self.index, spec.store_text, spec.sparse, spec.multi_vector)
 
     def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
         """Embedded here through the index facade, which keeps the texts when the index does."""
@@ -126,6 +182,7 @@ class RemoteSink:
         tls: tuple[bool, bytes | None] = (False, None),
         retries: int = 5,
         tokenizer_source: str | None = None,
+        keeps: IndexParts | None = None,
     ) -> None:
         from embedsvc import EmbedClient
 
@@ -138,6 +195,7 @@ class RemoteSink:
         self.metric = metric
         self.kind = kind
         self.retries = retries
+        self.keeps = keeps or IndexParts()
         self.tokenizer = self._tokenizer(tokenizer_source)
 
     def _tokenizer(self, source: str | None) -> Any:
@@ -201,7 +259,19 @@ class RemoteSink:
         existing = {i.name: i for i in self._retry(self.client.list_indexes)}
         if self.index not in existing:
             self._retry(
-                self.client.create_index, self.index, model=self.model, metric=self.metric, kind=self.kind
+                self.client.create_index,
+                self.index,
+                model=self.model,
+                metric=self.metric,
+                kind=self.kind,
+                store_text=self.keeps.store_text,
+                sparse=self.keeps.sparse,
+                multi_vector=self.keeps.multi_vector,
+            )
+        else:
+            info = existing[self.index]
+            self.keeps.check(
+                self.index, info.store_text, bool(info.sparse_dimension), bool(info.multi_vector_dimension)
             )
 
     def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
@@ -212,11 +282,30 @@ class RemoteSink:
     ) -> None:
         self._retry(self.client.upsert, self.index, list(ids), vectors=vectors, metadata=list(metadata))
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Document vectors from the server's Embed RPC (for an external store)."""
-        return np.asarray(
-            self._retry(self.client.embed, list(texts), model=self.model, input_type="document"), np.float32
+    def embed(self, texts: Sequence[str], outputs: tuple[str, ...] = ("dense",)) -> Embedded:
+        """Document vectors from the server's Embed RPC (for an external store): the ``outputs`` asked."""
+        got = self._retry(
+            self.client.embed, list(texts), model=self.model, input_type="document", outputs=outputs
         )
+        return Embedded(
+            np.asarray(got.dense, np.float32)
+            if got.dense is not None
+            else np.zeros((len(texts), 0), np.float32),
+            list(got.tokens),
+            sparse=None if got.sparse is None else [(v.indices, v.values) for v in got.sparse],
+            multi_vectors=got.multi_vectors,
+        )
+
+    def served(self) -> Any:
+        """The served model's ModelInfo (PipelineStopped if the server does not serve it)."""
+        models = self._retry(self.client.list_models)
+        wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
+        if not wanted:
+            served = ", ".join(m.name for m in models)
+            raise PipelineStopped(
+                f"the server at {self.target} does not serve {self.model!r} (it serves {served})"
+            )
+        return wanted[0]
 
     def max_length(self) -> int | None:
         """Tokens the served model reads of one input (ModelInfo.max_length); None if it is not served, or
@@ -239,16 +328,6 @@ class RemoteSink:
         digest = getattr(wanted[0], "fingerprint", "") if wanted else ""
         return (digest, dict(getattr(wanted[0], "fingerprint_parts", {}))) if digest else None
 
-    def dimension(self) -> int:
-        models = self._retry(self.client.list_models)
-        wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
-        if not wanted:
-            served = ", ".join(m.name for m in models)
-            raise PipelineStopped(
-                f"the server at {self.target} does not serve {self.model!r} (it serves {served})"
-            )
-        return int(wanted[0].dimension)
-
     def close(self) -> None:
         self.client.close()
 
@@ -269,10 +348,13 @@ class StoreSink:
         tls: tuple[bool, bytes | None] = (False, None),
         retries: int = 5,
         tokenizer_source: str | None = None,
+        keeps: IndexParts | None = None,
     ) -> None:
         self.store = store
         self.index = collection
         self.metric = metric
+        self.keeps = keeps or IndexParts()
+        self.outputs: tuple[str, ...] = ("dense",)  # decided by open() from what the model gives
         self.remote: RemoteSink | None = None
         self.local: Any = None
         if target is not None:
@@ -304,18 +386,53 @@ class StoreSink:
     def open(self, restart: bool) -> None:
         from embedsvc.errors import FailedPreconditionError, UnavailableError
 
-        dimension = self.remote.dimension() if self.remote is not None else self.local.dimension
+        facts = self.remote.served() if self.remote is not None else self.local.facts
+        self.outputs = self.keeps.outputs(facts.name, facts.outputs)
+        width = int(facts.multi_vector_dimension or 0)
+        if "multi_vector" in self.outputs:
+            if not self.store.keeps_token_vectors:
+                raise PipelineStopped(
+                    f"{self.store.kind} has no multi-vector field, so token vectors cannot be written: "
+                    "drop --multi-vector (Qdrant keeps them)"
+                )
+            if self.keeps.multi_vector and self.keeps.multi_vector != width:
+                raise PipelineStopped(
+                    f"--multi-vector {self.keeps.multi_vector}, but model {facts.name!r} gives {width}-wide "
+                    "token vectors: leave the width out to take the model's"
+                )
+        dense = int(facts.dimension) if "dense" in self.outputs else 0
         try:
-            self.store.prepare(self.index, dimension, self.metric, restart=restart)
+            self.store.prepare(
+                self.index,
+                dense,
+                self.metric,
+                restart=restart,
+                sparse="sparse" in self.outputs,
+                multi_vector_dimension=width if "multi_vector" in self.outputs else 0,
+            )
         except (FailedPreconditionError, UnavailableError) as exc:
             raise self._stopped(exc) from exc
 
     def write(self, ids: Sequence[str], texts: Sequence[str], metadata: Sequence[dict[str, Any]]) -> None:
+        """Each output open() chose, from one forward pass; the store converts them (as for an export)."""
+        from embedsvc.errors import UnavailableError
+
         if self.remote is not None:
-            vectors = self.remote.embed(texts)
+            embedded = self.remote.embed(texts, self.outputs)
         else:
-            vectors = self.local.embed_now(list(texts), DOCUMENTS).vectors
-        self.write_vectors(ids, vectors, metadata)
+            options = EmbedOptions(input_type="document", outputs=self.outputs)
+            embedded = self.local.embed_now(list(texts), options)
+        try:
+            self.store.upsert(
+                self.index,
+                list(ids),
+                embedded.vectors,
+                list(metadata),
+                sparse=embedded.sparse,
+                tokens=embedded.multi_vectors,
+            )
+        except UnavailableError as exc:
+            raise self._stopped(exc) from exc
 
     def write_vectors(
         self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
