@@ -177,6 +177,17 @@ def test_remote_mode_and_dead_server(tmp_path, inputs):
         with EmbedClient(server.target) as client:
             assert client.count("remote") == 60
             assert client.search("remote", text=TEXTS[3], k=1)[0].id == "j3"
+            # --store-text: the index the build creates through the server keeps each chunk's text
+            build_index(
+                [str(inputs["jsonl"])],
+                index="remote-text",
+                target=server.target,
+                progress=False,
+                store_text=True,
+                checkpoint=str(tmp_path / "ck-text.json"),
+            )
+            assert client.get("remote-text", ["j7"], return_text=True)["j7"][2] == TEXTS[7]
+            assert client.get("remote", ["j7"], return_text=True)["j7"][2] is None
     # the server is gone now: retried with backoff, then a clear stop with the checkpoint kept
     dead = f"127.0.0.1:{free_port()}"
     with pytest.raises(PipelineStopped, match="failed 2 times in a row"):
