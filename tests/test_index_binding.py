@@ -216,10 +216,16 @@ def local_model(tmp_path_factory) -> Path:
         ({"pooling": "cls"}, "pooling: mean -> cls"),
         ({"prompts": {"query": "q: ", "document": "doc: "}}, "prompts: "),
         ({"normalize": False}, "normalize: true -> false"),
+        # int8 linear layers through ONNX Runtime: other numerics, other vectors
+        ({"quantize": "int8"}, "quantize: none -> int8"),
     ],
 )
 def test_pipeline_writes_through_a_changed_recipe_are_refused(local_model, tmp_path, options, changed):
     from embedsvc.pipeline.sinks import LocalSink
+
+    if options.get("quantize") == "int8":  # the int8 extra: skipped cleanly where it is not installed
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnx")
 
     first = LocalSink(tmp_path, str(local_model), "docs", metric="cosine", kind="flat")
     first.open(restart=False)
