@@ -144,9 +144,10 @@ class AsyncEmbedClient:
     ``timeout`` bounds each request in seconds, its retries included. ``retry=False`` surfaces
     refusals (RESOURCE_EXHAUSTED, UNAVAILABLE) at once instead of pacing and retrying them.
 
-    ``last_fingerprint``: the model fingerprint of the latest ``embed`` answer (16 hex characters;
-    "" before any, or from a server without fingerprints). Vectors with equal fingerprints are
-    comparable; a call whose parts come from replicas with different fingerprints fails."""
+    ``last_fingerprint``: the model fingerprint of the latest ``embed``, ``rerank``, ``score`` or
+    ``classify`` answer (16 hex characters; "" before any, or from a server without fingerprints).
+    Vectors (scores) with equal fingerprints are comparable; a call whose parts come from replicas
+    with different fingerprints fails."""
 
     def __init__(
         self,
@@ -584,6 +585,7 @@ class AsyncEmbedClient:
             raw_scores=raw_scores,
         )
         replies = await self._each(self._stub.Rerank, requests, timeout=timeout)
+        self.last_fingerprint = wire.fingerprint(replies, "rerank")
         return wire.rerank_results(requests, replies, top_n)
 
     async def score(
@@ -606,6 +608,7 @@ class AsyncEmbedClient:
             raw_scores=raw_scores,
         )
         replies = await self._each(self._stub.Score, requests, timeout=timeout)
+        self.last_fingerprint = wire.fingerprint(replies, "score")
         return np.concatenate([wire.scores(r) for r in replies])
 
     async def classify(
@@ -622,7 +625,9 @@ class AsyncEmbedClient:
         requests = wire.classify_requests(
             texts, self.chunk_size, model=model, truncation=truncation, raw_scores=raw_scores
         )
-        return wire.classification(await self._each(self._stub.Classify, requests, timeout=timeout))
+        replies = await self._each(self._stub.Classify, requests, timeout=timeout)
+        self.last_fingerprint = wire.fingerprint(replies, "classify")
+        return wire.classification(replies)
 
     async def list_models(self) -> list[ModelInfo]:
         return wire.model_infos(await self._call(self._stub.ListModels, wire.list_models_request()))
@@ -756,7 +761,8 @@ class EmbedClient:
 
     @property
     def last_fingerprint(self) -> str:
-        """The model fingerprint of the latest ``embed`` answer (see :class:`AsyncEmbedClient`)."""
+        """The model fingerprint of the latest embed/rerank/score/classify answer (see
+        :class:`AsyncEmbedClient`)."""
         return self._core.last_fingerprint
 
     create_index = _blocking(AsyncEmbedClient.create_index)

@@ -305,16 +305,19 @@ def embed_requests(
     ]
 
 
-def fingerprint(replies: Sequence[pb.EmbedResponse]) -> str:
+def fingerprint(
+    replies: Sequence[pb.EmbedResponse | pb.RerankResponse | pb.ScoreResponse | pb.ClassifyResponse],
+    call: str = "embed",
+) -> str:
     """The one model fingerprint the answers to a call carry ("" from servers before fingerprints);
     FailedPreconditionError when they differ: replicas serving different models answered one call, and
-    their vectors must not be mixed."""
+    their vectors or scores must not be mixed."""
     found = sorted({r.fingerprint for r in replies})
     if len(found) > 1:
         raise FailedPreconditionError(
-            f"the answers to one embed call came from models with different fingerprints "
+            f"the answers to one {call} call came from models with different fingerprints "
             f"({', '.join(f or '(none)' for f in found)}): the replicas behind this target serve different "
-            "models or settings; their vectors are not comparable. Retry once every replica serves the same"
+            "models or settings; their results are not comparable. Retry once every replica serves the same"
         )
     return found[0] if found else ""
 
@@ -1417,6 +1420,7 @@ def rerank_response(
     response = pb.RerankResponse(
         id=request_id,
         model=model,
+        fingerprint=scored.fingerprint,
         usage=pb.Usage(total_tokens=scored.total_tokens, inputs=len(scored.token_counts)),
     )
     scores = scored.scores
@@ -1487,6 +1491,7 @@ def score_response(*, request_id: str, model: str, scored: Scored) -> pb.ScoreRe
         scores=np.asarray(scored.scores, dtype=np.float32).tolist(),
         tokens=scored.token_counts,
         usage=pb.Usage(total_tokens=scored.total_tokens, inputs=len(scored.token_counts)),
+        fingerprint=scored.fingerprint,
     )
 
 
@@ -1511,6 +1516,7 @@ def classify_response(*, request_id: str, model: str, classified: Classified) ->
         id=request_id,
         model=model,
         labels=classified.labels,
+        fingerprint=classified.fingerprint,
         usage=pb.Usage(total_tokens=sum(classified.token_counts), inputs=len(classified.token_counts)),
     )
     for row, n_tokens in zip(classified.scores, classified.token_counts, strict=True):

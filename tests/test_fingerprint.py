@@ -230,3 +230,28 @@ def test_merged_adapters_count_every_base(tmp_path: Path) -> None:
     only_mntp = checkpoint_parts(dataclasses.replace(loaded, base_sources=loaded.base_sources[1:]), cache)
     assert len({with_bases, adapter_only, only_mntp["weights"]}) == 3
     assert {p.parent for p in cache.hashed} == {base_dir.resolve(), mntp_dir.resolve(), supervised.resolve()}
+
+
+def test_a_rerankers_fingerprint_covers_its_scoring_recipe(tmp_path: Path) -> None:
+    """The trunk's parts and the scoring recipe's: a cross-encoder whose files name another activation
+    (weights, tokenizer and config.json unchanged) has another fingerprint, and the difference says so."""
+    from embedsvc.engine.fingerprint import served_fingerprint
+    from embedsvc.engine.scorer import Scorer, load_served
+
+    folder = tiny_models.build_bert_cross_encoder(tmp_path / "cross", layout="st")
+    scorer = load_served(folder, device="cpu")
+    assert isinstance(scorer, Scorer)
+    sigmoid = served_fingerprint(scorer)
+    trunk = fingerprint_of(scorer.trunk)
+    assert {k: v for k, v in sigmoid.parts.items() if not k.startswith("scoring_")} == trunk.parts
+    assert sigmoid.parts["scoring_activation"] == "sigmoid" and sigmoid.parts["scoring_task"] == "rerank"
+    assert sigmoid.digest != trunk.digest
+
+    st_config = folder / "config_sentence_transformers.json"
+    data = json.loads(st_config.read_text())
+    assert "Sigmoid" in data["activation_fn"]  # what sentence-transformers saved
+    data["activation_fn"] = "torch.nn.modules.linear.Identity"
+    st_config.write_text(json.dumps(data))
+    identity = served_fingerprint(load_served(folder, device="cpu"))
+    assert identity.digest != sigmoid.digest
+    assert identity.differences(sigmoid.parts) == ["scoring_activation: sigmoid -> identity"]

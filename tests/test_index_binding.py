@@ -216,10 +216,16 @@ def local_model(tmp_path_factory) -> Path:
         ({"pooling": "cls"}, "pooling: mean -> cls"),
         ({"prompts": {"query": "q: ", "document": "doc: "}}, "prompts: "),
         ({"normalize": False}, "normalize: true -> false"),
+        # int8 linear layers through ONNX Runtime: other numerics, other vectors
+        ({"quantize": "int8"}, "quantize: none -> int8"),
     ],
 )
 def test_pipeline_writes_through_a_changed_recipe_are_refused(local_model, tmp_path, options, changed):
     from embedsvc.pipeline.sinks import LocalSink
+
+    if options.get("quantize") == "int8":  # the int8 extra: skipped cleanly where it is not installed
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnx")
 
     first = LocalSink(tmp_path, str(local_model), "docs", metric="cosine", kind="flat")
     first.open(restart=False)
@@ -258,3 +264,28 @@ def test_resuming_a_build_with_changed_weights_stops_with_what_changed(local_mod
         build_index([str(first), str(second)], **options)
     assert "weights changed" in str(caught.value) and "--restart" in str(caught.value)
     assert build_index([str(first), str(second)], **options, restart=True).documents == 20
+
+
+def test_a_changed_output_width_is_caught_at_the_first_text_write(tmp_path):
+    """The model's width changes (its Dense layer dropped from modules.json, as when a Matryoshka-style
+    projection is removed): the first text write names the dimension change, before any vector lands."""
+    import json
+
+    from embedsvc.pipeline.sinks import LocalSink
+
+    model = tiny_models.build_bert(tmp_path / "encoder", st="mean", dense=True, seed=9)
+    first = LocalSink(tmp_path / "data", str(model), "docs", metric="cosine", kind="flat")
+    first.open(restart=False)
+    first.write(["a"], ["a first text"], [{}])
+    first.close()
+    modules = json.loads((model / "modules.json").read_text())
+    (model / "modules.json").write_text(json.dumps([m for m in modules if "Dense" not in m["type"]]))
+    second = LocalSink(tmp_path / "data", str(model), "docs", metric="cosine", kind="flat")
+    try:
+        second.open(restart=False)
+        with pytest.raises(FailedPreconditionError) as caught:
+            second.write(["b"], ["a second text"], [{}])
+        assert "dimension: 16 -> 32" in str(caught.value) and "reembed docs" in str(caught.value)
+        assert second.indexes.count("docs") == 1
+    finally:
+        second.close()

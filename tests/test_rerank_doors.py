@@ -21,7 +21,7 @@ import torch
 from embedsvc import wire
 from embedsvc.client import AsyncEmbedClient, EmbedClient, EmbedServiceError
 from embedsvc.engine.options import Classified, Scored
-from embedsvc.errors import InvalidInputError
+from embedsvc.errors import FailedPreconditionError, InvalidInputError
 from embedsvc.v1 import embedding_pb2 as pb
 from embedsvc.v1 import embedding_pb2_grpc as pb_grpc
 from tests import tiny_models
@@ -203,8 +203,19 @@ def test_score_and_classify_round_trip_through_the_messages():
             wire.score_requests(bad, 2, model=None, instruction=None, truncation="end", raw_scores=False)
     labels = ("neg", "neu", "pos")
     matrix = np.array([[0.1, 0.2, 0.7], [0.5, 0.4, 0.1]], dtype=np.float32)
-    reply = wire.classify_response(request_id="", model="c", classified=Classified(matrix, labels, [4, 5]))
+    reply = wire.classify_response(
+        request_id="", model="c", classified=Classified(matrix, labels, [4, 5], "0123456789abcdef")
+    )
     assert [x.label for x in reply.results[0].labels] == ["pos", "neu", "neg"]  # highest first
+    assert reply.fingerprint == "0123456789abcdef"
+    assert wire.fingerprint([reply, reply], "classify") == "0123456789abcdef"
+    other = pb.ClassifyResponse(fingerprint="fedcba9876543210")
+    with pytest.raises(FailedPreconditionError, match="one classify call"):
+        wire.fingerprint([reply, other], "classify")
+    scored = Scored(np.array([0.5, 0.25], dtype=np.float32), [3, 4], "0123456789abcdef")
+    assert wire.score_response(request_id="", model="s", scored=scored).fingerprint == "0123456789abcdef"
+    ranked_reply = wire.rerank_response(request_id="", model="s", scored=scored, top_n=None, documents=None)
+    assert ranked_reply.fingerprint == "0123456789abcdef"
     assert reply.usage.total_tokens == 9
     back = wire.classification([reply])
     assert back.labels == labels and back.predicted == ["pos", "neg"]
@@ -244,6 +255,35 @@ def test_grpc_rerank_score_classify_match_each_reference(server, client, expecte
     assert classes.labels == expected["labels"] == ("joy", "anger", "neutral")
     np.testing.assert_allclose(classes.scores, expected["emotions"], atol=TOL, rtol=0)
     assert classes.predicted == [expected["labels"][j] for j in expected["emotions"].argmax(axis=1)]
+
+
+def test_every_score_answer_carries_its_models_fingerprint(server, client):
+    """gRPC (client.last_fingerprint), TEI's /rerank and /predict (header), Cohere's and Jina's
+    /v1/rerank and /v2/rerank (header and body): each the fingerprint ListModels gives the model."""
+    served = {m.name: m.fingerprint for m in client.list_models()}
+    assert len({served["cross"], served["qwen3"], served["emotions"], served["embedder"]}) == 4
+    assert all(len(f) == 16 for f in served.values())
+    client.rerank(QUERY, DOCS[:2], model="cross")
+    assert client.last_fingerprint == served["cross"]
+    client.classify(TEXTS[:1], model="emotions")
+    assert client.last_fingerprint == served["emotions"]
+    client.score([(QUERY, DOCS[0])], model="qwen3")
+    assert client.last_fingerprint == served["qwen3"]
+    with EmbedClient(server.target, api_key=KEY, chunk_size=2) as small:
+        small.rerank(QUERY, DOCS, model="cross")
+        assert small.last_fingerprint == served["cross"]
+
+    header = "x-embedsvc-fingerprint"
+    tei = http(server, "/rerank", {"query": QUERY, "texts": DOCS[:2]}, model="cross")
+    assert tei.status_code == 200 and tei.headers[header] == served["cross"]
+    predicted = http(server, "/predict", {"inputs": TEXTS[0]}, model="emotions")
+    assert predicted.status_code == 200 and predicted.headers[header] == served["emotions"]
+    pair = http(server, "/predict", {"inputs": [QUERY, DOCS[0]]}, model="qwen3")
+    assert pair.status_code == 200 and pair.headers[header] == served["qwen3"]
+    for path in ("/v1/rerank", "/v2/rerank"):
+        reply = http(server, path, {"model": "cross", "query": QUERY, "documents": DOCS[:2]})
+        assert reply.status_code == 200 and reply.headers[header] == served["cross"]
+        assert reply.json()["fingerprint"] == served["cross"]
 
 
 def test_unnamed_requests_reach_a_model_of_their_task_and_splits_merge(server, client):

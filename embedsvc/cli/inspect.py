@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from embedsvc.engine import recipe as recipe_module
-    from embedsvc.engine.fingerprint import fingerprint_of
+    from embedsvc.engine.fingerprint import served_fingerprint
     from embedsvc.engine.scorer import Scorer, load_served
 
     logging.basicConfig(level=logging.ERROR)  # warnings are part of the output below
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             query=args.query or recipe_module.SAMPLE_QUERY,
             document=args.document or recipe_module.SAMPLE_DOCUMENT,
         )
-    fingerprint = fingerprint_of(model.trunk if isinstance(model, Scorer) else model)
+    fingerprint = served_fingerprint(model)
     if args.json:
         data = {**recipe.to_dict(), "fingerprint": fingerprint.digest, "fingerprint_parts": fingerprint.parts}
         print(json.dumps(data, indent=2, default=str))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from embedsvc.engine.embedder import Embedder
+    from embedsvc.engine.scorer import Scorer
     from embedsvc.models.loading import LoadedModel
 
 log = logging.getLogger("embedsvc.engine")
@@ -267,6 +268,36 @@ def library_versions(quantized: bool) -> dict[str, str]:
 
 # computed once per loaded embedder: the server computes it off the event loop right after loading
 _KNOWN: weakref.WeakKeyDictionary[Embedder, Fingerprint] = weakref.WeakKeyDictionary()
+# the parts of a scorer's recipe (Scorer.describe) that change a score; where each came from does not
+SCORING_PARTS = (
+    "task",
+    "family",
+    "head",
+    "activation",
+    "max_length",
+    "lm_head_token_ids",
+    "labels",
+    "prompt",
+    "default_instruction",
+)
+
+
+def served_fingerprint(model: Embedder | Scorer) -> Fingerprint:
+    """The fingerprint of a served model, embedder or scorer: what every answer carries."""
+    from embedsvc.engine.scorer import Scorer
+
+    return scorer_fingerprint(model) if isinstance(model, Scorer) else fingerprint_of(model)
+
+
+def scorer_fingerprint(scorer: Scorer) -> Fingerprint:
+    """A reranker's or classifier's fingerprint: its trunk's (weights, tokenizer, config, numerics)
+    and its scoring recipe as ``scoring_*`` parts (activation, prompt template, LM-head token ids, ...),
+    so a changed activation changes the digest even where the checkpoint's files that say it do not."""
+    trunk = fingerprint_of(scorer.trunk)
+    recipe = scorer.describe()
+    parts = dict(trunk.parts)
+    parts.update({f"scoring_{name}": part_value(recipe[name]) for name in SCORING_PARTS if name in recipe})
+    return Fingerprint.of(parts)
 
 
 def fingerprint_of(embedder: Embedder, cache: HashCache | None = None) -> Fingerprint:

@@ -70,6 +70,7 @@ class Scored:
 
     scores: np.ndarray  # float32 [n]
     token_counts: list[int]  # per pair, as the model saw it (prompt and special tokens included)
+    fingerprint: str = ""  # the model's Fingerprint.digest: scores with equal ones are comparable
 
     @property
     def total_tokens(self) -> int:
@@ -83,6 +84,7 @@ class Classified:
     scores: np.ndarray  # float32 [n, len(labels)]
     labels: tuple[str, ...]
     token_counts: list[int]
+    fingerprint: str = ""  # the model's Fingerprint.digest
 
     @property
     def total_tokens(self) -> int:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from embedsvc.engine.cache import EmbeddingCache, Lookup
 from embedsvc.engine.embedder import Embedder
-from embedsvc.engine.fingerprint import Fingerprint, fingerprint_of
+from embedsvc.engine.fingerprint import Fingerprint, served_fingerprint
 from embedsvc.engine.inputs import EncodedInput
 from embedsvc.engine.options import (
     Classified,
@@ -206,10 +206,8 @@ class ModelService:
         self.limits = limits
         self.default = default
         # hashed once here, at load (weight digests cached on disk): every answer carries it
-        # a scorer's weights and recipe are its trunk's (merge of fingerprint + rerank-engine)
-        self.fingerprint: Fingerprint = fingerprint_of(
-            embedder.trunk if isinstance(embedder, Scorer) else embedder
-        )
+        # a scorer's: its trunk's and its scoring recipe (activation, prompt, LM-head token ids)
+        self.fingerprint: Fingerprint = served_fingerprint(embedder)
         self.cache = cache  # per-text results in front of the scheduler (engine/cache.py); None: off
 
     @classmethod
@@ -499,7 +497,11 @@ class ModelService:
         logits, encoded = await self._run(
             items, size, estimate, lambda: scorer.prepare_pairs(items, options), started, timeout, tenant
         )
-        return Scored(scorer.finish(logits, options.raw), scorer.count_tokens(encoded, len(items)))
+        return Scored(
+            scorer.finish(logits, options.raw),
+            scorer.count_tokens(encoded, len(items)),
+            self.fingerprint.digest,
+        )
 
     async def rerank(
         self,
@@ -530,7 +532,10 @@ class ModelService:
             items, size, estimate, lambda: scorer.prepare_texts(items, options), started, timeout, tenant
         )
         return Classified(
-            scorer.finish(logits, options.raw), scorer.labels, scorer.count_tokens(encoded, len(items))
+            scorer.finish(logits, options.raw),
+            scorer.labels,
+            scorer.count_tokens(encoded, len(items)),
+            self.fingerprint.digest,
         )
 
     def score_now(
@@ -542,7 +547,9 @@ class ModelService:
         items, _, _ = check_pairs(pairs, self.limits, max_length=scorer.max_length)
         encoded = scorer.prepare_pairs(items, options)
         return Scored(
-            scorer.finish(scorer.forward(encoded), options.raw), scorer.count_tokens(encoded, len(items))
+            scorer.finish(scorer.forward(encoded), options.raw),
+            scorer.count_tokens(encoded, len(items)),
+            self.fingerprint.digest,
         )
 
     def rerank_now(
@@ -560,6 +567,7 @@ class ModelService:
             scorer.finish(scorer.forward(encoded), options.raw),
             scorer.labels,
             scorer.count_tokens(encoded, len(items)),
+            self.fingerprint.digest,
         )
 
     def _rerank_pairs(self, query: Any, documents: Any) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ import logging
 from embedsvc.config import ModelConfig, ServerConfig
 from embedsvc.engine.cache import EmbeddingCache
 from embedsvc.engine.embedder import Embedder
-from embedsvc.engine.fingerprint import fingerprint_of
+from embedsvc.engine.fingerprint import served_fingerprint
 from embedsvc.engine.options import Limits
 from embedsvc.engine.scheduler import BatchRecord
 from embedsvc.engine.scorer import Scorer, load_served
@@ -54,7 +54,7 @@ class ModelRegistry:
             embedder = load_served(model_config.source, **options)
             throughput = measure_throughput(embedder)
             trunk = embedder.trunk if isinstance(embedder, Scorer) else embedder
-            fingerprint = fingerprint_of(trunk)  # weights hashed here, off the event loop
+            fingerprint = served_fingerprint(embedder)  # weights hashed here, off the event loop
             log.info(
                 "model loaded",
                 extra={

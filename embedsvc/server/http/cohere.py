@@ -6,7 +6,8 @@ rerankers, LiteLLM and Jina clients send: ``model``, ``query``, ``documents`` (s
 ``{"id", "results": [{"index", "relevance_score", "document"?}], "meta": {"api_version", "billed_units",
 "tokens"}, "usage": {"total_tokens"}}``, highest score first. Documents longer than the model takes are
 cut at its limit (``max_tokens_per_doc`` is read but the model's own limit applies). Extensions:
-``instruction`` (LLM rerankers' task), ``raw_scores`` (logits instead of relevance in [0, 1]).
+``instruction`` (LLM rerankers' task), ``raw_scores`` (logits instead of relevance in [0, 1]); the answer
+carries the model's ``fingerprint`` (a top-level field and the ``x-embedsvc-fingerprint`` header).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from starlette.routing import Route
 from embedsvc import wire
 from embedsvc.engine.options import ScoreOptions
 from embedsvc.errors import InvalidInputError
-from embedsvc.server.http.plumbing import Call, Door, boolean, json_response, optional_int, optional_str
+from embedsvc.server.http.plumbing import (
+    FINGERPRINT_HEADER,
+    Call,
+    Door,
+    boolean,
+    json_response,
+    optional_int,
+    optional_str,
+)
 
 DOCUMENTS_PER_SEARCH_UNIT = 100  # how Cohere counts billed search units: one query over 100 documents
 
@@ -77,7 +86,9 @@ async def rerank_body(body: dict[str, Any], call: Call, *, version: str) -> Resp
                 "tokens": {"input_tokens": tokens, "output_tokens": 0},
             },
             "usage": {"total_tokens": tokens},  # Jina's field
-        }
+            "fingerprint": scored.fingerprint,  # extension: scores with equal fingerprints compare
+        },
+        headers={FINGERPRINT_HEADER: scored.fingerprint},
     )
 
 

@@ -4,7 +4,8 @@ with TEI's request and response shapes and status codes, so TEI clients
 work unchanged (a ``model`` field or ``?model=`` picks a model other than the default; unnamed, /rerank
 and /predict reach the first reranker or classifier when the default model is an embedder). Booleans
 are JSON booleans: a string such as ``"false"`` is refused, never read as true. A /rerank body with
-``documents`` instead of ``texts`` is Cohere's / Jina's shape and is answered in it (:mod:`.cohere`)."""
+``documents`` instead of ``texts`` is Cohere's / Jina's shape and is answered in it (:mod:`.cohere`).
+TEI's answers are bare lists: the model's fingerprint travels in the ``x-embedsvc-fingerprint`` header."""
 
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ async def rerank(request: Request, call: Call) -> Response:
         if return_text:
             rank["text"] = texts[i]
         ranks.append(rank)
-    return json_response(ranks)
+    return json_response(ranks, headers={FINGERPRINT_HEADER: scored.fingerprint})
 
 
 async def predict(request: Request, call: Call) -> Response:
@@ -148,16 +149,18 @@ async def predict(request: Request, call: Call) -> Response:
             scored = await call.infer(served, served.score(pairs, options, timeout=timeout, tenant=tenant))
             # a reranker has one score and no labels (TEI names it id2label[0], often "LABEL_0")
             labels, rows = ("score",), scored.scores.reshape(-1, 1)
+            fingerprint = scored.fingerprint
         else:
             texts = [item for item in items if isinstance(item, str)]
             classified = await call.infer(
                 served, served.classify(texts, options, timeout=timeout, tenant=tenant)
             )
             labels, rows = classified.labels, classified.scores
+            fingerprint = classified.fingerprint
     except TextTooLongError as exc:
         raise TextTooLongError(exc.index, exc.n_tokens, exc.limit, TRUNCATE_REMEDY) from None
     out = [[{"score": float(row[j]), "label": labels[j]} for j in wire.ranked(row, None)] for row in rows]
-    return json_response(out if batch else out[0])
+    return json_response(out if batch else out[0], headers={FINGERPRINT_HEADER: fingerprint})
 
 
 def _predict_inputs(value: object) -> tuple[list[str | tuple[str, str]], bool]:
