@@ -52,8 +52,10 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy
 
+# two workers, a test file each at a time (module fixtures such as one server per file stay on one worker):
+# the suite waits on servers and subprocesses as much as it computes
 test: install-dev lint typecheck
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/pytest -q --durations=30
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/pytest -q -n 2 --dist loadfile --durations=30
 
 protos: install-dev
 	$(BIN)/python scripts/gen_protos.py

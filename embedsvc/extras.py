@@ -28,6 +28,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "faiss": "index",
     "pyroaring": "index",
     "sortedcontainers": "index",
+    "scipy": "index",
     "pyarrow": "pipeline",
     "ray": "ray",
     "qdrant_client": "qdrant",

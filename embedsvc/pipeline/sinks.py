@@ -322,11 +322,19 @@ class RemoteSink:
         return int(wanted[0].max_length) if wanted and wanted[0].max_length else None
 
     def fingerprint(self) -> tuple[str, dict[str, str]] | None:
-        """The served model's fingerprint (None from a server before fingerprints)."""
-        models = self._retry(self.client.list_models)
+        """The served model's fingerprint (None from a server before fingerprints, or one that serves
+        no EmbeddingService: an index-only front, whose vectors the checkpoint cannot tie to a model)."""
+        from embedsvc.client import EmbedServiceError
+
+        try:
+            models = self._retry(self.client.list_models)
+        except EmbedServiceError as exc:
+            if exc.code.name == "UNIMPLEMENTED":
+                return None
+            raise
         wanted = [m for m in models if m.name == self.model or (self.model is None and m.default)]
-        digest = getattr(wanted[0], "fingerprint", "") if wanted else ""
-        return (digest, dict(getattr(wanted[0], "fingerprint_parts", {}))) if digest else None
+        digest = wanted[0].fingerprint if wanted else ""
+        return (digest, dict(wanted[0].fingerprint_parts)) if digest else None
 
     def close(self) -> None:
         self.client.close()
