@@ -156,7 +156,7 @@ def test_sdpa_loop_longest_first_batches_match_reference(causal, window, layout,
     # batches are planned longest first, so sequences of one length lie back to back: those groups run
     # on strided views of the packed tensors; (12, 19, 12) keeps one group apart (the gather path)
     lengths = (19, 19, 19, 12, 19, 7, 7, 1, 12)
-    q, k, v, cu, longest = packed_inputs("cpu", torch.float32, lengths=lengths)
+    q, k, v, cu, _ = packed_inputs("cpu", torch.float32, lengths=lengths)
     if layout == "head_major":  # [t, h, d] views of [h, t, d] memory, as a rotary model's states are
         q, k, v = (x.transpose(0, 1).contiguous().transpose(0, 1) for x in (q, k, v))
     got = attention.sdpa_loop(

@@ -175,8 +175,7 @@ def sdpa_loop(
         ).reshape(-1)
         # [g * n, h, d] -> [g, h, n, d]; 4D: the fused CPU kernel needs the batch dimension
         q, k, v = (
-            x.index_select(0, index).view(g, n, x.shape[1], -1).transpose(1, 2)
-            for x in (query, key, value)
+            x.index_select(0, index).view(g, n, x.shape[1], -1).transpose(1, 2) for x in (query, key, value)
         )
         result = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=gqa

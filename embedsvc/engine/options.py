@@ -129,3 +129,7 @@ class ModelFacts:
     outputs: tuple[str, ...] = ("dense",)  # what EmbedOptions.outputs may ask of this model
     sparse_dimension: int | None = None  # vocabulary size, when "sparse" is offered
     multi_vector_dimension: int | None = None  # width of each token vector, when "multi_vector" is offered
+    # how a CPU forward uses its threads: "batches" (forward_workers side by side) or "operators"; "" on
+    # a GPU or for the int8 graph (ONNX Runtime's own threads)
+    cpu_parallelism: str = ""
+    forward_workers: int = 1

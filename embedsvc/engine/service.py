@@ -327,6 +327,8 @@ class ModelService:
             outputs=e.outputs,
             sparse_dimension=e.heads.sparse_dimension if e.heads is not None else None,
             multi_vector_dimension=e.heads.multi_vector_dimension if e.heads is not None else None,
+            cpu_parallelism=e.cpu_parallelism,
+            forward_workers=e.forward_workers,
         )
 
     @property

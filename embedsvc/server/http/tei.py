@@ -227,6 +227,8 @@ async def info(request: Request, call: Call) -> Response:
             "outputs": list(facts.outputs),
             "sparse_dimension": facts.sparse_dimension or None,
             "multi_vector_dimension": facts.multi_vector_dimension or None,
+            "cpu_parallelism": facts.cpu_parallelism or None,
+            "forward_workers": facts.forward_workers,
         }
     )
 
