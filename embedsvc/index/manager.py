@@ -139,8 +139,8 @@ class IndexManager:
         """Serve ``fresh`` (from ``staging``) as ``name`` instead of ``old``: under old's write lock, so
         no write lands in old once fresh has everything; a write waiting for it retries on fresh.
         False (and nothing done) if old was written since the last ``take_written``. ``snapshot``
-        False: fresh moves with its log as it is (durable either way; the caller took a snapshot
-        earlier, so the swap, which holds old's lock, stays short whatever the index's size)."""
+        False: fresh moves with its log as it is (durable either way: a snapshot taken earlier plus the
+        log replay on open), so the swap, which holds old's lock, stays short whatever the size."""
         with self._lock, old._lock.write():
             if self.collections.get(name) is not old:
                 raise FailedPreconditionError(

@@ -793,21 +793,22 @@ class Indexes:
             copied = await self._copy(
                 collection, fresh, await asyncio.to_thread(collection.ids), served, embed
             )
+            # the bulk written to disk now, while writes go on: the swap then only moves files (it
+            # holds old's lock, and writes are held for it), whatever the index's size
+            await asyncio.to_thread(fresh.snapshot)
             rounds = 0
             while rounds < REEMBED_FREE_ROUNDS:
                 written = await asyncio.to_thread(collection.take_written)
                 wrote = wrote or bool(written)
                 if written:
                     copied += await self._copy(collection, fresh, written, served, embed)
-                elif await asyncio.to_thread(self.manager.swap, index, collection, fresh):
+                elif await asyncio.to_thread(self.manager.swap, index, collection, fresh, snapshot=False):
                     swapped = True
                     break
                 rounds += 1
             if not swapped:
-                # the bulk written to disk now, not while writes wait: the swap then only moves files
-                await asyncio.to_thread(fresh.snapshot)
+                began = time.monotonic()
                 async with self._gates.held(index):
-                    began = time.monotonic()
                     while not swapped:  # once, unless a write whose caller gave up landed meanwhile
                         written = await asyncio.to_thread(collection.take_written)
                         wrote = wrote or bool(written)
@@ -817,10 +818,10 @@ class Indexes:
                             self.manager.swap, index, collection, fresh, snapshot=False
                         )
                         rounds += 1
-                    log.info(
-                        "re-embed: writes held for its last copy and swap",
-                        extra={"index": name, "held_ms": round(1000 * (time.monotonic() - began), 1)},
-                    )
+                log.info(
+                    "re-embed: writes held for its last copy and swap",
+                    extra={"index": name, "held_ms": round(1000 * (time.monotonic() - began), 1)},
+                )
         finally:
             self._reembedding.discard(index)
             if not swapped:  # a failed re-embed accepts no model: the binding goes back to what it was,
