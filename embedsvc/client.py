@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import threading
@@ -87,6 +88,14 @@ class EmbedServiceError(EmbedsvcError):
         if tries > 1:
             details += f" (gave up after {tries} tries)"
         return cls(error.code(), details)  # type: ignore[attr-defined]
+
+
+def _search_options(arguments: Mapping[str, Any]) -> SearchOptions:
+    """The SearchOptions of ``search`` / ``search_batch``'s arguments (their ``locals()``): both take
+    every field of SearchOptions as a keyword of the same name, spelled out for their users."""
+    values = {f.name: arguments[f.name] for f in dataclasses.fields(SearchOptions)}
+    values["rerank"] = wire.rerank_stage(values["rerank"])
+    return SearchOptions(**values)
 
 
 def _credentials(api_key: str | None, tls: bool, root_certificates: bytes | None) -> tuple[Any, ...]:
@@ -356,22 +365,7 @@ class AsyncEmbedClient:
         sparse / hybrid searches with ``sparse`` ((term ids, weights)) and fuses by ``fusion``;
         ``multi_vector_rerank`` re-ranks by MaxSim over the items' token vectors (``token_vectors``: the
         query's, for a query given as vectors)."""
-        options = SearchOptions(
-            k,
-            filter,
-            ef_search,
-            nprobe,
-            instruction,
-            return_text=return_text,
-            rerank=wire.rerank_stage(rerank),
-            mode=mode,
-            fusion=fusion,
-            dense_weight=dense_weight,
-            sparse_weight=sparse_weight,
-            rrf_k=rrf_k,
-            candidates=candidates,
-            multi_vector_rerank=multi_vector_rerank,
-        )
+        options = _search_options(locals())
         request = wire.search_request(index, text, vector, options, sparse=sparse, tokens=token_vectors)
         return wire.hits(await self._call(self._index.Search, request))
 
@@ -402,22 +396,7 @@ class AsyncEmbedClient:
         ``chunk_size`` queries per SearchBatch call, each searched in one pass through the index.
         ``return_text``, ``rerank`` and the rest as for :meth:`search`; ``sparse`` / ``token_vectors``:
         one per query."""
-        options = SearchOptions(
-            k,
-            filter,
-            ef_search,
-            nprobe,
-            instruction,
-            return_text=return_text,
-            rerank=wire.rerank_stage(rerank),
-            mode=mode,
-            fusion=fusion,
-            dense_weight=dense_weight,
-            sparse_weight=sparse_weight,
-            rrf_k=rrf_k,
-            candidates=candidates,
-            multi_vector_rerank=multi_vector_rerank,
-        )
+        options = _search_options(locals())
         requests = wire.search_batch_requests(
             index, texts, vectors, options, self.chunk_size, sparse=sparse, tokens=token_vectors
         )
@@ -568,10 +547,12 @@ class AsyncEmbedClient:
         instruction: str | None = None,
         truncation: str = "end",
         raw_scores: bool = False,
+        max_tokens_per_doc: int | None = None,
         timeout: float | None = None,
     ) -> list[RerankResult]:
         """``documents`` scored against ``query`` by a reranker model, highest score first (ties in
         document order), the best ``top_n`` of them; ``index`` is each one's position in ``documents``.
+        ``max_tokens_per_doc``: each document cut to its first N tokens before scoring (Cohere's option).
         More documents than ``chunk_size`` go in several requests, ranked together here."""
         requests = wire.rerank_requests(
             query,
@@ -583,6 +564,7 @@ class AsyncEmbedClient:
             instruction=instruction,
             truncation=truncation,
             raw_scores=raw_scores,
+            max_tokens_per_doc=max_tokens_per_doc,
         )
         replies = await self._each(self._stub.Rerank, requests, timeout=timeout)
         self.last_fingerprint = wire.fingerprint(replies, "rerank")

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from embedsvc.engine.threads import check_parallelism
 from embedsvc.errors import InvalidInputError
 
 
@@ -92,6 +93,9 @@ class ServerConfig:
     # one budget for the process's cores: torch's intra-op threads, the Rust tokenizer's pool and the
     # tokenizing workers (thread_budget below); None: every core, tokenizer_threads as given
     threads: int | None = None
+    # batches | operators: how a CPU forward uses those threads (engine/cpu_parallel.py); a model's own
+    # cpu_parallelism option wins; None: batches
+    cpu_parallelism: str | None = None
     log_level: str = "INFO"
     log_json: bool = True
     data_dir: str | None = None  # index collections live here; None = in memory, lost on exit
@@ -142,6 +146,8 @@ class ServerConfig:
                 f"not {self.threads!r}",
                 field="threads",
             )
+        if self.cpu_parallelism is not None:
+            check_parallelism(self.cpu_parallelism)
         if self.tokenizer_threads < 1:
             raise InvalidInputError("tokenizer_threads must be at least 1", field="tokenizer_threads")
         if self.max_http_connections is not None and self.max_http_connections < 1:
@@ -347,6 +353,13 @@ def build_server_config(
         server.setdefault("tokenizer_threads", budget["tokenizer_threads"])
         models = [
             ModelConfig(m.name, m.source, m.default, {"threads": budget["threads"], **m.options})
+            for m in models
+        ]
+    if server.get("cpu_parallelism") is not None:  # a model's own option still wins
+        models = [
+            ModelConfig(
+                m.name, m.source, m.default, {"cpu_parallelism": server["cpu_parallelism"], **m.options}
+            )
             for m in models
         ]
     return ServerConfig(**server, api_keys=tuple(dict.fromkeys(keys)), models=tuple(models))

@@ -154,7 +154,7 @@ class ModelInfo:
     fingerprint: str = ""  # 16 hex characters; "" from a server that predates fingerprints
     fingerprint_parts: dict[str, str] = field(default_factory=dict)
     task: str = "embed"  # "embed" | "rerank" | "classify"
-    labels: tuple[str, ...] = ()  # a classifier's labels, in output order
+    labels: tuple[str, ...] = ()  # a classifier's labels in output order; a reranker's one
     scoring: dict[str, str] = field(default_factory=dict)  # rerank/classify: how scores are made
     outputs: tuple[str, ...] = ("dense",)  # what ``embed(outputs=...)`` may ask of this model
     sparse_dimension: int = 0  # vocabulary size of its sparse output (0: none)
@@ -1352,10 +1352,12 @@ def score_options(request: Any) -> ScoreOptions:
     """ScoreOptions of a RerankRequest, ScoreRequest or ClassifyRequest."""
     names = {f.name for f in request.DESCRIPTOR.fields}
     instruction = request.instruction if "instruction" in names and request.HasField("instruction") else None
+    cut = "max_tokens_per_doc" in names and request.HasField("max_tokens_per_doc")
     return ScoreOptions(
         instruction=instruction,
         truncation=lookup(_TRUNCATION_NAMES, request.truncation, "truncation"),
         raw=request.raw_scores,
+        max_document_tokens=request.max_tokens_per_doc if cut else None,
     )
 
 
@@ -1389,6 +1391,7 @@ def rerank_requests(
     instruction: str | None,
     truncation: str,
     raw_scores: bool,
+    max_tokens_per_doc: int | None = None,
 ) -> list[pb.RerankRequest]:
     """RerankRequests of at most ``chunk`` documents each; ``id`` is the position of its first document.
     Each asks for its own ``top_n``: the best ``top_n`` overall are among them."""
@@ -1399,6 +1402,12 @@ def rerank_requests(
     if top_n is not None:
         ranked([], top_n)  # checked before sending
         fields["top_n"] = top_n
+    cut = max_tokens_per_doc
+    if cut is not None:
+        # checked before sending, like top_n: a negative one cannot travel as a uint32
+        if isinstance(cut, bool) or not isinstance(cut, int) or cut < 1:
+            raise ValueError(f"max_tokens_per_doc must be an integer of at least 1, got {cut!r}")
+        fields["max_tokens_per_doc"] = cut
     size = max(1, chunk)
     return [
         pb.RerankRequest(

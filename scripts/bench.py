@@ -490,11 +490,14 @@ def host_path(args: Any) -> dict[str, Any]:
     st = SentenceTransformer(str(folder), device="cpu")
     engine.embed(texts[:64])
     st.encode(texts[:64])
+    # the forward alone on sequences encoded beforehand: the ceiling the host path is measured against
+    encoded = engine.prepare(texts)
     best = best_of(
         rounds,
         {
             "tokenizer": lambda: tokenizer(texts, truncation=True),
             "embed": lambda: engine.embed(texts),
+            "forward_only": lambda: engine.forward(encoded),
             "st_encode": lambda: st.encode(texts, batch_size=32),
         },
     )
@@ -503,6 +506,8 @@ def host_path(args: Any) -> dict[str, Any]:
         "tokens": tokens,
         "tokens_per_s": {k: tokens / v for k, v in best.items()},
         "embed_over_tokenizer": best["tokenizer"] / best["embed"],
+        "embed_over_forward_only": best["forward_only"] / best["embed"],
+        "forward_only_over_tokenizer": best["tokenizer"] / best["forward_only"],
         "embed_over_st": best["st_encode"] / best["embed"],
     }
 

@@ -149,6 +149,24 @@ def test_sdpa_loop_matches_reference(causal, window):
     )
 
 
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("layout", ["token_major", "head_major"])
+@pytest.mark.parametrize(("causal", "window"), CASES)
+def test_sdpa_loop_longest_first_batches_match_reference(causal, window, layout, grouped):
+    # batches are planned longest first, so sequences of one length lie back to back: those groups run
+    # on strided views of the packed tensors; (12, 19, 12) keeps one group apart (the gather path)
+    lengths = (19, 19, 19, 12, 19, 7, 7, 1, 12)
+    q, k, v, cu, _ = packed_inputs("cpu", torch.float32, lengths=lengths)
+    if layout == "head_major":  # [t, h, d] views of [h, t, d] memory, as a rotary model's states are
+        q, k, v = (x.transpose(0, 1).contiguous().transpose(0, 1) for x in (q, k, v))
+    got = attention.sdpa_loop(
+        q, k, v, cu.tolist(), causal=causal, scale=None, sliding_window=window, group_equal_lengths=grouped
+    )
+    torch.testing.assert_close(
+        got, reference(q, k, v, cu, causal=causal, window=window), rtol=1e-5, atol=1e-5
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch_varlen", "sdpa_loop"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -1,5 +1,5 @@
 """Model fingerprints: stable for the same files and recipe, different when anything that decides a
-vector changes, with weight digests cached by path + size + mtime."""
+vector changes, with weight digests cached by path + size + mtime + inode + ctime."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from time import time_ns
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from embedsvc import EmbedClient, Embedder
+from embedsvc.engine import fingerprint as fingerprint_module
 from embedsvc.engine.fingerprint import (
+    RACY_NS,
     Fingerprint,
     HashCache,
     checkpoint_parts,
@@ -165,21 +168,98 @@ def test_weight_byte_change_changes_the_digest(checkpoint: Path, base: Fingerpri
     assert base.differences(base.parts) == []
 
 
-def test_hash_cache_hit_avoids_rehash(checkpoint: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every file the weight hasher reads, in order (the real hash_file does the reading)."""
+    seen: list[Path] = []
+    real = fingerprint_module.hash_file
+
+    def counting(path: Path) -> str:
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(fingerprint_module, "hash_file", counting)
+    return seen
+
+
+def test_hash_cache_hit_avoids_rehash(checkpoint: Path, tmp_path: Path, reads: list[Path]) -> None:
     store = tmp_path / "hashes.json"
     files = weight_files(checkpoint)
-    first = HashCache(store)
+    first = HashCache(store, racy_ns=0)  # the checkpoint was written just now: see the racy test below
     digests = [first.digest(p) for p in files]
     assert digests == [_sha256(p) for p in files]
-    assert first.hashed == [p.resolve() for p in files]
+    assert first.hashed == reads == [p.resolve() for p in files]
     first.save()
-    second = HashCache(store)  # as after a restart: read back from the file
+    second = HashCache(store, racy_ns=0)  # as after a restart: read back from the file
     assert [second.digest(p) for p in files] == digests
-    assert second.hashed == []
+    assert second.hashed == [] and len(reads) == len(files)
     # a new mtime (same size) is a miss: the file is read again
     os.utime(files[0], ns=(files[0].stat().st_atime_ns, files[0].stat().st_mtime_ns + 1))
-    third = HashCache(store)
+    third = HashCache(store, racy_ns=0)
     assert third.digest(files[0]) == digests[0] and third.hashed == [files[0].resolve()]
+
+
+def test_untouched_model_is_not_rehashed_after_a_restart(tmp_path: Path, reads: list[Path]) -> None:
+    """The bundled model's files were written when the package was installed, long before: with the
+    default racy window, the second run (a new cache read back from its file) reads none of them."""
+    from embedsvc.models.loading import resolve_source
+
+    folder = resolve_source(None).folder
+    files = weight_files(folder)
+    assert files and all(p.stat().st_ctime_ns < time_ns() - RACY_NS for p in files)
+    store = tmp_path / "hashes.json"
+    first = HashCache(store)
+    digests = [first.digest(p) for p in files]
+    first.save()
+    assert reads == [p.resolve() for p in files]
+    second = HashCache(store)
+    assert [second.digest(p) for p in files] == digests == [_sha256(p) for p in files]
+    assert len(reads) == len(files)  # nothing read again
+
+
+@pytest.mark.parametrize("how", ["in place", "replaced"])
+def test_same_size_rewrite_with_old_mtime_restored_is_rehashed(
+    checkpoint: Path, tmp_path: Path, how: str
+) -> None:
+    """One weight byte changed, same size, its mtime set back (os.utime, as cp -p / rsync -t / tar do):
+    the cached digest must not stand, so the served fingerprint changes."""
+    copy = shutil.copytree(checkpoint, tmp_path / "encoder-a")
+    store = tmp_path / "hashes.json"
+    before = fingerprint_of(Embedder.from_pretrained(copy, device="cpu"), HashCache(store, racy_ns=0))
+    weights = (copy / "model.safetensors").resolve()
+    old = weights.stat()
+    assert json.loads(store.read_text())[str(weights)]["mtime_ns"] == old.st_mtime_ns  # it was cached
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor: the file still loads, one weight differs
+    if how == "in place":
+        with open(weights, "r+b") as handle:
+            handle.write(bytes(data))
+    else:  # a new file renamed over the old one (a fresh inode, or the old number reused)
+        fresh = weights.with_name("model.safetensors.tmp")
+        fresh.write_bytes(bytes(data))
+        os.replace(fresh, weights)
+    os.utime(weights, ns=(old.st_atime_ns, old.st_mtime_ns))
+    now = weights.stat()
+    assert (now.st_size, now.st_mtime_ns) == (old.st_size, old.st_mtime_ns)  # what size + mtime saw
+    cache = HashCache(store, racy_ns=0)  # a restart
+    after = fingerprint_of(Embedder.from_pretrained(copy, device="cpu"), cache)
+    assert weights in cache.hashed
+    assert after.digest != before.digest and after.differences(before.parts) == ["weights changed"]
+    assert after.parts["weights"] != before.parts["weights"]
+
+
+def test_a_file_changed_just_before_hashing_is_hashed_again(checkpoint: Path, tmp_path: Path) -> None:
+    """Racy clean: a file whose ctime is within the window of its hashing may be rewritten in the same
+    timestamp tick, so its digest is not trusted by the next run."""
+    copy = shutil.copytree(checkpoint, tmp_path / "encoder-a")  # written just now
+    weights = (copy / "model.safetensors").resolve()
+    store = tmp_path / "hashes.json"
+    first = HashCache(store)
+    digest = first.digest(weights)
+    first.save()
+    assert str(weights) not in json.loads(store.read_text())
+    second = HashCache(store)
+    assert second.digest(weights) == digest and second.hashed == [weights]
 
 
 def test_unwritable_cache_folder_only_costs_a_rehash(checkpoint: Path, tmp_path: Path) -> None:

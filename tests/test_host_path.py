@@ -320,3 +320,108 @@ def test_cuda_forward_copies_rows_out_per_batch_in_order(bert_dir) -> None:
         want, got = cpu.embed(texts, **kwargs), gpu.embed(texts, **kwargs)
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert got.shape == want.shape and cos.min() >= 0.9999
+
+
+# ------------------------------------------------------------------ CPU forwards: batches side by side
+def test_forward_workers_run_one_intra_op_thread_each_and_leave_other_threads_alone() -> None:
+    import threading
+
+    from embedsvc.engine.cpu_parallel import ForwardWorkers
+
+    before = torch.get_num_threads()
+    workers = ForwardWorkers(3)
+    seen = workers.map(lambda _: (threading.current_thread().name, torch.get_num_threads()), range(6))
+    assert {n for _, n in seen} == {1} and all(name.startswith("embedsvc-forward") for name, _ in seen)
+    assert torch.get_num_threads() == before  # the calling thread
+    fresh: list[int] = []
+    later = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert fresh == [before]  # a thread started afterwards gets the process default, not 1
+    with pytest.raises(ZeroDivisionError):
+        workers.map(lambda x: 1 // x, [1, 0, 2])
+
+
+def test_a_forward_is_split_so_every_worker_gets_a_batch() -> None:
+    from embedsvc.engine.batching import plan_batches
+    from embedsvc.engine.cpu_parallel import MIN_SPLIT_TOKENS, split_for_workers
+
+    lengths = [300, 200, 180, 90, 64, 40, 33, 12]
+    one = plan_batches(lengths, token_budget=4096, max_batch_size=256, packed=True)
+    assert len(one) == 1
+    split = split_for_workers(one, lengths, 2, max_batch_size=256, packed=True)
+    assert len(split) >= 2 and sorted(i for b in split for i in b) == list(range(len(lengths)))
+    assert max(sum(lengths[i] for i in b) for b in split) <= (sum(lengths) + 1) // 2 + max(lengths)
+    tiny = [MIN_SPLIT_TOKENS // 4] * 3  # too few tokens to be worth a second worker
+    assert split_for_workers([[0, 1, 2]], tiny, 2, max_batch_size=256, packed=True) == [[0, 1, 2]]
+    many = [[0], [1], [2]]
+    assert split_for_workers(many, [5, 5, 5], 2, max_batch_size=256, packed=True) is many
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_batches_side_by_side_give_the_vectors_of_one_batch_at_a_time(bert_dir, deterministic) -> None:
+    from embedsvc import Embedder
+    from tests.tiny_models import corpus
+
+    texts = corpus(300, seed=4)
+    side = Embedder.from_pretrained(bert_dir, deterministic=deterministic, token_budget=512)
+    one = Embedder.from_pretrained(
+        bert_dir, deterministic=deterministic, token_budget=512, cpu_parallelism="operators"
+    )
+    assert (side.cpu_parallelism, one.cpu_parallelism) == ("batches", "operators")
+    assert side.forward_workers == torch.get_num_threads() and one.forward_workers == 1
+    a, b = side.embed(texts), one.embed(texts)
+    assert float((a * b).sum(axis=1).min()) >= 0.99999
+    if deterministic:  # batch-invariant: the same bits alone, in another order, whichever worker ran it
+        for k in (0, 7, 299):
+            assert side.embed(texts[k : k + 1]).tobytes() == a[k : k + 1].tobytes()
+        assert side.embed(texts[::-1])[::-1].tobytes() == a.tobytes()
+
+
+def test_cpu_parallelism_from_file_env_or_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from embedsvc.cli.main import main
+    from embedsvc.config import build_server_config
+    from embedsvc.engine.embedder import check_options
+
+    default = build_server_config(None, {}, environ={})
+    assert default.cpu_parallelism is None and "cpu_parallelism" not in default.models[0].options
+    file = {
+        "server": {"cpu_parallelism": "operators"},
+        "models": [{"name": "a"}, {"name": "b", "cpu_parallelism": "batches"}],
+    }
+    merged = build_server_config(file, {}, environ={})
+    assert [m.options.get("cpu_parallelism") for m in merged.models] == ["operators", "batches"]
+    env = build_server_config(None, {}, environ={"EMBEDSVC_CPU_PARALLELISM": "operators"})
+    assert env.models[0].options["cpu_parallelism"] == "operators"
+    flagged = build_server_config(
+        file, {"cpu_parallelism": "batches"}, environ={"EMBEDSVC_CPU_PARALLELISM": "operators"}
+    )
+    assert flagged.models[0].options["cpu_parallelism"] == "batches"
+    message = "unknown cpu_parallelism 'fast'; choose one of batches, operators"
+    with pytest.raises(InvalidInputError, match=message):
+        build_server_config({"server": {"cpu_parallelism": "fast"}}, {}, environ={})
+    with pytest.raises(InvalidInputError, match=message):
+        build_server_config(None, {}, environ={"EMBEDSVC_CPU_PARALLELISM": "fast"})
+    with pytest.raises(InvalidInputError, match=message):
+        check_options({"cpu_parallelism": "fast"})
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--cpu-parallelism", "fast"])
+    assert exited.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_a_server_takes_cpu_parallelism_from_a_flag_or_the_environment(bert_dir, tmp_path, source) -> None:
+    import httpx
+
+    from tests.server_utils import ServerProcess
+
+    args: tuple[str, ...] = ("--model", f"m={bert_dir}")
+    env = {}
+    if source == "flag":
+        args += ("--cpu-parallelism", "operators")
+    else:
+        env["EMBEDSVC_CPU_PARALLELISM"] = "operators"
+    with ServerProcess(*args, log_path=tmp_path / "s.log", env=env) as s:
+        info = httpx.get(s.http_url() + "/info", timeout=30).json()
+    assert (info["cpu_parallelism"], info["forward_workers"]) == ("operators", 1)

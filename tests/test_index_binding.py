@@ -5,6 +5,7 @@ before bindings bind on first use. The pipeline's local door is checked for the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import threading
@@ -191,6 +192,78 @@ def test_weights_replaced_in_place_are_caught_after_a_restart(served):
     assert "weights changed" in _refused(lambda: stub.SearchBatch(batch, timeout=60))
 
 
+def test_reembed_finishes_under_sustained_writes(served):
+    """Writers that never pause (the re-embed used to give up after 100 catch-up rounds): it finishes,
+    holding writes briefly for its last copy and swap; no write fails, every id written before or during
+    it is there with its text and the model's vector as served now, and searches answer throughout."""
+    from embedsvc import EmbedClient
+    from embedsvc.index.service import REEMBED_FREE_ROUNDS
+
+    server, stub = served
+    failures: list[BaseException] = []
+    written: dict[str, str] = {}
+    searches = [0]
+    stop = threading.Event()
+
+    def write(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            items = [
+                pb.Item(id=f"w{worker}-{i}-{j}", text=f"busy writer {worker} item {i} {j}") for j in (0, 1)
+            ]
+            try:
+                stub.Upsert(pb.UpsertRequest(index="legacy", items=items), timeout=60)
+                written.update((item.id, item.text) for item in items)
+            except BaseException as exc:
+                failures.append(exc)
+            i += 1
+
+    def search() -> None:
+        while not stop.is_set():
+            try:
+                found = stub.Search(
+                    pb.SearchRequest(index="legacy", text=TEXTS[searches[0] % 50], k=3), timeout=60
+                )
+                assert len(found.hits) == 3
+                searches[0] += 1
+            except BaseException as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(2)] + [
+        threading.Thread(target=search)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        while len(written) < 20 and not failures:  # the writers are going before the re-embed starts
+            time.sleep(0.01)
+        before = searches[0]
+        done = stub.Reembed(pb.ReembedRequest(index="legacy"), timeout=300)
+        during = searches[0] - before
+        ahead = len(written)
+        while len(written) < ahead + 10 and not failures:  # and go on after it, into the new index
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == [], failures[:3]
+    assert during > 0 and done.reembedded >= len(TEXTS)
+    if done.rounds > REEMBED_FREE_ROUNDS:  # it held writes: the log says for how long
+        assert "writes held for its last copy and swap" in server.log()
+    texts = {f"d{i}": text for i, text in enumerate(TEXTS)} | written
+    ids = sorted(texts)
+    got = stub.Get(pb.GetRequest(index="legacy", ids=ids, return_text=True), timeout=60)
+    assert not got.missing and {item.id: item.text for item in got.items} == texts
+    assert stub.Count(pb.CountRequest(index="legacy"), timeout=60).count == len(ids)
+    with EmbedClient(server.target) as client:  # the model as served now, every vector
+        expected = client.embed([texts[i] for i in ids], model="enc", input_type="document")
+    stored = np.asarray([list(item.vector) for item in got.items], dtype=np.float32)
+    order = {item.id: n for n, item in enumerate(got.items)}
+    stored = stored[[order[i] for i in ids]]
+    np.testing.assert_allclose(stored, expected, atol=1e-5)
+
+
 def test_the_reembedded_index_reopens_from_its_files(setup, served):
     from embedsvc.index.manager import IndexManager
 
@@ -264,6 +337,97 @@ def test_resuming_a_build_with_changed_weights_stops_with_what_changed(local_mod
         build_index([str(first), str(second)], **options)
     assert "weights changed" in str(caught.value) and "--restart" in str(caught.value)
     assert build_index([str(first), str(second)], **options, restart=True).documents == 20
+
+
+@pytest.mark.parametrize("outcome", ["swapped", "failed"])
+def test_reembed_outpaced_by_writes_holds_them_and_finishes(local_model, tmp_path, outcome):
+    """Through the facade, deterministically: every re-embedding call lets one write land first, so no
+    catch-up pass ever sees the index still (before, the re-embed gave up after 100 passes, unchanged).
+    After REEMBED_FREE_ROUNDS passes writes are held: the write begun during the last copy waits (it does
+    not fail) and lands in the re-embedded index; searches answer throughout; every vector is the
+    changed model's. A re-embed that fails while holding writes lets them through into the old index."""
+    from embedsvc.index.service import REEMBED_FREE_ROUNDS, NewItem, SearchOptions
+    from embedsvc.pipeline.sinks import DOCUMENTS, IndexParts, LocalSink, _embed_here
+
+    keeps = IndexParts(store_text=True)
+    first = LocalSink(tmp_path, str(local_model), "docs", metric="cosine", kind="flat", keeps=keeps)
+    first.open(restart=False)
+    first.write([f"d{i}" for i in range(60)], TEXTS[:60], [{} for _ in range(60)])
+    old_fingerprint = first.model.fingerprint.digest
+    first.close()
+    options = {"pooling": "cls"}  # another fingerprint, other vectors
+    second = LocalSink(
+        tmp_path, str(local_model), "docs", metric="cosine", kind="flat", keeps=keeps, model_options=options
+    )
+    indexes = second.indexes
+    writes: list[asyncio.Task[tuple[int, int]]] = []
+    held_writes: list[str] = []
+    searches = [0]
+    stop = asyncio.Event()
+    searchers: list[asyncio.Task[None]] = []
+
+    async def racing_embed(served, texts, embed_options):
+        """The re-embed's embedding calls: one write is let in first (or found waiting on the hold)."""
+        if not searchers:  # from the first copy on: the index is bound to the changed model by then
+            searchers.append(asyncio.create_task(search_on()))
+        item_id = f"w{len(writes)}"
+        item = NewItem(item_id, text=f"written while re-embedding {len(writes)}")
+        writes.append(asyncio.create_task(indexes.upsert("docs", [item], _embed_here)))
+        while not writes[-1].done():
+            if indexes.writes_held("docs"):
+                assert "writes held for the swap" in indexes.describe(indexes.collection("docs")).status
+                held_writes.append(item_id)
+                if outcome == "failed":
+                    raise RuntimeError("the embedding failed while writes were held")
+                break
+            await asyncio.sleep(0.001)
+        return await _embed_here(served, texts, embed_options)
+
+    async def search_on() -> None:
+        while not stop.is_set():
+            text = TEXTS[searches[0] % 60]
+            hits = await indexes.search("docs", SearchOptions(k=3), _embed_here, text=text)
+            assert len(hits) == 3
+            searches[0] += 1
+
+    async def scenario() -> tuple[int, str, int]:
+        try:
+            return await indexes.reembed("docs", racing_embed)
+        finally:
+            stop.set()
+            await asyncio.gather(*searchers, *writes)  # none fails: the held one goes on after the hold
+
+    try:
+        second.open(restart=False)
+        originals = [f"d{i}" for i in range(60)]
+        before = np.stack([v for _, v, _, _ in asyncio.run(indexes.get("docs", originals))[0]])
+        if outcome == "failed":
+            with pytest.raises(RuntimeError, match="while writes were held"):
+                asyncio.run(scenario())
+        else:
+            _, fingerprint, rounds = asyncio.run(scenario())
+            assert rounds == REEMBED_FREE_ROUNDS + 1 and fingerprint == second.model.fingerprint.digest
+        assert held_writes == [f"w{len(writes) - 1}"] and searches[0] > 0
+        assert not indexes.writes_held("docs")
+        texts = {f"d{i}": TEXTS[i] for i in range(60)}
+        texts |= {f"w{n}": f"written while re-embedding {n}" for n in range(len(writes))}
+        ids = sorted(texts)
+        found = asyncio.run(indexes.get("docs", ids, return_text=True))
+        assert not found[1] and {i: t for i, _, _, t in found[0]} == texts  # every write landed
+        vectors = {i: v for i, v, _, _ in found[0]}
+        binding = indexes.collection("docs").binding
+        assert binding is not None
+        if outcome == "failed":  # the old index, its old vectors; mixed: texts went in through the new model
+            np.testing.assert_array_equal(np.stack([vectors[i] for i in originals]), before)
+            assert (binding.fingerprint, binding.state) == (old_fingerprint, "mixed")
+            return
+        expected = second.model.embed_now([texts[i] for i in ids], DOCUMENTS).vectors
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)  # a cosine index keeps unit vectors
+        np.testing.assert_allclose(np.stack([vectors[i] for i in ids]), expected, atol=1e-5)
+        assert np.abs(before - np.stack([vectors[i] for i in originals])).max() > 0.05  # they did change
+        assert binding.state == "bound" and binding.fingerprint == second.model.fingerprint.digest
+    finally:
+        second.close()
 
 
 def test_a_changed_output_width_is_caught_at_the_first_text_write(tmp_path):

@@ -89,6 +89,26 @@ def test_int8_model_is_cached_and_reused(tmp_path):
     assert not list(path.parent.glob("tmp*"))  # no half-written files left beside it
 
 
+def test_int8_cache_key_sees_a_rewrite_with_its_mtime_set_back(tmp_path):
+    """A same-size rewrite with the old mtime restored (cp -p, rsync -t, tar) must not reuse the int8
+    model exported from the old weights."""
+    import onnxruntime
+
+    from embedsvc.engine.onnx_int8 import _cache_key
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * 64)
+    (tmp_path / "config.json").write_text("{}")
+    old = weights.stat()
+    before = _cache_key(tmp_path, False, onnxruntime, ())
+    assert _cache_key(tmp_path, False, onnxruntime, ()) == before  # untouched: the same key
+    with open(weights, "r+b") as handle:
+        handle.write(b"\xff")  # one byte, same size
+    os.utime(weights, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert _cache_key(tmp_path, False, onnxruntime, ()) != before
+
+
 def test_int8_decoder(llama_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDSVC_CACHE", str(tmp_path))
     texts = bench_corpus.load_corpus(None, 60)

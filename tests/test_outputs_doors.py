@@ -295,6 +295,18 @@ def test_list_models_says_what_each_model_offers(client):
     assert plain.outputs == ("dense",) and plain.sparse_dimension == plain.multi_vector_dimension == 0
 
 
+def test_the_models_table_shows_each_models_outputs(server, capsys, monkeypatch):
+    from embedsvc.cli.main import main
+
+    monkeypatch.setenv("EMBEDSVC_TARGET", server.target)
+    assert main(["models"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["MODEL", "TASK", "OUTPUTS"]
+    # each row's TASK and OUTPUTS cells, after the name (and the default's "(default)")
+    cells = {row.split()[0]: row.replace("(default)", "").split()[1:3] for row in rows}
+    assert cells == {"m3": ["embed", "dense,sparse,multi_vector"], "plain": ["embed", "dense"]}
+
+
 def test_grpc_client_gets_every_output_as_the_engine_gives_it(answer, reference, client):
     _assert_same(answer, reference)
     info = {m.name: m for m in client.list_models()}["m3"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embedsvc.index.manager import IndexManager
@@ -225,9 +226,12 @@ def test_cli_reports_bad_arguments(tmp_path):
 
 @pytest.mark.slow
 def test_ray_path_gives_the_same_index(tmp_path, inputs):
+    """The Ray path, local mode and remote mode, with --store-text: the same ids, metadata, vectors and
+    kept texts as the plain path."""
     pytest.importorskip("ray")
     import ray
 
+    from embedsvc import EmbedClient
     from embedsvc.pipeline import BuildOptions
     from embedsvc.pipeline.ray_runner import build_index_ray
 
@@ -238,24 +242,59 @@ def test_ray_path_gives_the_same_index(tmp_path, inputs):
         "chunk_tokens": 12,
         "chunk_overlap": 3,
         "progress": False,
+        "store_text": True,
     }
     plain = build_index(
         [str(inputs["jsonl"])], data_dir=str(plain_dir), rejects=str(tmp_path / "a.jsonl"), **options
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        distributed = build_index_ray(
-            [str(inputs["jsonl"])],
-            BuildOptions(data_dir=str(ray_dir), rejects=str(tmp_path / "b.jsonl"), **options),
-        )
-    finally:
-        ray.shutdown()
-    assert (distributed.documents, distributed.chunks) == (plain.documents, plain.chunks)
-    left, right = IndexManager(plain_dir).get("docs"), IndexManager(ray_dir).get("docs")
-    ids = sorted(left._label_of)
-    assert ids == sorted(right._label_of)
-    a, _ = left.get(ids)
-    b, _ = right.get(ids)
-    for (i, va, ma), (j, vb, mb) in zip(a, b, strict=True):
-        assert i == j and ma == mb
-        assert float(va @ vb) > 0.99999
+    with ServerProcess(log_path=tmp_path / "server.log") as server:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            distributed = build_index_ray(
+                [str(inputs["jsonl"])],
+                BuildOptions(data_dir=str(ray_dir), rejects=str(tmp_path / "b.jsonl"), **options),
+            )
+            remote = build_index_ray(  # remote mode: the texts go to the server, which embeds and keeps them
+                [str(inputs["jsonl"])],
+                BuildOptions(target=server.target, rejects=str(tmp_path / "c.jsonl"), **options),
+            )
+        finally:
+            ray.shutdown()
+        assert (distributed.documents, distributed.chunks) == (plain.documents, plain.chunks)
+        assert (remote.documents, remote.chunks) == (plain.documents, plain.chunks)
+        left, right = IndexManager(plain_dir).get("docs"), IndexManager(ray_dir).get("docs")
+        ids = sorted(left._label_of)
+        assert ids == sorted(right._label_of) and len(ids) > plain.documents  # chunked
+        a, _ = left.get(ids)
+        b, _ = right.get(ids)
+        for (i, va, ma), (j, vb, mb) in zip(a, b, strict=True):
+            assert i == j and ma == mb
+            assert float(va @ vb) > 0.99999
+        texts = left.texts(ids)
+        assert all(texts) and right.texts(ids) == texts
+        with EmbedClient(server.target) as client:
+            assert client.count("docs") == len(ids)
+            got = client.get("docs", ids, return_text=True)
+        for i, vector, meta in a:
+            assert got[i][1] == meta and got[i][2] == texts[ids.index(i)]
+            assert float(np.asarray(got[i][0]) @ vector) > 0.99999
+
+
+def test_ray_path_refuses_sparse_and_token_vectors_by_name(tmp_path, inputs, capsys):
+    from embedsvc.cli.failures import USAGE
+    from embedsvc.cli.main import main
+
+    args = [
+        "index",
+        "build",
+        str(inputs["jsonl"]),
+        "--index",
+        "x",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--ray",
+    ]
+    assert main([*args, "--sparse", "--multi-vector", "--store-text"]) == USAGE
+    message = capsys.readouterr().err.strip()
+    assert "--ray with --sparse and --multi-vector" in message and "drop --ray" in message
+    assert "\n" not in message and not (tmp_path / "d").exists()  # refused before anything was made

@@ -420,7 +420,7 @@ def test_cohere_and_jina_shapes_over_raw_http(server, expected):
     assert http(server, "/v2/rerank", {"model": "nope", "query": "q", "documents": ["d"]}).status_code == 404
 
 
-def test_tei_rerank_predict_and_info(server, client, expected):
+def test_tei_rerank_predict_and_info(server, client, expected, folders):
     cross = expected["cross"]
     ranks = http(server, "/rerank", {"query": QUERY, "texts": DOCS, "return_text": True}).json()
     assert [r["index"] for r in ranks] == reference_order(cross)  # unnamed: the first reranker
@@ -462,7 +462,9 @@ def test_tei_rerank_predict_and_info(server, client, expected):
         rtol=0,
     )
     pair = http(server, "/predict", {"inputs": [QUERY, DOCS[0]]}).json()
-    assert len(pair) == 1 and pair[0]["label"] == "score"
+    # labelled as TEI labels a one-label model's score: its config.json's id2label["0"]
+    one_label = json.loads((folders["cross"] / "config.json").read_text())["id2label"]["0"]
+    assert len(pair) == 1 and pair[0]["label"] == one_label == "LABEL_0"
     np.testing.assert_allclose(pair[0]["score"], cross[0], atol=TOL)
     pairs = http(server, "/predict", {"inputs": [[QUERY, d] for d in DOCS]}).json()
     np.testing.assert_allclose([row[0]["score"] for row in pairs], cross, atol=TOL, rtol=0)
@@ -482,7 +484,12 @@ def test_tei_rerank_predict_and_info(server, client, expected):
     info = httpx.get(
         server.http_url() + "/info", headers={"authorization": f"Bearer {KEY}"}, params={"model": "qwen3"}
     )
-    assert info.json()["model_type"] == {"reranker": {"id2label": {"0": "score"}, "label2id": {"score": 0}}}
+    # an LLM reranker's config names no label: transformers' name for label 0
+    assert info.json()["model_type"] == {
+        "reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+    }
+    qwen3_pair = http(server, "/predict", {"inputs": [QUERY, DOCS[0]]}, model="qwen3").json()
+    assert [p["label"] for p in qwen3_pair] == ["LABEL_0"]
     listed = httpx.get(server.http_url() + "/v1/models", headers={"authorization": f"Bearer {KEY}"}).json()
     assert {m["id"]: m["task"] for m in listed["data"]}["qwen3"] == "rerank"
     # the same metrics as gRPC's, per model
@@ -555,3 +562,109 @@ def test_langchain_and_llama_index_rerankers(server, client):
     np.testing.assert_allclose([n.score for n in kept_nodes], [r.score for r in best], atol=TOL)
     kept_async = asyncio.run(postprocessor.apostprocess_nodes(nodes, QueryBundle(QUERY)))
     assert [n.node.id_ for n in kept_async] == [n.node.id_ for n in kept_nodes]
+
+
+# ------------------------------------------------ max_tokens_per_doc, the models table
+
+CUT = 6  # tokens each document keeps
+LONG_DOC = "Children read books at school every day. " + LONG  # over the tiny models' 64 tokens
+
+
+def first_tokens(folder, text, n):
+    """``text`` up to where its n-th token ends, by transformers' tokenizer of ``folder`` (no special
+    tokens): the document cut as Cohere's max_tokens_per_doc says, found independently of the server."""
+    from transformers import AutoTokenizer
+
+    offsets = AutoTokenizer.from_pretrained(folder)(
+        text, add_special_tokens=False, return_offsets_mapping=True
+    )["offset_mapping"]
+    return text if len(offsets) <= n else text[: offsets[n - 1][1]]
+
+
+@pytest.fixture(scope="module")
+def cut_documents(folders):
+    """The documents, the long one last, and each cut to CUT tokens by the cross-encoder's tokenizer."""
+    documents = [*DOCS, LONG_DOC]
+    cut = [first_tokens(folders["cross"], d, CUT) for d in documents]
+    assert cut[-1] != LONG_DOC and len(cut[-1]) < 60 and cut[3] == DOCS[3]  # "Blue sky." kept whole
+    return documents, cut
+
+
+def test_cohere_max_tokens_per_doc_scores_each_document_as_its_first_tokens(server, folders, cut_documents):
+    cohere = pytest.importorskip("cohere")
+    documents, cut = cut_documents
+    want = cross_encoder(folders["cross"], [(QUERY, d) for d in cut])
+    whole = cross_encoder(folders["cross"], [(QUERY, d) for d in documents])
+    assert abs(float(want[-1] - whole[-1])) > 1e-4  # the cut does change the long document's score
+    v2 = cohere.ClientV2(base_url=server.http_url(), api_key=KEY)
+    reply = v2.rerank(model="cross", query=QUERY, documents=documents, max_tokens_per_doc=CUT)
+    assert [r.index for r in reply.results] == reference_order(want)
+    np.testing.assert_allclose(
+        [r.relevance_score for r in reply.results], want[reference_order(want)], atol=TOL, rtol=0
+    )
+    uncut = v2.rerank(model="cross", query=QUERY, documents=documents)  # unset: the model's own limit only
+    np.testing.assert_allclose(
+        [r.relevance_score for r in sorted(uncut.results, key=lambda r: r.index)], whole, atol=TOL, rtol=0
+    )
+    # an LLM reranker cuts the document before its prompt is built: its model card on the cut text
+    qwen3_cut = [first_tokens(server_folder(server, "qwen3"), d, CUT) for d in documents]
+    card = qwen3_model_card(server_folder(server, "qwen3"), [(QUERY, d) for d in qwen3_cut], None, 128)[0]
+    qwen3 = v2.rerank(model="qwen3", query=QUERY, documents=documents, max_tokens_per_doc=CUT)
+    np.testing.assert_allclose(
+        [r.relevance_score for r in sorted(qwen3.results, key=lambda r: r.index)], card, atol=TOL, rtol=0
+    )
+    for bad in (0, -1, "six"):
+        body = {"model": "cross", "query": QUERY, "documents": DOCS, "max_tokens_per_doc": bad}
+        refused = http(server, "/v2/rerank", body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "max_tokens_per_doc", refused.text
+
+
+def test_max_tokens_per_doc_over_grpc_and_the_cli(
+    server, client, folders, cut_documents, capsys, monkeypatch
+):
+    from embedsvc.cli.main import main
+
+    documents, cut = cut_documents
+    want = cross_encoder(folders["cross"], [(QUERY, d) for d in cut])
+    results = client.rerank(QUERY, documents, model="cross", max_tokens_per_doc=CUT)
+    assert [r.index for r in results] == reference_order(want)
+    np.testing.assert_allclose([r.score for r in results], want[reference_order(want)], atol=TOL, rtol=0)
+    assert results[[r.index for r in results].index(len(documents) - 1)].tokens < 64  # the cut pair's tokens
+    with pytest.raises(ValueError, match="max_tokens_per_doc"):  # cannot travel: refused before sending
+        client.rerank(QUERY, DOCS, model="cross", max_tokens_per_doc=-1)
+    with grpc.insecure_channel(server.target) as channel:  # 0 travels: the engine facade refuses it
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as rpc:
+            stub.Rerank(
+                pb.RerankRequest(model="cross", query=QUERY, documents=DOCS, max_tokens_per_doc=0),
+                metadata=(("authorization", f"Bearer {KEY}"),),
+                timeout=30,
+            )
+        assert rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_tokens_per_doc must be an integer of at least 1" in rpc.value.details()
+
+    monkeypatch.setenv("EMBEDSVC_TARGET", server.target)
+    monkeypatch.setenv("EMBEDSVC_API_KEY", KEY)
+    assert main(["rerank", QUERY, *documents, "--model", "cross", "--max-tokens-per-doc", str(CUT)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["index"] for r in rows] == reference_order(want)
+    np.testing.assert_allclose([r["score"] for r in rows], want[reference_order(want)], atol=TOL, rtol=0)
+    assert main(["rerank", QUERY, "x", "--model", "cross", "--max-tokens-per-doc", "0"]) == 2
+    assert "max_tokens_per_doc" in capsys.readouterr().err
+
+
+def test_the_models_table_shows_each_models_task_and_outputs(server, capsys, monkeypatch):
+    from embedsvc.cli.main import main
+
+    monkeypatch.setenv("EMBEDSVC_TARGET", server.target)
+    monkeypatch.setenv("EMBEDSVC_API_KEY", KEY)
+    assert main(["models"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["MODEL", "TASK", "OUTPUTS"]
+    cells = {
+        row.split()[0]: row.split()[1:] for row in rows
+    }  # the default's "(default)" is a cell of its own
+    assert cells["embedder"][:3] == ["(default)", "embed", "dense"]
+    assert cells["cross"][:2] == ["rerank", "score"] and cells["qwen3"][:2] == ["rerank", "score"]
+    assert cells["emotions"][:2] == ["classify", "labels(3)"]

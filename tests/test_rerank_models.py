@@ -336,6 +336,12 @@ def test_the_service_reranks_under_load_as_in_process(folders):
     got = classifier.classify_now(["a dog runs", "the sun"])
     assert got.scores.shape == (2, 3) and got.labels == ("joy", "anger", "neutral")
     assert classifier.facts.labels == ("joy", "anger", "neutral")
+    # a reranker's one score column bears its config's one label (as TEI's /predict names it), an LLM
+    # reranker's, with no label in its config, transformers' name for label 0
+    config = json.loads((folders["ce-st"] / "config.json").read_text())
+    assert facts.labels == (config["id2label"]["0"],) == ("LABEL_0",)
+    qwen3 = ModelService.in_process(load_served(folders["qwen3"], profile="qwen3-reranker"))
+    assert qwen3.labels == qwen3.facts.labels == ("LABEL_0",)
     with pytest.raises(TaskMismatchError):
         classifier.rerank_now("q", ["d"])
 
@@ -351,6 +357,16 @@ def test_requests_are_checked_once_with_fields_named(folders):
         service.score_now([("a", "b")], ScoreOptions(truncation="middle"))
     with pytest.raises(InvalidInputError, match="takes no instruction"):
         service.score_now([("a", "b")], ScoreOptions(instruction="be nice"))
+    for bad in (0, -2, True, 1.5):  # a per-request document token limit: at least 1, checked here
+        with pytest.raises(
+            InvalidInputError, match="max_tokens_per_doc must be an integer of at least 1"
+        ) as e:
+            service.rerank_now("q", ["d"], ScoreOptions(max_document_tokens=bad))  # type: ignore[arg-type]
+        assert e.value.field == "max_tokens_per_doc"
+    classifier = ModelService.in_process(load_served(folders["multi"]))
+    with pytest.raises(InvalidInputError, match="applies to rerankers") as e:
+        classifier.classify_now(["a"], ScoreOptions(max_document_tokens=3))
+    assert e.value.field == "max_tokens_per_doc"
     from embedsvc.engine.options import Limits
 
     small = ModelService.in_process(load_served(folders["ce-st"]), Limits(max_text_bytes=10))

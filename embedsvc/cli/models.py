@@ -8,6 +8,7 @@ from typing import Any
 
 from embedsvc.cli.output import print_json, print_table
 from embedsvc.cli.remote import open_client
+from embedsvc.wire import ModelInfo
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser, connection: argparse.ArgumentParser) -> None:
@@ -29,11 +30,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json([dataclasses.asdict(m) for m in models])
         return 0
+    header = ("MODEL", "TASK", "OUTPUTS", "DIM", "MAX TOKENS", "POOLING", "DEVICE", "DTYPE", "QUANTIZED")
     print_table(
         [
             (
                 m.name + (" (default)" if m.default else ""),
                 m.task,
+                _outputs(m),
                 m.dimension,
                 m.max_length,
                 m.pooling,
@@ -44,6 +47,16 @@ def run(args: argparse.Namespace) -> int:
             )
             for m in models
         ],
-        ("MODEL", "TASK", "DIM", "MAX TOKENS", "POOLING", "DEVICE", "DTYPE", "QUANTIZED", "SOURCE"),
+        (*header, "SOURCE"),
     )
     return 0
+
+
+def _outputs(model: ModelInfo) -> str:
+    """What a call gives back: an embedder's outputs (dense, sparse, multi_vector), a reranker's one
+    score, a classifier's labels."""
+    if model.task == "embed":
+        return ",".join(model.outputs)
+    if model.task == "classify":
+        return f"labels({len(model.labels)})"
+    return "score"

@@ -69,6 +69,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, connection: argparse.
     p.add_argument("--input", action="append", default=[], metavar="FILE", help="file of documents")
     p.add_argument("--text-field", default="text", help="JSON lines: the field holding the document")
     p.add_argument("--top-n", type=int, help="only the best N documents")
+    p.add_argument(
+        "--max-tokens-per-doc",
+        type=int,
+        metavar="N",
+        help="cut each document to its first N tokens before scoring (Cohere's max_tokens_per_doc)",
+    )
     _model_options(p, instruction=True)
     p.set_defaults(handler=run_rerank, parser=p)
 
@@ -123,6 +129,7 @@ def run_rerank(args: argparse.Namespace) -> int:
             instruction=args.instruction,
             truncation=args.truncation,
             raw_scores=args.raw_scores,
+            max_tokens_per_doc=args.max_tokens_per_doc,
         )
     _write(
         args.output,

@@ -27,7 +27,7 @@ config file (--config FILE, TOML):
              max_message_bytes, max_text_bytes, max_request_bytes, max_queue_requests,
              max_queue_tokens, max_queue_seconds, max_streams, batch_wait_ms,
              http_idle_timeout_s, max_http_connections, max_filter_leaves, max_multi_vector_values,
-             grace_period_s, threads, tokenizer_threads, log_level, log_json, data_dir,
+             grace_period_s, threads, cpu_parallelism, tokenizer_threads, log_level, log_json, data_dir,
              index_fsync, snapshot_every, index_device, cache_mb
   [[models]] name, source, default, and any engine option: pooling, normalize, dtype, device,
              max_length, profile, conversion (none|echo|prompteol|bidirectional), prompts,
@@ -35,7 +35,8 @@ config file (--config FILE, TOML):
              instruction_template, default_instruction, examples, append_eos, prepend_bos,
              include_prompt, attention (causal|bidirectional), batching (auto|packed|padded),
              token_budget, max_batch_size, attention_backend, deterministic,
-             deterministic_tile_rows, quantize, trust_remote_code, base_model, threads
+             deterministic_tile_rows, quantize, trust_remote_code, base_model, threads,
+             cpu_parallelism
   `embedsvc inspect SOURCE` shows the recipe a model gets and where each part came from.
   A --model whose NAME matches a [[models]] entry takes that entry's options.
 
@@ -44,6 +45,10 @@ threads (--threads N, threads = N, EMBEDSVC_THREADS=N): the cores this server ma
   the next batch is tokenized while the forward runs; idle threads sleep), the tokenizing
   workers min(N, 2). A model's own threads option and tokenizer_threads override their part.
   Unset: every core, tokenizer_threads 2.
+cpu_parallelism (--cpu-parallelism, cpu_parallelism = ..., EMBEDSVC_CPU_PARALLELISM): "batches"
+  (default) runs a CPU forward's batches side by side, one intra-op thread each, so a core taken
+  by another process slows it in proportion instead of stalling every operator's barrier;
+  "operators" runs one batch at a time on torch's intra-op threads (one long input on many cores).
 
 settings: defaults < --config file < environment < flags; a flag not given never overrides.
   Every [server] key can be set as EMBEDSVC_<KEY> (EMBEDSVC_HOST, EMBEDSVC_PORT, EMBEDSVC_HTTP=false,
@@ -173,6 +178,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="cores this server may use: forward threads, tokenizer pool and tokenizing workers sized "
         "as one budget (default: every core); see below",
     )
+    p.add_argument(
+        "--cpu-parallelism",
+        choices=["batches", "operators"],
+        help="CPU forward: whole batches side by side on one thread each (default; a busy machine slows "
+        "it in proportion) or one batch at a time on torch's intra-op threads (one long input, many cores)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--plain-logs", action="store_true", help="human-readable logs instead of JSON lines")
     g = p.add_argument_group("model options (apply to every served model; per model: config file)")
@@ -255,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
         "max_multi_vector_values": args.max_multi_vector_values,
         "grace_period_s": args.grace_period_s,
         "threads": args.threads,
+        "cpu_parallelism": args.cpu_parallelism,
         "log_level": args.log_level,
         "log_json": False if args.plain_logs else None,
         "data_dir": args.data_dir,

@@ -158,19 +158,29 @@ def sdpa_loop(
         groups_list = list(groups.items())
     out = query.new_empty((query.shape[0], query.shape[1], value.shape[-1]))
     for n, starts in groups_list:
+        g = len(starts)
+        mask = window_mask(n, causal, sliding_window, query.device)
+        if starts[-1] - starts[0] == (g - 1) * n:
+            # the group's sequences lie back to back (batches are planned longest first): strided views
+            # [g, h, n, d] of the packed tensors, no gather and no scatter
+            lo, hi = starts[0], starts[0] + g * n
+            q, k, v = (x[lo:hi].unflatten(0, (g, n)).transpose(1, 2) for x in (query, key, value))
+            result = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=gqa
+            )
+            out[lo:hi].unflatten(0, (g, n)).copy_(result.transpose(1, 2))
+            continue
         index = (
             torch.tensor(starts, device=query.device)[:, None] + torch.arange(n, device=query.device)
         ).reshape(-1)
         # [g * n, h, d] -> [g, h, n, d]; 4D: the fused CPU kernel needs the batch dimension
         q, k, v = (
-            x.index_select(0, index).view(len(starts), n, x.shape[1], -1).transpose(1, 2)
-            for x in (query, key, value)
+            x.index_select(0, index).view(g, n, x.shape[1], -1).transpose(1, 2) for x in (query, key, value)
         )
-        mask = window_mask(n, causal, sliding_window, query.device)
         result = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=gqa
         )
-        out.index_copy_(0, index, result.transpose(1, 2).reshape(len(starts) * n, result.shape[1], -1))
+        out.index_copy_(0, index, result.transpose(1, 2).reshape(g * n, result.shape[1], -1))
     return out
 
 

@@ -19,6 +19,8 @@ activations, rotary embeddings) works row by row and is already invariant.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -36,15 +38,18 @@ class FixedTileLinear(torch.nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.rows = rows
-        self._tile: torch.Tensor | None = None
+        # one reused tile per thread: CPU forwards run batches side by side (engine/cpu_parallel.py)
+        self._tiles = threading.local()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
         n = flat.shape[0]
-        tile = self._tile
+        tile: torch.Tensor | None = getattr(self._tiles, "tile", None)
         if tile is None or tile.dtype != x.dtype or tile.device != x.device:
-            tile = self._tile = torch.empty((self.rows, self.in_features), dtype=x.dtype, device=x.device)
+            tile = self._tiles.tile = torch.empty(
+                (self.rows, self.in_features), dtype=x.dtype, device=x.device
+            )
         out = torch.empty((n, self.out_features), dtype=x.dtype, device=x.device)
         for start in range(0, n, self.rows):
             stop = min(start + self.rows, n)

@@ -16,6 +16,7 @@ import torch
 
 from embedsvc.engine import attention
 from embedsvc.engine.batching import plan_batches
+from embedsvc.engine.cpu_parallel import ForwardWorkers, forward_workers, split_for_workers
 from embedsvc.engine.deterministic import DEFAULT_TILE_ROWS, FixedTileLinear, make_batch_invariant
 from embedsvc.engine.inputs import (
     TRIM_AFTER_TOKENS,
@@ -30,7 +31,7 @@ from embedsvc.engine.options import EmbedOptions, ResolvedOptions
 from embedsvc.engine.outputs import OUTPUT_KINDS, Forwarded, OutputHeads, TokenOutputs, with_extra_outputs
 from embedsvc.engine.pooling import finalize, pool_packed, pool_padded, sqrt_len_scale
 from embedsvc.engine.recipe import Recipe, describe_recipe
-from embedsvc.engine.threads import apply_threads, resolve_threads
+from embedsvc.engine.threads import apply_threads, check_parallelism, resolve_threads
 from embedsvc.errors import InvalidInputError
 from embedsvc.models.dtypes import DTYPE_ALIASES
 from embedsvc.models.loading import LoadedModel, load_model
@@ -56,6 +57,7 @@ _ENGINE_OPTIONS = (
     "base_model",
     "threads",
     "task",
+    "cpu_parallelism",
 )
 
 
@@ -83,6 +85,7 @@ class EngineOptions:
     tile_rows: int = 0  # deterministic mode: rows per fixed GEMM tile
     quantize: str = "none"
     threads: int | None = None  # intra-op + tokenizer pool size; None: every core (engine/threads.py)
+    cpu_parallelism: str = "batches"  # "batches" side by side or torch's "operators" (engine/cpu_parallel.py)
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -165,6 +168,11 @@ class Embedder:
         # RoBERTa-family embeddings number positions from padding_idx + 1 (fairseq): packed
         # batches must pass those numbers, not 0..n-1
         self._position_offset = _position_offset(self.model)
+        # CPU: whole batches side by side on one intra-op thread each (engine/cpu_parallel.py); the int8
+        # graph runs on ONNX Runtime's own threads
+        self._workers: ForwardWorkers | None = None
+        if self.device.type == "cpu" and options.cpu_parallelism == "batches" and options.quantize == "none":
+            self._workers = forward_workers(options.threads or torch.get_num_threads())
         self.model.config.embedsvc_attention_backend = options.attention_backend
         self.model.config.embedsvc_deterministic = options.deterministic
         # bidirectional attention that transformers does not apply itself (GritLM, LLM2Vec, is_causal=false)
@@ -282,6 +290,7 @@ class Embedder:
             deterministic=deterministic,
             tile_rows=tile_rows,
             threads=threads,
+            cpu_parallelism=check_parallelism(options.get("cpu_parallelism")),
         )
         quantize = options.get("quantize") or "none"
         if quantize != "none":
@@ -362,6 +371,20 @@ class Embedder:
     def outputs(self) -> tuple[str, ...]:
         """What ``EmbedOptions.outputs`` may ask of this model."""
         return self.heads.offered if self.heads is not None else ("dense",)
+
+    @property
+    def cpu_parallelism(self) -> str:
+        """ "batches" (whole batches side by side), "operators" (torch's intra-op threads), or "" where
+        neither applies (a GPU; the int8 graph on ONNX Runtime's threads)."""
+        if self._workers is not None:
+            return "batches"
+        cpu = self.device.type == "cpu" and self.options.quantize == "none"
+        return "operators" if cpu else ""
+
+    @property
+    def forward_workers(self) -> int:
+        """Batches a CPU forward runs at once (1 with cpu_parallelism "operators" or on a GPU)."""
+        return self._workers.workers if self._workers is not None else 1
 
     @property
     def is_decoder(self) -> bool:
@@ -623,21 +646,39 @@ class Embedder:
             out = torch.empty((len(encoded), width), dtype=torch.float32, pin_memory=True)
         else:
             out = torch.empty((len(encoded), width), dtype=torch.float32, device=self.device)
+
+        def one(batch: list[int]) -> tuple[torch.Tensor, list[TokenOutputs] | None]:
+            with torch.inference_mode():  # per thread: the pool's workers need it too
+                seqs = [encoded[i] for i in batch]
+                keep = with_tokens and self.heads is not None and any(s.extra_outputs for s in seqs)
+                pooled, flat = self._forward_batch(seqs, keep_tokens=keep)
+                if flat is None:
+                    return pooled, None
+                assert self.heads is not None
+                bounds = np.zeros(len(seqs) + 1, dtype=np.int64)
+                np.cumsum([len(s.ids) for s in seqs], out=bounds[1:])
+                return pooled, self.heads.compute(flat, seqs, bounds)
+
+        if self._workers is not None:  # CPU: batches side by side (engine/cpu_parallel.py)
+            batches = split_for_workers(
+                batches,
+                [len(e.ids) for e in encoded],
+                self._workers.workers,
+                max_batch_size=self.options.max_batch_size,
+                packed=self.options.packed,
+            )
+            results = self._workers.map(one, batches)
+        else:
+            results = map(one, batches)  # type: ignore[assignment]  # lazily: CUDA overlaps host and device
         row = 0
-        for batch in batches:
-            seqs = [encoded[i] for i in batch]
-            keep = with_tokens and self.heads is not None and any(s.extra_outputs for s in seqs)
-            pooled, flat = self._forward_batch(seqs, keep_tokens=keep)
+        for batch, (pooled, extra) in zip(batches, results, strict=True):
             if cuda:
                 out[row : row + len(batch)].copy_(pooled, non_blocking=True)
                 row += len(batch)
             else:
                 out[torch.tensor(batch, device=self.device)] = pooled
-            if flat is not None:
-                assert self.heads is not None
-                bounds = np.zeros(len(seqs) + 1, dtype=np.int64)
-                np.cumsum([len(s.ids) for s in seqs], out=bounds[1:])
-                for i, result in zip(batch, self.heads.compute(flat, seqs, bounds), strict=True):
+            if extra is not None:
+                for i, result in zip(batch, extra, strict=True):
                     tokens[i] = result
         if cuda:
             done = torch.cuda.Event()
@@ -903,6 +944,7 @@ def check_options(options: dict[str, Any], *, dtype: Any = None, device: Any = N
             field="attention_backend",
         )
     resolve_threads(options.get("threads"))
+    check_parallelism(options.get("cpu_parallelism"))
     task = options.get("task")
     if task is not None and task not in TASKS:
         raise InvalidInputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}", field="task")

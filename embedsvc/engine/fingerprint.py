@@ -10,9 +10,15 @@ Two vectors are comparable when their fingerprints match. The fingerprint covers
 * the versions of the libraries that compute it (torch, transformers; onnxruntime when int8).
 
 Weight files are hashed once (sha256, 8 MiB blocks: SHA-NI makes it the fastest hashlib choice here);
-the digests are kept in a small JSON file keyed by path, size and mtime_ns under the embedsvc cache
-folder (``EMBEDSVC_CACHE``, default ``~/.cache/embedsvc``), so a restart does not rehash gigabytes.
-A cache folder that cannot be written only costs the rehash: serving never fails for it.
+the digests are kept in a small JSON file under the embedsvc cache folder (``EMBEDSVC_CACHE``, default
+``~/.cache/embedsvc``), so a restart does not rehash gigabytes. An entry is trusted only while the file's
+path, size, mtime, inode and ctime are all as they were when it was hashed: mtime alone can be set back
+(``os.utime``, ``cp -p``, ``rsync -t``, tar) after a same-size rewrite, ctime cannot (the kernel sets it on
+every write, rename or utime), and a file replaced by another may reuse the inode number but not the ctime.
+A file changed within ``RACY_NS`` before it was hashed is not trusted later (its ctime could be shared
+by a second write in the same timestamp tick: git's "racy clean" problem); a copy (another machine, a
+restored backup) has a new inode and ctime, so it is hashed once more. A cache folder that cannot be
+written only costs the rehash: serving never fails for it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +45,11 @@ log = logging.getLogger("embedsvc.engine")
 DIGEST_CHARS = 16
 BLOCK_BYTES = 8 * 1024 * 1024
 HASH_CACHE_FILE = "weight-hashes.json"
+# a file changed this close before its hashing began is hashed again next time: two writes within one
+# timestamp tick (coarse kernel clocks: ms; FAT: 2 s) can leave the same ctime
+RACY_NS = 2_000_000_000
+# what must be as it was for a cached digest to stand (path is the key)
+_STAT_KEYS = ("size", "mtime_ns", "ino", "ctime_ns")
 # transformers reads safetensors when a folder has them, else the pickled formats
 WEIGHT_SUFFIXES = ((".safetensors",), (".bin", ".pt", ".pth"))
 TOKENIZER_FILES = (
@@ -129,12 +141,15 @@ def cache_dir() -> Path:
 
 
 class HashCache:
-    """sha256 digests of files by (path, size, mtime_ns), kept in a JSON file between runs.
+    """sha256 digests of files by path, trusted while (size, mtime_ns, ino, ctime_ns) stay as they were
+    when hashed; kept in a JSON file between runs.
 
-    ``hashed`` lists the files actually read in this instance's life (what a cache hit avoids)."""
+    ``hashed`` lists the files actually read in this instance's life (what a cache hit avoids);
+    ``racy_ns``: see ``RACY_NS``."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, *, racy_ns: int = RACY_NS) -> None:
         self.path = path if path is not None else cache_dir() / HASH_CACHE_FILE
+        self.racy_ns = racy_ns
         self.entries: dict[str, dict[str, Any]] = self._read()
         self.hashed: list[Path] = []
         self._dirty = False
@@ -148,18 +163,24 @@ class HashCache:
 
     def digest(self, path: Path) -> str:
         path = path.resolve()
-        stat = path.stat()
+        seen = _identity(path.stat())
         entry = self.entries.get(str(path))
         if (
             isinstance(entry, dict)
-            and entry.get("size") == stat.st_size
-            and entry.get("mtime_ns") == stat.st_mtime_ns
+            and all(entry.get(key) == seen[key] for key in _STAT_KEYS)
             and isinstance(entry.get("sha256"), str)
         ):
             return str(entry["sha256"])
+        started = time.time_ns()
         value = hash_file(path)
         self.hashed.append(path)
-        self.entries[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": value}
+        after = _identity(path.stat())
+        # kept only for a file that held still while read and was last changed well before: else the
+        # next run hashes it again (a rewrite within the same ctime tick would look unchanged)
+        if after == seen and seen["ctime_ns"] < started - self.racy_ns:
+            self.entries[str(path)] = {**seen, "sha256": value}
+        else:
+            self.entries.pop(str(path), None)
         self._dirty = True
         return value
 
@@ -182,6 +203,15 @@ class HashCache:
             log.debug("weight hash cache %s not written (%s): files are rehashed next start", self.path, exc)
             return
         self._dirty = False
+
+
+def _identity(stat: os.stat_result) -> dict[str, int]:
+    return {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ino": stat.st_ino,
+        "ctime_ns": stat.st_ctime_ns,
+    }
 
 
 def hash_file(path: Path) -> str:

@@ -118,8 +118,10 @@ def _cache_key(folder: Path, reduce_range: bool, onnxruntime: Any, extra: tuple[
     digest = hashlib.sha256(json.dumps(extra).encode())
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".model", ".txt"):
-            stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            stat = path.stat()  # ctime and inode too: an mtime set back after a rewrite must not match
+            digest.update(
+                f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}".encode()
+            )
     versions = [torch.__version__, onnxruntime.__version__, _transformers_version()]
     digest.update(json.dumps([_FORMAT, _OPSET, reduce_range, *versions]).encode())
     return digest.hexdigest()[:24]

@@ -62,6 +62,9 @@ class ScoreOptions:
     instruction: str | None = None  # LLM rerankers' task instruction (None: the family's default)
     truncation: str = "end"  # "end" | "start" | "none", applied as the family's reference does
     raw: bool = False  # the logits without the family's activation (sigmoid, P("yes"), softmax)
+    # rerank / score: each document cut to its first N tokens before scoring (Cohere's
+    # max_tokens_per_doc); None: only the model's own limit applies
+    max_document_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,13 @@ class ModelFacts:
     fingerprint: str = ""  # Fingerprint.digest: 16 hex characters over weights + recipe + numerics
     fingerprint_parts: dict[str, str] = field(default_factory=dict)  # what the digest is made of
     task: str = "embed"  # "embed" | "rerank" | "classify"
-    labels: tuple[str, ...] = ()  # classify: the label of each score column
+    labels: tuple[str, ...] = ()  # rerank / classify: the label of each score column (a reranker: one)
     # rerank / classify: how scores are made (family, activation, prompt, LM-head token ids), with sources
     scoring: dict[str, Any] = field(default_factory=dict)
     outputs: tuple[str, ...] = ("dense",)  # what EmbedOptions.outputs may ask of this model
     sparse_dimension: int | None = None  # vocabulary size, when "sparse" is offered
     multi_vector_dimension: int | None = None  # width of each token vector, when "multi_vector" is offered
+    # how a CPU forward uses its threads: "batches" (forward_workers side by side) or "operators"; "" on
+    # a GPU or for the int8 graph (ONNX Runtime's own threads)
+    cpu_parallelism: str = ""
+    forward_workers: int = 1

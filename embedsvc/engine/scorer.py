@@ -307,7 +307,12 @@ class Scorer:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return self.scoring.labels if self.task == "classify" else ()
+        """The label of each score column: a classifier's labels; a reranker's one, its config's
+        ``id2label[0]`` as TEI's /predict names it ("LABEL_0", transformers' name for an unnamed label,
+        where the checkpoint has none: LLM rerankers)."""
+        if self.task == "classify":
+            return self.scoring.labels
+        return self.scoring.labels[:1] or ("LABEL_0",)
 
     @property
     def tokenizer(self) -> Any:
@@ -385,11 +390,25 @@ class Scorer:
                 f"model {self.name} ({self.scoring.family}) takes no instruction; Qwen3-Reranker models do",
                 field="instruction",
             )
+        limit = options.max_document_tokens
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise InvalidInputError(
+                    f"max_tokens_per_doc must be an integer of at least 1, got {limit!r}",
+                    field="max_tokens_per_doc",
+                )
+            if self.task != "rerank":
+                raise InvalidInputError(
+                    f"model {self.name} classifies texts; max_tokens_per_doc applies to rerankers' documents",
+                    field="max_tokens_per_doc",
+                )
 
     def prepare_pairs(
         self, pairs: Sequence[tuple[str, str]], options: ScoreOptions = DEFAULT_OPTIONS
     ) -> list[EncodedInput]:
         """One sequence per (query, document) pair, as the family's reference builds it."""
+        if options.max_document_tokens is not None:
+            pairs = self._cut_documents(pairs, options.max_document_tokens)
         family = self.scoring.family
         if family == tasks.QWEN3_RERANKER:
             return self._qwen3(pairs, options)
@@ -401,6 +420,19 @@ class Scorer:
             types = enc.type_ids
             second = next((k for k, t in enumerate(types) if t == 1), None)
             out.append(EncodedInput(list(enc.ids), 0, len(enc.ids), len(enc.ids), index, second))
+        return out
+
+    def _cut_documents(self, pairs: Sequence[tuple[str, str]], limit: int) -> list[tuple[str, str]]:
+        """Each document cut to its first ``limit`` tokens (no special tokens), as Cohere's
+        ``max_tokens_per_doc`` does, before the pair is built: the text up to where that token ends."""
+        documents = [d for _, d in pairs]
+        # encode_batch (not _fast): the offsets say where the limit-th token ends in the text
+        encodings = self._pairs.plain.encode_batch(documents, add_special_tokens=False)
+        out = []
+        for (query, document), enc in zip(pairs, encodings, strict=True):
+            if len(enc.ids) > limit:
+                document = document[: max(end for _, end in enc.offsets[:limit])]
+            out.append((query, document))
         return out
 
     def prepare_texts(
@@ -480,9 +512,11 @@ class Scorer:
         instruction: str | None = None,
         truncation: str = "end",
         raw: bool = False,
+        max_document_tokens: int | None = None,
     ) -> np.ndarray:
-        """Scores of ``pairs`` in order, float32 ``[n]``."""
-        options = ScoreOptions(instruction, truncation, raw)
+        """Scores of ``pairs`` in order, float32 ``[n]``; ``max_document_tokens``: each document cut to
+        that many tokens first."""
+        options = ScoreOptions(instruction, truncation, raw, max_document_tokens)
         self.check_options(options)
         encoded = self.prepare_pairs([(q, d) for q, d in pairs], options)
         return self.finish(self.forward(encoded), raw)

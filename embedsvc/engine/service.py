@@ -273,6 +273,11 @@ class ModelService:
         return self._model.task if isinstance(self._model, Scorer) else "embed"
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """The label of each score column (a classifier's labels, a reranker's one); () for an embedder."""
+        return self._model.labels if isinstance(self._model, Scorer) else ()
+
+    @property
     def _embedder(self) -> Embedder:
         """The embedder behind embed / tokenize; TaskMismatchError for a reranker or classifier."""
         if isinstance(self._model, Scorer):
@@ -322,11 +327,13 @@ class ModelService:
             fingerprint=self.fingerprint.digest,
             fingerprint_parts=dict(self.fingerprint.parts),
             task=self.task,
-            labels=scorer.labels if scorer else (),
+            labels=self.labels,
             scoring=scorer.describe() if scorer else {},
             outputs=e.outputs,
             sparse_dimension=e.heads.sparse_dimension if e.heads is not None else None,
             multi_vector_dimension=e.heads.multi_vector_dimension if e.heads is not None else None,
+            cpu_parallelism=e.cpu_parallelism,
+            forward_workers=e.forward_workers,
         )
 
     @property

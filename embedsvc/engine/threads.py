@@ -19,6 +19,20 @@ import os
 from embedsvc.errors import InvalidInputError
 
 ENV_THREADS = "EMBEDSVC_THREADS"
+# how a CPU forward uses its threads (engine/cpu_parallel.py): whole batches side by side, one intra-op
+# thread each, or one batch at a time on torch's intra-op threads
+CPU_PARALLELISM = ("batches", "operators")
+
+
+def check_parallelism(value: object) -> str:
+    """The ``cpu_parallelism`` choice (unset: "batches"), or InvalidInputError naming the choices."""
+    choice = "batches" if value is None else value
+    if choice not in CPU_PARALLELISM:
+        raise InvalidInputError(
+            f"unknown cpu_parallelism {value!r}; choose one of {', '.join(CPU_PARALLELISM)}",
+            field="cpu_parallelism",
+        )
+    return str(choice)
 
 
 def default_wait_policy() -> None:

@@ -135,10 +135,12 @@ class IndexManager:
             shutil.rmtree(staging, ignore_errors=True)
         return Collection.create(spec, staging, **self._options)
 
-    def swap(self, name: str, old: Collection, fresh: Collection) -> bool:
+    def swap(self, name: str, old: Collection, fresh: Collection, *, snapshot: bool = True) -> bool:
         """Serve ``fresh`` (from ``staging``) as ``name`` instead of ``old``: under old's write lock, so
         no write lands in old once fresh has everything; a write waiting for it retries on fresh.
-        False (and nothing done) if old was written since the last ``take_written``."""
+        False (and nothing done) if old was written since the last ``take_written``. ``snapshot``
+        False: fresh moves with its log as it is (durable either way: a snapshot taken earlier plus the
+        log replay on open), so the swap, which holds old's lock, stays short whatever the size."""
         with self._lock, old._lock.write():
             if self.collections.get(name) is not old:
                 raise FailedPreconditionError(
@@ -148,7 +150,8 @@ class IndexManager:
                 return False  # written since the caller's last copy: it copies those, then retries
             folder = self._folder(name)
             if folder is not None and fresh.folder is not None:
-                fresh.snapshot()  # its files complete on their own: the log starts empty
+                if snapshot:  # its files complete on their own: the log starts empty
+                    fresh.snapshot()
                 fresh._close_files()
                 trash = folder.with_name(f".deleted-{name}-{uuid.uuid4().hex[:8]}")
                 os.replace(folder, trash)

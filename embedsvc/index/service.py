@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from embedsvc.index.binding import Binding
 from embedsvc.index.collection import Collection, Hit, IndexSpec, RetiredError
 from embedsvc.index.filters import Condition
 from embedsvc.index.fusion import HybridOptions
+from embedsvc.index.gate import WriteGates
 from embedsvc.index.manager import IndexManager
 from embedsvc.index.retrieval import Query
 
@@ -59,7 +61,8 @@ Embed = Callable[[Any, list[str], EmbedOptions], Awaitable[Embedded]]
 Rerank = Callable[[Any, str, list[str], "str | None"], Awaitable[np.ndarray]]
 DEFAULT_CANDIDATES = 50  # a rerank stage's candidates when not given: max(k, this)
 REEMBED_BATCH = 256  # texts per embedding call while re-embedding
-REEMBED_ROUNDS = 100  # catch-up passes over concurrent writes before a re-embed gives up
+# catch-up passes over concurrent writes before a re-embed holds writes for its last copy and the swap
+REEMBED_FREE_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class Indexes:
         self.max_inputs = max_inputs
         self.max_batch_hits = max_batch_hits
         self._reembedding: set[str] = set()  # indexes being re-embedded now
+        self._gates = WriteGates()  # every write passes; a re-embed's last copy and swap hold it
 
     # ------------------------------------------------------------ checks
     def check_batch(self, n: int, what: str) -> None:
@@ -262,7 +266,9 @@ class Indexes:
         )
         binding = collection.binding
         if collection.spec.name in self._reembedding:
-            status += "; re-embedding"
+            status += "; re-embedding" + (
+                " (writes held for the swap)" if self.writes_held(collection.spec.name) else ""
+            )
         elif binding is not None and binding.state == "mixed":
             status += (
                 f"; mixed: may hold vectors of two models (embedsvc index reembed {collection.spec.name})"
@@ -274,16 +280,21 @@ class Indexes:
         states = [self.describe(c) for _, c in sorted(self.manager.collections.items())]
         return states, dict(sorted(self.manager.broken.items()))
 
+    def writes_held(self, name: str) -> bool:
+        """Whether writes to ``name`` wait now (a re-embed's last copy and swap)."""
+        return self._gates.held_now(name)
+
     # -------------------------------------------------------------- data
     async def _write(self, index: str, write: Callable[[Collection], Any]) -> Any:
-        """Run a write on the index's collection; one swapped out by a re-embed meanwhile refuses it
-        (RetiredError) and the write goes to the one that replaced it."""
+        """Run a write on the index's collection, after waiting out a re-embed's hold; one swapped out by
+        a re-embed meanwhile refuses it (RetiredError) and the write goes to the one that replaced it."""
         while True:
-            collection = self.manager.get(index)
-            try:
-                return await asyncio.to_thread(write, collection)
-            except RetiredError:
-                continue
+            async with self._gates.writing(index):
+                collection = self.manager.get(index)
+                try:
+                    return await asyncio.to_thread(write, collection)
+                except RetiredError:
+                    continue
 
     async def upsert(
         self, index: str, items: Sequence[NewItem], embed: Embed, *, fingerprint: str = ""
@@ -756,7 +767,9 @@ class Indexes:
     async def reembed(self, index: str, embed: Embed) -> tuple[int, str, int]:
         """Embed every stored text again with the index's model as served now, into a new collection
         swapped in when it has every item: searches and writes go on meanwhile (writes are copied
-        again). (items re-embedded, the fingerprint bound now, catch-up rounds)."""
+        again). After ``REEMBED_FREE_ROUNDS`` catch-up passes, writes are held (they wait, none is
+        refused) while the last ones are copied and the new collection swapped in, so a re-embed
+        finishes under any write load. (items re-embedded, the fingerprint bound now, catch-up rounds)."""
         collection = self.manager.get(index)
         name = collection.spec.name
         if not collection.spec.store_text:
@@ -780,21 +793,35 @@ class Indexes:
             copied = await self._copy(
                 collection, fresh, await asyncio.to_thread(collection.ids), served, embed
             )
+            # the bulk written to disk now, while writes go on: the swap then only moves files (it
+            # holds old's lock, and writes are held for it), whatever the index's size
+            await asyncio.to_thread(fresh.snapshot)
             rounds = 0
-            while True:
+            while rounds < REEMBED_FREE_ROUNDS:
                 written = await asyncio.to_thread(collection.take_written)
                 wrote = wrote or bool(written)
                 if written:
                     copied += await self._copy(collection, fresh, written, served, embed)
-                elif await asyncio.to_thread(self.manager.swap, index, collection, fresh):
+                elif await asyncio.to_thread(self.manager.swap, index, collection, fresh, snapshot=False):
                     swapped = True
                     break
                 rounds += 1
-                if rounds > REEMBED_ROUNDS:
-                    raise FailedPreconditionError(
-                        f"index {name!r} took writes faster than they could be re-embedded "
-                        f"({REEMBED_ROUNDS} catch-up rounds); it is unchanged: retry when it is quieter"
-                    )
+            if not swapped:
+                began = time.monotonic()
+                async with self._gates.held(index):
+                    while not swapped:  # once, unless a write whose caller gave up landed meanwhile
+                        written = await asyncio.to_thread(collection.take_written)
+                        wrote = wrote or bool(written)
+                        if written:
+                            copied += await self._copy(collection, fresh, written, served, embed)
+                        swapped = await asyncio.to_thread(
+                            self.manager.swap, index, collection, fresh, snapshot=False
+                        )
+                        rounds += 1
+                log.info(
+                    "re-embed: writes held for its last copy and swap",
+                    extra={"index": name, "held_ms": round(1000 * (time.monotonic() - began), 1)},
+                )
         finally:
             self._reembedding.discard(index)
             if not swapped:  # a failed re-embed accepts no model: the binding goes back to what it was,

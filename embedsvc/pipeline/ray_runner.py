@@ -4,6 +4,10 @@ Point it at a cluster with ``--ray-address ray://HEAD:10001`` (or ``RAY_ADDRESS`
 a local Ray instance is started. Writes go through the index API (a local index directory, or a server's
 Upsert). Ids are the same as the plain pipeline's, so a rerun replaces rather than duplicates; there is no
 mid-run checkpoint in this mode: a rerun embeds everything again.
+
+``--store-text`` keeps each chunk's text: in local mode the driver writes it beside the actors' vectors; in
+remote mode the texts go to the server's Upsert, which embeds and keeps them (a write carries a text or
+a vector, not both), so the actors pass them through. Sparse and token vectors are not written here.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import numpy as np
 from embedsvc.pipeline.batching import Batch, add_record
 from embedsvc.pipeline.checkpoint import default_paths
 from embedsvc.pipeline.chunking import Chunker
-from embedsvc.pipeline.options import BuildOptions
+from embedsvc.pipeline.options import BuildOptions, check_destination
 from embedsvc.pipeline.readers import expand_inputs, read_records
 from embedsvc.pipeline.sink_factory import make_sink, tls_settings
-from embedsvc.pipeline.sinks import DOCUMENTS
+from embedsvc.pipeline.sinks import DOCUMENTS, LocalSink
 from embedsvc.pipeline.summary import Summary
 
 
@@ -112,13 +116,17 @@ class _EmbedActor:
 def build_index_ray(
     inputs: Sequence[str], options: BuildOptions, *, address: str | None = None, actors: int | None = None
 ) -> Summary:
+    parts = (("--sparse", options.sparse), ("--multi-vector", options.multi_vector))
+    given = [flag for flag, value in parts if value is not None]
+    if given:  # the actors return dense vectors only: these parts would be left out
+        raise ValueError(
+            f"--ray with {' and '.join(given)}: the Ray path writes dense vectors (and texts with "
+            f"--store-text) only; drop {' and '.join(given)}, or drop --ray to build them in one process"
+        )
+    check_destination(options)
     import ray
 
-    if options.store_text or options.sparse is not None or options.multi_vector is not None:
-        # the actors return dense vectors only: texts, sparse and token vectors would be left out
-        raise ValueError(
-            "--ray writes dense vectors only: drop --store-text, --sparse and --multi-vector, or --ray"
-        )
+    server_embeds = options.store_text and options.target is not None  # remote mode keeping texts
     files = expand_inputs(inputs)
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
@@ -139,13 +147,14 @@ def build_index_ray(
         )
         reader: Any = _read_and_chunk  # Ray passes options through fn_kwargs
         dataset = dataset.flat_map(reader, fn_kwargs={"options": options, "limit": summary.max_tokens})
-        dataset = dataset.map_batches(
-            _EmbedActor,
-            fn_constructor_kwargs={"options": options},
-            batch_size=options.batch_size,
-            concurrency=pool,
-            batch_format="numpy",
-        )
+        if not server_embeds:
+            dataset = dataset.map_batches(
+                _EmbedActor,
+                fn_constructor_kwargs={"options": options},
+                batch_size=options.batch_size,
+                concurrency=pool,
+                batch_format="numpy",
+            )
         with open(summary.rejects_file, "a", encoding="utf-8") as rejects:  # type: ignore[arg-type]
             for batch in dataset.iter_batches(batch_size=options.batch_size, batch_format="numpy"):
                 keep = [i for i, reject in enumerate(batch["reject"]) if not reject]
@@ -156,7 +165,16 @@ def build_index_ray(
                 if keep:
                     ids = [str(batch["id"][i]) for i in keep]
                     meta = [json.loads(str(batch["metadata"][i])) for i in keep]
-                    sink.write_vectors(ids, np.stack([batch["vector"][i] for i in keep]), meta)
+                    texts = [str(batch["text"][i]) for i in keep]
+                    if server_embeds:
+                        sink.write(ids, texts, meta)
+                    else:
+                        vectors = np.stack([batch["vector"][i] for i in keep])
+                        if options.store_text:
+                            assert isinstance(sink, LocalSink)  # a store refuses texts (check_destination)
+                            sink.write_vectors(ids, vectors, meta, texts=texts)
+                        else:
+                            sink.write_vectors(ids, vectors, meta)
                 summary.chunks += len(keep)
                 summary.documents += int(batch["documents"].sum())
                 summary.tokens += int(batch["tokens"].sum())

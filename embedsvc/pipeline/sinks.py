@@ -152,9 +152,16 @@ class LocalSink:
         asyncio.run(self.indexes.upsert(self.index, items, _embed_here))
 
     def write_vectors(
-        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]],
+        *,
+        texts: Sequence[str] | None = None,
     ) -> None:
-        asyncio.run(self.indexes.upsert_vectors(self.index, ids, vectors, metadata))
+        """Vectors embedded elsewhere (the Ray path's actors); ``texts``: what they were made from, kept
+        when the index keeps texts."""
+        asyncio.run(self.indexes.upsert_vectors(self.index, ids, vectors, metadata, texts=texts))
 
     def close(self) -> None:
         self.manager.close()

@@ -306,7 +306,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
 
 class RerankRequest(_message.Message):
-    __slots__ = ("id", "model", "query", "documents", "top_n", "return_documents", "instruction", "truncation", "raw_scores")
+    __slots__ = ("id", "model", "query", "documents", "top_n", "return_documents", "instruction", "truncation", "raw_scores", "max_tokens_per_doc")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +316,7 @@ class RerankRequest(_message.Message):
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_PER_DOC_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     query: str
@@ -325,7 +326,8 @@ class RerankRequest(_message.Message):
     instruction: str
     truncation: Truncation
     raw_scores: bool
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., instruction: _Optional[str] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., raw_scores: _Optional[bool] = ...) -> None: ...
+    max_tokens_per_doc: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., instruction: _Optional[str] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., raw_scores: _Optional[bool] = ..., max_tokens_per_doc: _Optional[int] = ...) -> None: ...
 
 class RerankResult(_message.Message):
     __slots__ = ("index", "score", "document", "tokens")

@@ -4,8 +4,9 @@ What the ``cohere`` SDK (``ClientV2.rerank``, ``Client.rerank``), LangChain's an
 rerankers, LiteLLM and Jina clients send: ``model``, ``query``, ``documents`` (strings, or objects with a
 ``text`` field, or with the fields named in ``rank_fields``), ``top_n``, ``return_documents``. The answer:
 ``{"id", "results": [{"index", "relevance_score", "document"?}], "meta": {"api_version", "billed_units",
-"tokens"}, "usage": {"total_tokens"}}``, highest score first. Documents longer than the model takes are
-cut at its limit (``max_tokens_per_doc`` is read but the model's own limit applies). Extensions:
+"tokens"}, "usage": {"total_tokens"}}``, highest score first. ``max_tokens_per_doc`` cuts each document
+to its first N tokens before scoring, as Cohere does (unset: no cut of its own); a pair still longer than
+the model takes is cut at its limit. Extensions:
 ``instruction`` (LLM rerankers' task), ``raw_scores`` (logits instead of relevance in [0, 1]); the answer
 carries the model's ``fingerprint`` (a top-level field and the ``x-embedsvc-fingerprint`` header).
 """
@@ -56,11 +57,11 @@ async def rerank_body(body: dict[str, Any], call: Call, *, version: str) -> Resp
     originals, texts = _documents(body.get("documents"), body.get("rank_fields"))
     top_n = optional_int(body, "top_n")
     wire.ranked([], top_n)  # a bad top_n fails before the work
-    optional_int(body, "max_tokens_per_doc")  # read (a type check): the model's own limit applies
     options = ScoreOptions(
         instruction=optional_str(body, "instruction"),
         truncation="end",  # Cohere cuts long documents; it never refuses them
         raw=boolean(body, "raw_scores", False),
+        max_document_tokens=optional_int(body, "max_tokens_per_doc"),  # checked by the engine facade
     )
     return_documents = boolean(body, "return_documents", False)
     served = call.served(optional_str(body, "model"), "rerank")

@@ -131,7 +131,7 @@ async def rerank(request: Request, call: Call) -> Response:
 async def predict(request: Request, call: Call) -> Response:
     """``{"inputs": "text" | [a, b] | [[text] or [a, b], ...]}`` -> ``[{"score", "label"}]`` per input,
     highest first (one list for one input, a list of them for a batch). Texts go to a classifier, pairs to
-    a reranker (labelled "score")."""
+    a reranker (labelled as TEI does: the config's id2label[0], e.g. "LABEL_0")."""
     body = await call.body()
     items, batch = _predict_inputs(body.get("inputs"))
     pairs = [item for item in items if isinstance(item, tuple)]
@@ -147,8 +147,8 @@ async def predict(request: Request, call: Call) -> Response:
     try:
         if pairs:
             scored = await call.infer(served, served.score(pairs, options, timeout=timeout, tenant=tenant))
-            # a reranker has one score and no labels (TEI names it id2label[0], often "LABEL_0")
-            labels, rows = ("score",), scored.scores.reshape(-1, 1)
+            # a reranker's one score, labelled as TEI does: the config's id2label[0] (often "LABEL_0")
+            labels, rows = served.labels, scored.scores.reshape(-1, 1)
             fingerprint = scored.fingerprint
         else:
             texts = [item for item in items if isinstance(item, str)]
@@ -227,6 +227,8 @@ async def info(request: Request, call: Call) -> Response:
             "outputs": list(facts.outputs),
             "sparse_dimension": facts.sparse_dimension or None,
             "multi_vector_dimension": facts.multi_vector_dimension or None,
+            "cpu_parallelism": facts.cpu_parallelism or None,
+            "forward_workers": facts.forward_workers,
         }
     )
 
@@ -235,7 +237,7 @@ def _model_type(facts: ModelFacts) -> dict[str, Any]:
     """TEI's model_type: an embedding model's pooling, or a reranker's / classifier's labels."""
     if facts.task == "embed":
         return {"embedding": {"pooling": facts.settings.pooling}}
-    labels = facts.labels or ("score",)  # a reranker's one output, as /predict labels it
+    labels = facts.labels  # a reranker's one output labelled as /predict labels it
     id2label = {str(i): label for i, label in enumerate(labels)}
     label2id = {label: i for i, label in enumerate(labels)}
     kind = "reranker" if facts.task == "rerank" else "classifier"
