@@ -346,16 +346,22 @@ def test_a_forward_is_split_so_every_worker_gets_a_batch() -> None:
     from embedsvc.engine.batching import plan_batches
     from embedsvc.engine.cpu_parallel import MIN_SPLIT_TOKENS, split_for_workers
 
-    lengths = [300, 200, 180, 90, 64, 40, 33, 12]
-    one = plan_batches(lengths, token_budget=4096, max_batch_size=256, packed=True)
-    assert len(one) == 1
-    split = split_for_workers(one, lengths, 2, max_batch_size=256, packed=True)
-    assert len(split) >= 2 and sorted(i for b in split for i in b) == list(range(len(lengths)))
-    assert max(sum(lengths[i] for i in b) for b in split) <= (sum(lengths) + 1) // 2 + max(lengths)
+    rng = np.random.default_rng(3)
+    for workers, count in ((2, 8), (2, 300), (3, 300), (4, 41)):
+        lengths = rng.integers(1, 300, count).tolist()
+        planned = plan_batches(lengths, token_budget=4096, max_batch_size=256, packed=True)
+        split = split_for_workers(planned, lengths, workers, max_batch_size=256, packed=True)
+        assert sorted(i for b in split for i in b) == list(range(count))  # every sequence once
+        rounds = -(-len(planned) // workers)
+        assert len(split) <= rounds * workers and (len(split) % workers == 0 or len(split) < workers)
+        share = sum(lengths) / (rounds * workers)
+        for batch in split:  # about an even share each, longest first within a batch
+            assert sum(lengths[i] for i in batch) <= share + max(lengths)
+            assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
     tiny = [MIN_SPLIT_TOKENS // 4] * 3  # too few tokens to be worth a second worker
     assert split_for_workers([[0, 1, 2]], tiny, 2, max_batch_size=256, packed=True) == [[0, 1, 2]]
-    many = [[0], [1], [2]]
-    assert split_for_workers(many, [5, 5, 5], 2, max_batch_size=256, packed=True) is many
+    padded = [[0, 1], [2]]  # a padded batch costs its longest row: left as planned
+    assert split_for_workers(padded, [500, 400, 300], 2, max_batch_size=256, packed=False) is padded
 
 
 @pytest.mark.parametrize("deterministic", [False, True])

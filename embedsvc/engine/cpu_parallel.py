@@ -15,6 +15,7 @@ one long sequence on many cores, which batches cannot split.
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -23,9 +24,7 @@ from typing import TypeVar
 
 import torch
 
-from embedsvc.engine.batching import plan_batches
-
-# a forward smaller than workers x this many tokens is not split further to feed every worker
+# a forward smaller than workers x this many tokens is not split to feed every worker
 MIN_SPLIT_TOKENS = 256
 
 T = TypeVar("T")
@@ -69,13 +68,22 @@ def forward_workers(workers: int) -> ForwardWorkers:
 def split_for_workers(
     batches: list[list[int]], lengths: Sequence[int], workers: int, *, max_batch_size: int, packed: bool
 ) -> list[list[int]]:
-    """``batches`` again in at least ``workers`` pieces where the tokens allow (longest first), so a
-    forward of one or few batches still uses every worker."""
-    if len(batches) >= workers:
-        return batches
+    """``batches`` again as a multiple of ``workers`` batches of about equal tokens, so every worker
+    is busy in every round: the same number of rounds (``batches`` already respect the token budget),
+    each batch at most one sequence over its even share. Longest first into the lightest batch
+    (sequences of one length stay back to back). Unchanged where splitting does not pay: padded
+    batches (their cost is their longest row), one worker, or too few tokens to share."""
     total = sum(lengths)
-    if total < workers * MIN_SPLIT_TOKENS:
+    if not packed or workers == 1 or total < workers * MIN_SPLIT_TOKENS:
         return batches
-    return plan_batches(
-        lengths, token_budget=math.ceil(total / workers), max_batch_size=max_batch_size, packed=packed
-    )
+    bins = workers * math.ceil(len(batches) / workers)
+    loads = [(0, k) for k in range(bins)]
+    split: list[list[int]] = [[] for _ in range(bins)]
+    for i in sorted((i for batch in batches for i in batch), key=lambda i: -lengths[i]):
+        tokens, k = heapq.heappop(loads)
+        split[k].append(i)
+        heapq.heappush(loads, (tokens + lengths[i], k))
+    split = [b for b in split if b]
+    if any(len(b) > max_batch_size for b in split):
+        return batches
+    return split
