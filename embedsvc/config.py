@@ -46,7 +46,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from embedsvc.engine.threads import check_parallelism
 from embedsvc.errors import InvalidInputError
 
 
@@ -94,7 +93,7 @@ class ServerConfig:
     # tokenizing workers (thread_budget below); None: every core, tokenizer_threads as given
     threads: int | None = None
     # batches | operators: how a CPU forward uses those threads (engine/cpu_parallel.py); a model's own
-    # cpu_parallelism option wins; None: batches
+    # cpu_parallelism option wins; None: batches. Checked with the models' options (server/preflight.py)
     cpu_parallelism: str | None = None
     log_level: str = "INFO"
     log_json: bool = True
@@ -146,8 +145,6 @@ class ServerConfig:
                 f"not {self.threads!r}",
                 field="threads",
             )
-        if self.cpu_parallelism is not None:
-            check_parallelism(self.cpu_parallelism)
         if self.tokenizer_threads < 1:
             raise InvalidInputError("tokenizer_threads must be at least 1", field="tokenizer_threads")
         if self.max_http_connections is not None and self.max_http_connections < 1:

@@ -384,7 +384,9 @@ def test_batches_side_by_side_give_the_vectors_of_one_batch_at_a_time(bert_dir, 
         assert side.embed(texts[::-1])[::-1].tobytes() == a.tobytes()
 
 
-def test_cpu_parallelism_from_file_env_or_flag(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cpu_parallelism_from_file_env_or_flag(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
     from embedsvc.cli.main import main
     from embedsvc.config import build_server_config
     from embedsvc.engine.embedder import check_options
@@ -405,11 +407,15 @@ def test_cpu_parallelism_from_file_env_or_flag(capsys: pytest.CaptureFixture[str
     assert flagged.models[0].options["cpu_parallelism"] == "batches"
     message = "unknown cpu_parallelism 'fast'; choose one of batches, operators"
     with pytest.raises(InvalidInputError, match=message):
-        build_server_config({"server": {"cpu_parallelism": "fast"}}, {}, environ={})
-    with pytest.raises(InvalidInputError, match=message):
-        build_server_config(None, {}, environ={"EMBEDSVC_CPU_PARALLELISM": "fast"})
-    with pytest.raises(InvalidInputError, match=message):
         check_options({"cpu_parallelism": "fast"})
+    # a bad value from the file or the environment stops `serve` before it binds or loads anything
+    config = tmp_path / "c.toml"
+    config.write_text('[server]\ncpu_parallelism = "fast"\n')
+    assert main(["serve", "--config", str(config)]) == 2
+    assert message in capsys.readouterr().err
+    monkeypatch.setenv("EMBEDSVC_CPU_PARALLELISM", "fast")
+    assert main(["serve"]) == 2
+    assert message in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--cpu-parallelism", "fast"])
     assert exited.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
