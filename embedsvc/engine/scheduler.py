@@ -143,8 +143,8 @@ class BatchScheduler:
     def admit(self, estimated_tokens: int, tenant: str = DEFAULT_TENANT) -> Iterator[None]:
         """Reserve room for a request before it is tokenized; OverloadedError (at once) if there is none.
 
-        A tenant under its fair share (the queue bound divided among the tenants with work) is always
-        admitted, and so is a tenant alone on the model (nobody else has work admitted): its own earlier
+        A tenant under its fair share (the queue bound divided among the tenants with work, at least
+        one batch of ``token_budget`` tokens) is always admitted, and so is a tenant alone on the model (nobody else has work admitted): its own earlier
         requests are what it waits on, so it is queued, bounded by its deadline, never refused. Others
         are admitted only while the whole queue stays under ``max_queue_seconds``. A refusal says how
         long to wait: about the time the queue needs to drain to where this request fits."""
@@ -153,7 +153,9 @@ class BatchScheduler:
         rate = self.tokens_per_second
         total = sum(self._admitted.values())
         others = [t for t, n in self._admitted.items() if n > 0 and t != tenant]
-        fair_share = self.max_queue_seconds / (len(others) + 1)
+        # never less than one batch: a share smaller than the forward's unit starved a caller whose every
+        # request was bigger than it while another tenant kept work queued (a 0.1 s queue, seen in CI)
+        fair_share = max(self.max_queue_seconds / (len(others) + 1), self.token_budget / rate)
         own = (self._admitted[tenant] + estimated_tokens) / rate
         # an idle model takes any request, however big: the bound is on waiting, not on size
         over = (total + estimated_tokens) / rate - self.max_queue_seconds
