@@ -90,3 +90,19 @@ def test_queue_limits(minilm):
         await scheduler.close()
 
     asyncio.run(run())
+
+
+def test_a_tenant_may_always_queue_one_batch_beside_a_flood(minilm):
+    """With a queue of a tenth of a second, a tenant's share of it (0.05 s: 50 tokens at 1 000 tokens/s)
+    is smaller than one batch: a request of one batch or less is still admitted beside a tenant that keeps
+    the queue full (it was refused forever); more than one batch, or a second batch on top, is not."""
+    scheduler = make(minilm, token_budget=256, max_queue_seconds=0.1, tokens_per_second=1000.0)
+    with scheduler.admit(5000, tenant="flood"):
+        one_batch = scheduler.admit(256, tenant="light")
+        beyond = pytest.raises(OverloadedError, match=r"holds 0\.3s")
+        with one_batch, beyond, scheduler.admit(1, tenant="light"):  # one batch admitted, no more
+            pass
+        with pytest.raises(OverloadedError, match=r"max_queue_seconds=0\.1"), scheduler.admit(257, "light"):
+            pass  # more than one batch at once
+    with scheduler.admit(100_000, tenant="light"):  # alone on the model: never refused
+        pass
