@@ -144,8 +144,9 @@ class BatchScheduler:
         """Reserve room for a request before it is tokenized; OverloadedError (at once) if there is none.
 
         A tenant under its fair share (the queue bound divided among the tenants with work, at least
-        one batch of ``token_budget`` tokens) is always admitted, and so is a tenant alone on the model (nobody else has work admitted): its own earlier
-        requests are what it waits on, so it is queued, bounded by its deadline, never refused. Others
+        one batch of ``token_budget`` tokens) is always admitted, and so is a tenant alone on the model
+        (nobody else has work admitted): its own earlier requests are what it waits on, so it is
+        queued, bounded by its deadline, never refused. Others
         are admitted only while the whole queue stays under ``max_queue_seconds``. A refusal says how
         long to wait: about the time the queue needs to drain to where this request fits."""
         if self._closed:
