@@ -343,20 +343,16 @@ def build_server_config(
         models = [ModelConfig(m.name, m.source, m.default, {**m.options, **model_options}) for m in models]
     server.update(from_env)
     server.update({key: value for key, value in overrides.items() if value is not None})
+    # server-wide defaults of model options: a model's own option still wins
+    model_defaults: dict[str, Any] = {}
     threads = server.get("threads")
     if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
-        # one budget: a model's own threads option and an explicit tokenizer_threads still win
+        # one budget: an explicit tokenizer_threads still wins too
         budget = thread_budget(threads)
         server.setdefault("tokenizer_threads", budget["tokenizer_threads"])
-        models = [
-            ModelConfig(m.name, m.source, m.default, {"threads": budget["threads"], **m.options})
-            for m in models
-        ]
-    if server.get("cpu_parallelism") is not None:  # a model's own option still wins
-        models = [
-            ModelConfig(
-                m.name, m.source, m.default, {"cpu_parallelism": server["cpu_parallelism"], **m.options}
-            )
-            for m in models
-        ]
+        model_defaults["threads"] = budget["threads"]
+    if server.get("cpu_parallelism") is not None:
+        model_defaults["cpu_parallelism"] = server["cpu_parallelism"]
+    if model_defaults:
+        models = [ModelConfig(m.name, m.source, m.default, {**model_defaults, **m.options}) for m in models]
     return ServerConfig(**server, api_keys=tuple(dict.fromkeys(keys)), models=tuple(models))

@@ -4,9 +4,10 @@ torch's intra-op parallelism splits every operator across threads that meet at a
 a machine whose cores are shared, a descheduled thread holds the others at every barrier: measured on
 the 2-core VM with other work running (load average 4-5), a 1-layer model's forward over 3 000 texts
 took 2.0 s on two intra-op threads and 0.16 s on one; all-MiniLM-L6-v2's 300 texts 10.0 s against
-4.7 s; one short query 112 ms against 36 ms (docs/performance.md, "Threads"). Batches that run side by
-side on their own threads share no barrier, so a core taken away slows the work in proportion instead
-of stalling it, and a small model stops paying a thread wake-up per operator.
+4.7 s; one short query 112 ms against 36 ms (docs/performance.md, "Batches side by side on CPU").
+Batches that run side by side on their own threads share no barrier, so a core taken away slows the
+work in proportion instead of stalling it, and a small model stops paying a thread wake-up per
+operator.
 
 ``cpu_parallelism = "operators"`` keeps torch's intra-op threads (one batch at a time): the choice for
 one long sequence on many cores, which batches cannot split.
@@ -54,8 +55,6 @@ class ForwardWorkers:
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``fn`` over ``items`` on the workers, results in order; the first error is raised."""
-        if len(items) == 1:
-            return [self._pool.submit(fn, items[0]).result()]
         return list(self._pool.map(fn, items))
 
 
